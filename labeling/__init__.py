@@ -1,0 +1,1 @@
+"""Where judgments come from: Label Studio, AI feedback, the annotation queue."""
