@@ -1,0 +1,319 @@
+"""Exchange formats: Pick-a-Pic-compatible Parquet (import and export), JSONL, and a folder that
+Hugging Face ``datasets`` loads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from datastore.datasets import DatasetVersion
+from datastore.errors import ImportFormatError, MediaError, StoreError
+from datastore.media import StoredImage, inspect_image
+from datastore.records import (
+    ImageRow,
+    NewJudgment,
+    NewPair,
+    ensure_annotator,
+    insert_images,
+    insert_judgments,
+    insert_pairs,
+    upsert_prompts,
+)
+from datastore.store import Store
+
+PICKAPIC_REQUIRED = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
+_UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_BATCH_ROWS = 2048
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What an import added (rows already in the store are not counted again)."""
+
+    rows: int
+    pairs: int
+    judgments: int
+    images: int
+    annotators: int
+
+
+def _label_to_outcome(label_0: float, label_1: float) -> str | None:
+    if label_0 == 1.0 and label_1 == 0.0:
+        return "a"
+    if label_0 == 0.0 and label_1 == 1.0:
+        return "b"
+    if label_0 == 0.5 and label_1 == 0.5:
+        return "tie"
+    return None
+
+
+def _iter_batches(path: Path) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(first row number, batch) over a Parquet file; row numbers start at 0."""
+    parquet = pq.ParquetFile(path)
+    offset = 0
+    for batch in parquet.iter_batches(batch_size=_BATCH_ROWS):
+        yield offset, batch
+        offset += batch.num_rows
+
+
+@dataclass
+class _Row:
+    caption: str
+    image_0: StoredImage
+    image_1: StoredImage
+    outcome: str
+    uid_0: str | None
+    uid_1: str | None
+    model_0: str | None
+    model_1: str | None
+    user: str | None
+    ranking: str
+
+
+def _validate_file(path: Path, max_image_bytes: int) -> tuple[list[_Row], str]:
+    """Check every row of a Pick-a-Pic file; return the parsed rows (no image bytes) and the file hash."""
+    if not path.is_file():
+        raise ImportFormatError(f"{path} does not exist")
+    if path.stat().st_size == 0:
+        raise ImportFormatError(f"{path} is empty")
+    file_hash = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ImportFormatError(f"{path} is not a Parquet file: {e}") from e
+    missing = [c for c in PICKAPIC_REQUIRED if c not in schema.names]
+    if missing:
+        raise ImportFormatError(f"{path} lacks the Pick-a-Pic column(s) {missing}", column=missing[0])
+    rows: list[_Row] = []
+    for offset, batch in tqdm(_iter_batches(path), desc="checking", unit="batch", leave=False):
+        cols = batch.to_pydict()
+        for i in range(batch.num_rows):
+            rows.append(_validate_row(cols, i, offset + i, file_hash, max_image_bytes))
+    if not rows:
+        raise ImportFormatError(f"{path} has no rows")
+    return rows, file_hash
+
+
+def _validate_row(cols: dict, i: int, row: int, file_hash: str, max_image_bytes: int) -> _Row:
+    caption = cols["caption"][i]
+    if not isinstance(caption, str) or not caption.strip():
+        raise ImportFormatError("caption is empty or not text", row=row, column="caption")
+    labels = []
+    for column in ("label_0", "label_1"):
+        value = cols[column][i]
+        if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+            raise ImportFormatError(f"label must be a number, got {value!r}", row=row, column=column)
+        labels.append(float(value))
+    outcome = _label_to_outcome(*labels)
+    if outcome is None:
+        raise ImportFormatError(
+            f"labels ({labels[0]}, {labels[1]}) must be (1, 0), (0, 1) or (0.5, 0.5)", row=row, column="label_0"
+        )
+    images = []
+    for column in ("jpg_0", "jpg_1"):
+        data = cols[column][i]
+        if not isinstance(data, bytes):
+            raise ImportFormatError("image bytes are missing", row=row, column=column)
+        try:
+            images.append(inspect_image(data, max_bytes=max_image_bytes, what=f"row {row}, column {column!r}"))
+        except MediaError as e:
+            raise ImportFormatError(str(e).split(": ", 2)[-1], row=row, column=column) from e
+    optional = {}
+    for column in ("image_0_uid", "image_1_uid", "model_0", "model_1", "user_id", "ranking_id"):
+        value = cols[column][i] if column in cols else None
+        if value is not None:
+            value = str(value)
+            if column.endswith("_uid") or column == "ranking_id":
+                if not _UID_RE.match(value) or ".." in value:
+                    raise ImportFormatError(
+                        f"{value!r} is not a plain identifier (letters, digits, '.', '_', ':', '-'; no '..' or '/')",
+                        row=row,
+                        column=column,
+                    )
+        optional[column] = value
+    return _Row(
+        caption=caption.strip(),
+        image_0=images[0],
+        image_1=images[1],
+        outcome=outcome,
+        uid_0=optional["image_0_uid"],
+        uid_1=optional["image_1_uid"],
+        model_0=optional["model_0"],
+        model_1=optional["model_1"],
+        user=optional["user_id"],
+        ranking=optional["ranking_id"] or f"{file_hash}:{row}",
+    )
+
+
+def import_pickapic(store: Store, path: Path | str, *, show_progress: bool = True) -> ImportReport:
+    """Import a Pick-a-Pic-format Parquet file as pairs and judgments.
+
+    Any file with the columns caption, jpg_0, jpg_1, label_0, label_1 works; image_0_uid,
+    image_1_uid, model_0, model_1, user_id and ranking_id are used when present. Every row is
+    checked before anything is written: a malformed file raises ImportFormatError naming the row
+    and column, and the store is left unchanged. Importing the same file twice adds nothing.
+    Each row becomes one judgment by the annotator ``pickapic:<user_id>``.
+    """
+    path = Path(path)
+    rows, _ = _validate_file(path, store.media.max_bytes)
+
+    # Second pass: the images are written only once the whole file is known to be good.
+    written: set[str] = set()
+    with tqdm(total=len(rows), desc="images", unit="row", disable=not show_progress) as bar:
+        for offset, batch in _iter_batches(path):
+            cols = batch.select(["jpg_0", "jpg_1"]).to_pydict()
+            for i in range(batch.num_rows):
+                for column, record in (("jpg_0", rows[offset + i].image_0), ("jpg_1", rows[offset + i].image_1)):
+                    if record.id not in written:
+                        store.media.put_bytes(cols[column][i])
+                        written.add(record.id)
+            bar.update(batch.num_rows)
+
+    with store.write() as con:
+        before = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("pairs", "images", "annotators")}
+        prompt_ids = upsert_prompts(con, [r.caption for r in rows], source=f"import:{path.name}")
+        insert_images(
+            con,
+            [ImageRow(r.image_0, source_uid=r.uid_0, source_model=r.model_0) for r in rows]
+            + [ImageRow(r.image_1, source_uid=r.uid_1, source_model=r.model_1) for r in rows],
+        )
+        pair_ids = insert_pairs(
+            con,
+            [NewPair(prompt_ids[r.caption], r.image_0.id, r.image_1.id, source_ref=r.ranking) for r in rows],
+        )
+        annotators = {
+            user: ensure_annotator(con, f"pickapic:{user}" if user else "pickapic", kind="human")
+            for user in {r.user for r in rows}
+        }
+        known = {
+            x[0]
+            for x in con.execute("SELECT external_id FROM judgments WHERE source = 'import'").fetchall()
+        }
+        new = [
+            NewJudgment(pair_id=pid, annotator_id=annotators[r.user], source="import", outcome=r.outcome,
+                        external_id=r.ranking)
+            for r, pid in zip(rows, pair_ids, strict=True)
+            if r.ranking not in known
+        ]
+        insert_judgments(con, new)
+        after = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("pairs", "images", "annotators")}
+    return ImportReport(
+        rows=len(rows),
+        pairs=after["pairs"] - before["pairs"],
+        judgments=len(new),
+        images=after["images"] - before["images"],
+        annotators=after["annotators"] - before["annotators"],
+    )
+
+
+def pickapic_table(version: DatasetVersion, *, show_progress: bool = False) -> pa.Table:
+    """The dataset version as a Pick-a-Pic-compatible table, images as bytes, plus our columns."""
+    frame = pl.read_parquet(version.pairs_file)
+    jpg_0, jpg_1 = [], []
+    for a, b in tqdm(frame.select("image_0", "image_1").iter_rows(), total=frame.height, desc="images",
+                     unit="pair", disable=not show_progress):
+        jpg_0.append((version.path / a).read_bytes())
+        jpg_1.append((version.path / b).read_bytes())
+    out = frame.with_columns(
+        pl.Series("jpg_0", jpg_0, dtype=pl.Binary),
+        pl.Series("jpg_1", jpg_1, dtype=pl.Binary),
+        pl.when(pl.col("label_0") > pl.col("label_1")).then(pl.col("image_0_uid"))
+        .when(pl.col("label_1") > pl.col("label_0")).then(pl.col("image_1_uid"))
+        .otherwise(None).alias("best_image_uid"),
+        pl.col("pair_id").alias("ranking_id"),
+        pl.lit(version.created_at).alias("created_at"),
+        pl.lit(True).alias("has_label"),
+        (pl.col("image_0_uid") != pl.col("image_1_uid")).alias("are_different"),
+        pl.lit(version.id).alias("dataset_version"),
+    ).rename({"prompt": "caption"})
+    columns = [
+        "caption", "jpg_0", "jpg_1", "label_0", "label_1", "best_image_uid", "image_0_uid", "image_1_uid",
+        "model_0", "model_1", "ranking_id", "created_at", "has_label", "are_different",
+        "pair_id", "kind", "timestep", "n_judgments", "agreement", "dataset_version",
+    ]
+    return out.select(columns).to_arrow()
+
+
+def export_dataset(version: DatasetVersion, fmt: str, out: Path | str, *, show_progress: bool = True) -> Path:
+    """Write a dataset version in one format; returns the written file or folder.
+
+    Formats:
+        pickapic: ``<out>/<version>.parquet``, Pick-a-Pic columns (images as bytes) plus ours.
+        jsonl: ``<out>/<version>.jsonl`` with image paths relative to ``<out>``, images under ``<out>/images/``.
+        hf: a folder ``<out>/<version>/`` with ``data/train-00000-of-00001.parquet`` and a dataset card,
+            loadable with ``datasets.load_dataset(folder)``.
+    """
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if fmt == "pickapic":
+            target = out / f"{version.id}.parquet"
+            _write_parquet_atomic(pickapic_table(version, show_progress=show_progress), target)
+            return target
+        if fmt == "jsonl":
+            return _export_jsonl(version, out)
+        if fmt == "hf":
+            target = out / version.id
+            (target / "data").mkdir(parents=True, exist_ok=True)
+            _write_parquet_atomic(pickapic_table(version, show_progress=show_progress),
+                                  target / "data" / "train-00000-of-00001.parquet")
+            (target / "README.md").write_text(_dataset_card(version))
+            return target
+    except OSError as e:
+        raise StoreError(f"could not export {version.id} to {out}: {e}") from e
+    raise StoreError(f"unknown export format {fmt!r}: choose pickapic, jsonl or hf")
+
+
+def _write_parquet_atomic(table: pa.Table, target: Path) -> None:
+    tmp = target.with_name(f".tmp-{target.name}")
+    pq.write_table(table, tmp)
+    tmp.replace(target)
+
+
+def _export_jsonl(version: DatasetVersion, out: Path) -> Path:
+    frame = pl.read_parquet(version.pairs_file)
+    images = out / "images"
+    images.mkdir(exist_ok=True)
+    for rel in set(frame["image_0"].to_list()) | set(frame["image_1"].to_list()):
+        target = out / rel
+        if not target.exists():
+            shutil.copyfile(version.path / rel, target)
+    target = out / f"{version.id}.jsonl"
+    tmp = target.with_name(f".tmp-{target.name}")
+    with tmp.open("w") as f:
+        for row in frame.iter_rows(named=True):
+            f.write(json.dumps({**row, "dataset_version": version.id}) + "\n")
+    tmp.replace(target)
+    return target
+
+
+def _dataset_card(version: DatasetVersion) -> str:
+    return f"""---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data/train-*.parquet
+---
+# {version.name} ({version.id})
+
+Pairwise preferences exported from the preference workbench.
+
+- pairs: {version.n_pairs}
+- content hash: `{version.content_hash}`
+- filters: `{json.dumps(version.filters)}`
+
+Columns follow Pick-a-Pic (caption, jpg_0, jpg_1, label_0, label_1 with 0.5/0.5 for ties, image
+uids, model names) plus pair_id, kind (final or step), timestep, n_judgments and agreement.
+"""

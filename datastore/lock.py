@@ -1,0 +1,49 @@
+"""A cross-process reader/writer lock on a file (``flock``), with a timeout.
+
+DuckDB lets one process hold a database file read-write, and no other process may open it at
+all meanwhile. Every process therefore opens the file only for the length of one operation,
+behind this lock: readers share it, a writer holds it alone. ``flock`` locks belong to an open
+file description, so two threads of one process exclude each other the same way two
+processes do, and the kernel drops a lock when its holder dies, even by SIGKILL.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from datastore.errors import StoreBusyError
+
+
+@contextmanager
+def file_lock(path: Path, *, exclusive: bool, timeout_s: float) -> Iterator[None]:
+    """Hold a shared or exclusive lock on ``path`` for the duration of the block.
+
+    Raises:
+        StoreBusyError: the lock could not be taken within ``timeout_s`` seconds.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        deadline = time.monotonic() + timeout_s
+        delay = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    kind = "write" if exclusive else "read"
+                    raise StoreBusyError(
+                        f"could not take the {kind} lock on {path} within {timeout_s:.0f} s: "
+                        "another process holds the store; retry, or raise lock_timeout_s"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.005)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -1,0 +1,303 @@
+"""Reading and writing the store's entities. Each function takes an open connection, so a caller
+composes several of them into one transaction with ``with store.write() as con: ...``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Literal
+
+import duckdb
+import pyarrow as pa
+
+from datastore.errors import NotFoundError, StoreError
+from datastore.media import StoredImage
+
+Outcome = Literal["a", "b", "tie", "both_bad"]
+OUTCOMES: tuple[str, ...] = ("a", "b", "tie", "both_bad")
+SOURCES: tuple[str, ...] = ("app", "labelstudio", "ai", "import")
+PAIR_KINDS: tuple[str, ...] = ("final", "step")
+
+
+def upsert_prompts(
+    con: duckdb.DuckDBPyConnection, texts: Sequence[str], *, split: str = "train", source: str | None = None
+) -> dict[str, int]:
+    """Insert the prompts that are new; return the id of every given prompt text."""
+    if any(not t or not t.strip() for t in texts):
+        raise StoreError("a prompt is empty")
+    unique = list(dict.fromkeys(texts))
+    incoming = pa.table({"text": unique})
+    con.register("incoming_prompts", incoming)
+    try:
+        con.execute(
+            "INSERT INTO prompts (text, split, source) SELECT text, ?, ? FROM incoming_prompts "
+            "WHERE text NOT IN (SELECT text FROM prompts)",
+            [split, source],
+        )
+        rows = con.execute(
+            "SELECT p.text, p.id FROM prompts p JOIN incoming_prompts i ON p.text = i.text"
+        ).fetchall()
+    finally:
+        con.unregister("incoming_prompts")
+    return dict(rows)
+
+
+def ensure_annotator(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    *,
+    kind: Literal["human", "ai"] = "human",
+    model: str | None = None,
+    version: str | None = None,
+) -> int:
+    """The id of the annotator called ``name``, created if new."""
+    if kind not in ("human", "ai"):
+        raise StoreError(f"annotator kind must be 'human' or 'ai', got {kind!r}")
+    row = con.execute("SELECT id FROM annotators WHERE name = ?", [name]).fetchone()
+    if row:
+        return row[0]
+    return con.execute(
+        "INSERT INTO annotators (name, kind, model, version) VALUES (?, ?, ?, ?) RETURNING id",
+        [name, kind, model, version],
+    ).fetchone()[0]
+
+
+def register_model(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    path: str,
+    *,
+    kind: Literal["base", "lora", "full"] = "base",
+    parent_id: int | None = None,
+    round_id: int | None = None,
+    job_id: int | None = None,
+    dataset_version: str | None = None,
+    metadata: dict | None = None,
+) -> int:
+    """Register a model or checkpoint (idempotent by name); return its id."""
+    row = con.execute("SELECT id FROM models WHERE name = ?", [name]).fetchone()
+    if row:
+        return row[0]
+    return con.execute(
+        "INSERT INTO models (name, path, kind, parent_id, round_id, job_id, dataset_version, metadata) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        [name, path, kind, parent_id, round_id, job_id, dataset_version, json.dumps(metadata or {})],
+    ).fetchone()[0]
+
+
+def model_lineage(con: duckdb.DuckDBPyConnection, model_id: int) -> list[dict]:
+    """The model and its ancestors, newest first."""
+    chain = []
+    current: int | None = model_id
+    while current is not None:
+        row = con.execute("SELECT id, name, path, kind, parent_id FROM models WHERE id = ?", [current]).fetchone()
+        if row is None:
+            raise NotFoundError(f"model {current} does not exist")
+        chain.append(dict(zip(("id", "name", "path", "kind", "parent_id"), row, strict=True)))
+        current = row[4]
+    return chain
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """An image file plus where it came from."""
+
+    image: StoredImage
+    generation_id: int | None = None
+    pool_id: int | None = None
+    step_index: int | None = None
+    timestep: int | None = None
+    source_uid: str | None = None
+    source_model: str | None = None
+
+
+def insert_images(con: duckdb.DuckDBPyConnection, rows: Sequence[ImageRow]) -> None:
+    """Record image files; an image already recorded (same content hash) is left as it is."""
+    if not rows:
+        return
+    table = pa.table(
+        {
+            "id": [r.image.id for r in rows],
+            "path": [r.image.path for r in rows],
+            "width": [r.image.width for r in rows],
+            "height": [r.image.height for r in rows],
+            "format": [r.image.format for r in rows],
+            "nbytes": [r.image.nbytes for r in rows],
+            "generation_id": pa.array([r.generation_id for r in rows], pa.int64()),
+            "pool_id": pa.array([r.pool_id for r in rows], pa.int64()),
+            "step_index": pa.array([r.step_index for r in rows], pa.int32()),
+            "timestep": pa.array([r.timestep for r in rows], pa.int32()),
+            "source_uid": pa.array([r.source_uid for r in rows], pa.string()),
+            "source_model": pa.array([r.source_model for r in rows], pa.string()),
+        }
+    )
+    con.register("incoming_images", table)
+    try:
+        con.execute(
+            "INSERT INTO images (id, path, width, height, format, nbytes, generation_id, pool_id, step_index, "
+            "timestep, source_uid, source_model) SELECT DISTINCT ON (id) * FROM incoming_images "
+            "WHERE id NOT IN (SELECT id FROM images)"
+        )
+    finally:
+        con.unregister("incoming_images")
+
+
+@dataclass(frozen=True)
+class NewPair:
+    """A pair of images of one prompt to be judged."""
+
+    prompt_id: int
+    image_a: str
+    image_b: str
+    kind: Literal["final", "step"] = "final"
+    timestep: int | None = None
+    pool_id: int | None = None
+    round_id: int | None = None
+    gold_outcome: Outcome | None = None
+    source_ref: str | None = None
+
+
+def insert_pairs(con: duckdb.DuckDBPyConnection, pairs: Sequence[NewPair]) -> list[int]:
+    """Record pairs; a pair of the same two images (same order) is reused. Returns ids in input order."""
+    for p in pairs:
+        if p.kind not in PAIR_KINDS:
+            raise StoreError(f"pair kind must be one of {PAIR_KINDS}, got {p.kind!r}")
+        if p.image_a == p.image_b:
+            raise StoreError(f"a pair needs two different images, got {p.image_a} twice")
+        if p.gold_outcome is not None and p.gold_outcome not in OUTCOMES:
+            raise StoreError(f"gold outcome must be one of {OUTCOMES}, got {p.gold_outcome!r}")
+    if not pairs:
+        return []
+    table = pa.Table.from_pylist([asdict(p) for p in pairs], schema=_NEW_PAIR_SCHEMA)
+    table = table.append_column("ord", pa.array(range(len(pairs)), pa.int64()))
+    con.register("incoming_pairs", table)
+    try:
+        con.execute(
+            "INSERT INTO pairs (prompt_id, image_a, image_b, kind, timestep, pool_id, round_id, gold_outcome, source_ref) "
+            "SELECT prompt_id, image_a, image_b, kind, timestep, pool_id, round_id, gold_outcome, source_ref "
+            "FROM (SELECT DISTINCT ON (image_a, image_b) * FROM incoming_pairs ORDER BY ord) i "
+            "WHERE NOT EXISTS (SELECT 1 FROM pairs p WHERE p.image_a = i.image_a AND p.image_b = i.image_b) "
+            "ORDER BY ord"
+        )
+        ids = con.execute(
+            "SELECT p.id FROM incoming_pairs i JOIN pairs p ON p.image_a = i.image_a AND p.image_b = i.image_b "
+            "ORDER BY i.ord"
+        ).fetchall()
+    finally:
+        con.unregister("incoming_pairs")
+    return [r[0] for r in ids]
+
+
+_NEW_PAIR_SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.int64()),
+        ("image_a", pa.string()),
+        ("image_b", pa.string()),
+        ("kind", pa.string()),
+        ("timestep", pa.int32()),
+        ("pool_id", pa.int64()),
+        ("round_id", pa.int64()),
+        ("gold_outcome", pa.string()),
+        ("source_ref", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class NewJudgment:
+    """One judgment of a pair.
+
+    Attributes:
+        outcome: ``a`` / ``b`` (that image is preferred), ``tie``, or ``both_bad``.
+        left_image: which image was shown on the left (``a`` or ``b``), when known.
+        shown_at, answered_at: when the pair appeared and was answered (time taken = difference).
+        external_id: the id at the source (e.g. a Label Studio annotation id); with ``source``
+            it identifies the judgment for idempotent merges.
+    """
+
+    pair_id: int
+    annotator_id: int
+    source: Literal["app", "labelstudio", "ai", "import"]
+    outcome: Outcome
+    left_image: Literal["a", "b"] | None = None
+    confidence: float | None = None
+    score_a: float | None = None
+    score_b: float | None = None
+    shown_at: datetime | None = None
+    answered_at: datetime | None = None
+    is_gold: bool = False
+    external_id: str | None = None
+    external_updated_at: str | None = None
+
+
+_JUDGMENT_SCHEMA = pa.schema(
+    [
+        ("pair_id", pa.int64()),
+        ("annotator_id", pa.int64()),
+        ("source", pa.string()),
+        ("outcome", pa.string()),
+        ("left_image", pa.string()),
+        ("confidence", pa.float64()),
+        ("score_a", pa.float64()),
+        ("score_b", pa.float64()),
+        ("shown_at", pa.timestamp("us")),
+        ("answered_at", pa.timestamp("us")),
+        ("is_gold", pa.bool_()),
+        ("external_id", pa.string()),
+        ("external_updated_at", pa.string()),
+    ]
+)
+
+
+def validate_judgment(j: NewJudgment) -> None:
+    """Raise StoreError naming the field when a judgment is malformed."""
+    if j.outcome not in OUTCOMES:
+        raise StoreError(f"judgment outcome must be one of {OUTCOMES}, got {j.outcome!r}")
+    if j.source not in SOURCES:
+        raise StoreError(f"judgment source must be one of {SOURCES}, got {j.source!r}")
+    if j.left_image not in (None, "a", "b"):
+        raise StoreError(f"left_image must be 'a', 'b' or None, got {j.left_image!r}")
+    if j.confidence is not None and not 0.0 <= j.confidence <= 1.0:
+        raise StoreError(f"confidence must be within [0, 1], got {j.confidence}")
+
+
+def insert_judgments(con: duckdb.DuckDBPyConnection, judgments: Sequence[NewJudgment]) -> list[int]:
+    """Record judgments (all validated before any is written). Returns their ids in input order."""
+    for j in judgments:
+        validate_judgment(j)
+    if not judgments:
+        return []
+    table = pa.Table.from_pylist([asdict(j) for j in judgments], schema=_JUDGMENT_SCHEMA)
+    con.register("incoming_judgments", table)
+    try:
+        ids = con.execute(
+            "INSERT INTO judgments (pair_id, annotator_id, source, outcome, left_image, confidence, score_a, score_b, "
+            "shown_at, answered_at, is_gold, external_id, external_updated_at) "
+            "SELECT * FROM incoming_judgments RETURNING id"
+        ).fetchall()
+    finally:
+        con.unregister("incoming_judgments")
+    return [r[0] for r in ids]
+
+
+def store_stats(con: duckdb.DuckDBPyConnection) -> dict[str, int | dict[str, int]]:
+    """Counts of the store's main entities, and judgments by source and outcome."""
+    counts = {
+        table: con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        for table in ("prompts", "models", "images", "pairs", "annotators", "dataset_versions", "jobs", "rounds")
+    }
+    counts["judgments"] = con.execute("SELECT count(*) FROM judgments WHERE NOT withdrawn").fetchone()[0]
+    counts["pairs_by_kind"] = dict(con.execute("SELECT kind, count(*) FROM pairs GROUP BY kind ORDER BY kind").fetchall())
+    counts["judgments_by_source"] = dict(
+        con.execute(
+            "SELECT source, count(*) FROM judgments WHERE NOT withdrawn GROUP BY source ORDER BY source"
+        ).fetchall()
+    )
+    counts["judgments_by_outcome"] = dict(
+        con.execute(
+            "SELECT outcome, count(*) FROM judgments WHERE NOT withdrawn GROUP BY outcome ORDER BY outcome"
+        ).fetchall()
+    )
+    return counts

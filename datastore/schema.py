@@ -1,0 +1,172 @@
+"""Numbered schema migrations, applied in order on open. Never edit a released migration: add one."""
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE SEQUENCE prompt_ids START 1;
+        CREATE TABLE prompts (
+            id BIGINT PRIMARY KEY DEFAULT nextval('prompt_ids'),
+            text VARCHAR NOT NULL UNIQUE,
+            split VARCHAR NOT NULL DEFAULT 'train',           -- train | heldout
+            source VARCHAR,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        );
+
+        CREATE SEQUENCE model_ids START 1;
+        CREATE TABLE models (
+            id BIGINT PRIMARY KEY DEFAULT nextval('model_ids'),
+            name VARCHAR NOT NULL UNIQUE,
+            path VARCHAR NOT NULL,                             -- local folder or hub id
+            kind VARCHAR NOT NULL,                             -- base | lora | full
+            parent_id BIGINT,                                  -- lineage: the model this one was trained from
+            round_id BIGINT,
+            job_id BIGINT,
+            dataset_version VARCHAR,
+            metadata JSON,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        );
+
+        CREATE SEQUENCE generation_ids START 1;
+        CREATE TABLE generations (
+            id BIGINT PRIMARY KEY DEFAULT nextval('generation_ids'),
+            model_id BIGINT,
+            prompt_id BIGINT NOT NULL,
+            seed BIGINT NOT NULL,
+            sampler VARCHAR NOT NULL,
+            steps INTEGER NOT NULL,
+            guidance DOUBLE NOT NULL,
+            width INTEGER,
+            height INTEGER,
+            params JSON,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        );
+
+        CREATE SEQUENCE pool_ids START 1;
+        CREATE TABLE step_pools (
+            id BIGINT PRIMARY KEY DEFAULT nextval('pool_ids'),
+            generation_id BIGINT,
+            prompt_id BIGINT NOT NULL,
+            step_index INTEGER NOT NULL,                       -- position in the denoising chain
+            num_steps INTEGER NOT NULL,
+            timestep INTEGER NOT NULL,
+            k INTEGER NOT NULL,
+            continued_image VARCHAR,                           -- the candidate the chain continued from
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        );
+
+        CREATE TABLE images (
+            id VARCHAR PRIMARY KEY,                            -- sha256 of the file's bytes
+            path VARCHAR NOT NULL,                             -- relative to the media folder
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            format VARCHAR NOT NULL,
+            nbytes BIGINT NOT NULL,
+            generation_id BIGINT,
+            pool_id BIGINT,                                    -- noisy-step images: their pool
+            step_index INTEGER,
+            timestep INTEGER,
+            source_uid VARCHAR,                                -- uid in an imported file
+            source_model VARCHAR,                              -- model name given by an imported file
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        );
+
+        CREATE SEQUENCE round_ids START 1;
+        CREATE TABLE rounds (
+            id BIGINT PRIMARY KEY DEFAULT nextval('round_ids'),
+            parent_model_id BIGINT,
+            model_id BIGINT,
+            status VARCHAR NOT NULL DEFAULT 'created',
+            config JSON,
+            results JSON,
+            started_at TIMESTAMP,
+            finished_at TIMESTAMP,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        );
+
+        CREATE SEQUENCE pair_ids START 1;
+        CREATE TABLE pairs (
+            id BIGINT PRIMARY KEY DEFAULT nextval('pair_ids'),
+            prompt_id BIGINT NOT NULL,
+            image_a VARCHAR NOT NULL,
+            image_b VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,                             -- final | step
+            timestep INTEGER,
+            pool_id BIGINT,
+            round_id BIGINT,
+            gold_outcome VARCHAR,                              -- known answer for gold pairs: a | b | tie | both_bad
+            source_ref VARCHAR,                                -- e.g. the ranking id of an imported row
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            UNIQUE (image_a, image_b)
+        );
+
+        CREATE SEQUENCE annotator_ids START 1;
+        CREATE TABLE annotators (
+            id BIGINT PRIMARY KEY DEFAULT nextval('annotator_ids'),
+            name VARCHAR NOT NULL UNIQUE,
+            kind VARCHAR NOT NULL,                             -- human | ai
+            model VARCHAR,                                     -- AI annotators: scorer name
+            version VARCHAR,                                   -- AI annotators: scorer version
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        );
+
+        CREATE SEQUENCE judgment_ids START 1;
+        CREATE TABLE judgments (
+            id BIGINT PRIMARY KEY DEFAULT nextval('judgment_ids'),
+            pair_id BIGINT NOT NULL,
+            annotator_id BIGINT NOT NULL,
+            source VARCHAR NOT NULL,                           -- app | labelstudio | ai | import
+            outcome VARCHAR NOT NULL,                          -- a | b | tie | both_bad
+            left_image VARCHAR,                                -- which image was shown on the left: a | b
+            confidence DOUBLE,
+            score_a DOUBLE,                                    -- AI judgments: the scorer's scores
+            score_b DOUBLE,
+            shown_at TIMESTAMP,
+            answered_at TIMESTAMP,
+            is_gold BOOLEAN NOT NULL DEFAULT false,
+            external_id VARCHAR,                               -- e.g. the Label Studio annotation id
+            external_updated_at VARCHAR,
+            withdrawn BOOLEAN NOT NULL DEFAULT false,          -- deleted at the source; kept for audit
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            updated_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        );
+        CREATE INDEX judgments_pair ON judgments (pair_id);
+        CREATE INDEX judgments_external ON judgments (source, external_id);
+
+        CREATE TABLE dataset_versions (
+            id VARCHAR PRIMARY KEY,                            -- name-hashprefix
+            name VARCHAR NOT NULL,
+            content_hash VARCHAR NOT NULL,
+            path VARCHAR NOT NULL,                             -- relative to the home folder
+            n_pairs BIGINT NOT NULL,
+            filters JSON,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        );
+
+        CREATE SEQUENCE job_ids START 1;
+        CREATE TABLE jobs (
+            id BIGINT PRIMARY KEY DEFAULT nextval('job_ids'),
+            kind VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,                           -- queued | running | finished | failed | stopped
+            pid INTEGER,
+            run_dir VARCHAR,
+            config JSON,
+            error VARCHAR,
+            round_id BIGINT,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            started_at TIMESTAMP,
+            finished_at TIMESTAMP
+        );
+
+        CREATE TABLE metrics (
+            job_id BIGINT,
+            round_id BIGINT,
+            model_id BIGINT,
+            step BIGINT,
+            name VARCHAR NOT NULL,
+            value DOUBLE NOT NULL,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        );
+        """,
+    ),
+]

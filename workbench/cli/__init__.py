@@ -1,0 +1,27 @@
+"""The `workbench` command line. Each command is a few lines that call library functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from workbench.cli import data
+from workbench.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Preference workbench for text-to-image diffusion models.")
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    home: Path | None = typer.Option(None, "--home", help="Workbench home folder (default: $WORKBENCH_HOME, else ~/.workbench)."),
+) -> None:
+    ctx.obj = Settings.from_home(home)
+
+
+app.command()(data.init)
+app.command()(data.stats)
+app.command()(data.export)
+app.add_typer(data.import_app, name="import")
+app.add_typer(data.dataset_app, name="dataset")

@@ -1,0 +1,94 @@
+"""Store commands: init, stats, import, export, dataset versions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import typer
+
+from datastore.datasets import (
+    DatasetFilters,
+    create_dataset_version,
+    find_dataset_version,
+    list_dataset_versions,
+)
+from datastore.formats import export_dataset, import_pickapic
+from datastore.records import store_stats
+from workbench.cli.common import console, open_store, user_errors
+
+import_app = typer.Typer(no_args_is_help=True, help="Import preference data into the store.")
+dataset_app = typer.Typer(no_args_is_help=True, help="Build and list dataset versions.")
+
+
+def init(ctx: typer.Context) -> None:
+    """Create the workbench home (DuckDB store, media, datasets, runs, models) or upgrade its schema."""
+    with user_errors():
+        store = open_store(ctx)
+        console.print(f"workbench home ready at {store.home} (schema version {store.schema_version()})")
+
+
+def stats(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Counts of prompts, images, pairs, judgments, annotators and dataset versions."""
+    with user_errors():
+        store = open_store(ctx)
+        with store.read() as con:
+            counts = store_stats(con)
+    if as_json:
+        typer.echo(json.dumps(counts))
+        return
+    for key, value in counts.items():
+        console.print(f"{key:>22}: {value}")
+
+
+@import_app.command("pickapic")
+def import_pickapic_command(
+    ctx: typer.Context, file: Path = typer.Argument(..., help="Pick-a-Pic-format Parquet file.")
+) -> None:
+    """Import a Pick-a-Pic-format Parquet file (caption, jpg_0, jpg_1, label_0, label_1) as pairs + judgments."""
+    with user_errors():
+        report = import_pickapic(open_store(ctx), file)
+    console.print(
+        f"imported {report.rows} rows: {report.pairs} new pairs, {report.judgments} new judgments, "
+        f"{report.images} new images, {report.annotators} new annotators"
+    )
+
+
+def export(
+    ctx: typer.Context,
+    version: str = typer.Argument(..., help="Dataset version id, unique id prefix, or name (newest)."),
+    fmt: Literal["pickapic", "jsonl", "hf"] = typer.Option("pickapic", "--format", help="Output format."),
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+) -> None:
+    """Export a dataset version as Pick-a-Pic Parquet, JSONL, or a Hugging Face datasets folder."""
+    with user_errors():
+        target = export_dataset(find_dataset_version(open_store(ctx), version), fmt, out)
+    console.print(f"wrote {target}")
+
+
+@dataset_app.command("create")
+def dataset_create(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Dataset name (letters, digits, '.', '_', '-')."),
+    kinds: list[str] = typer.Option(["final", "step"], "--kind", help="Pair kinds to include."),
+    sources: list[str] = typer.Option([], "--source", help="Judgment sources to count (default: all)."),
+    min_judgments: int = typer.Option(1, help="Leave out pairs with fewer judgments."),
+    min_agreement: float = typer.Option(0.0, help="Leave out pairs with lower agreement with the consensus."),
+    ties: bool = typer.Option(True, "--ties/--no-ties", help="Keep pairs whose consensus is a tie."),
+) -> None:
+    """Snapshot judged pairs with consensus labels as an immutable dataset version."""
+    with user_errors():
+        filters = DatasetFilters(kinds=tuple(kinds), sources=tuple(sources), min_judgments=min_judgments,
+                                 min_agreement=min_agreement, include_ties=ties)
+        version = create_dataset_version(open_store(ctx), name, filters)
+    console.print(f"dataset version {version.id}: {version.n_pairs} pairs, hash {version.content_hash[:16]}")
+    console.print(f"  {version.path}")
+
+
+@dataset_app.command("list")
+def dataset_list(ctx: typer.Context) -> None:
+    """List dataset versions, newest first."""
+    with user_errors():
+        frame = list_dataset_versions(open_store(ctx))
+    console.print(frame)
