@@ -125,8 +125,8 @@ def consensus_frame(store: Store, filters: DatasetFilters) -> pl.DataFrame:
         SELECT p.id AS pair_id, pr.text AS prompt,
                ia.path AS media_0, ib.path AS media_1,
                p.image_a AS image_0_uid, p.image_b AS image_1_uid,
-               CASE consensus WHEN 'a' THEN 1.0 WHEN 'b' THEN 0.0 ELSE 0.5 END AS label_0,
-               CASE consensus WHEN 'a' THEN 0.0 WHEN 'b' THEN 1.0 ELSE 0.5 END AS label_1,
+               (CASE consensus WHEN 'a' THEN 1.0 WHEN 'b' THEN 0.0 ELSE 0.5 END)::DOUBLE AS label_0,
+               (CASE consensus WHEN 'a' THEN 0.0 WHEN 'b' THEN 1.0 ELSE 0.5 END)::DOUBLE AS label_1,
                p.kind, p.timestep::BIGINT AS timestep, l.n AS n_judgments,
                (CASE consensus WHEN 'a' THEN n_a WHEN 'b' THEN n_b ELSE n_tie END) / l.n::DOUBLE AS agreement,
                coalesce(ma.name, ia.source_model) AS model_0,
@@ -144,7 +144,7 @@ def consensus_frame(store: Store, filters: DatasetFilters) -> pl.DataFrame:
         ORDER BY p.id
     """
     with store.read() as con:
-        frame = con.execute(query, params).pl()
+        frame = con.sql(query, params=params).pl()
     frame = frame.filter(
         (pl.col("n_judgments") >= filters.min_judgments) & (pl.col("agreement") >= filters.min_agreement)
     )
@@ -287,6 +287,6 @@ def find_dataset_version(store: Store, version: str) -> DatasetVersion:
 def list_dataset_versions(store: Store) -> pl.DataFrame:
     """All dataset versions, newest first."""
     with store.read() as con:
-        return con.execute(
+        return con.sql(
             "SELECT id, name, n_pairs, content_hash, created_at FROM dataset_versions ORDER BY created_at DESC"
         ).pl()

@@ -30,6 +30,7 @@ from datastore.records import (
     insert_pairs,
     upsert_prompts,
 )
+from datastore.sql import scalar
 from datastore.store import Store
 
 PICKAPIC_REQUIRED = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
@@ -181,7 +182,7 @@ def import_pickapic(store: Store, path: Path | str, *, show_progress: bool = Tru
             bar.update(batch.num_rows)
 
     with store.write() as con:
-        before = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("pairs", "images", "annotators")}
+        before = {t: scalar(con, f"SELECT count(*) FROM {t}") for t in ("pairs", "images", "annotators")}
         prompt_ids = upsert_prompts(con, [r.caption for r in rows], source=f"import:{path.name}")
         insert_images(
             con,
@@ -207,7 +208,7 @@ def import_pickapic(store: Store, path: Path | str, *, show_progress: bool = Tru
             if r.ranking not in known
         ]
         insert_judgments(con, new)
-        after = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("pairs", "images", "annotators")}
+        after = {t: scalar(con, f"SELECT count(*) FROM {t}") for t in ("pairs", "images", "annotators")}
     return ImportReport(
         rows=len(rows),
         pairs=after["pairs"] - before["pairs"],

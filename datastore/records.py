@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from datastore.errors import NotFoundError, StoreError
 from datastore.media import StoredImage
+from datastore.sql import first_row, scalar
 
 Outcome = Literal["a", "b", "tie", "both_bad"]
 OUTCOMES: tuple[str, ...] = ("a", "b", "tie", "both_bad")
@@ -55,13 +56,14 @@ def ensure_annotator(
     """The id of the annotator called ``name``, created if new."""
     if kind not in ("human", "ai"):
         raise StoreError(f"annotator kind must be 'human' or 'ai', got {kind!r}")
-    row = con.execute("SELECT id FROM annotators WHERE name = ?", [name]).fetchone()
+    row = first_row(con, "SELECT id FROM annotators WHERE name = ?", [name])
     if row:
         return row[0]
-    return con.execute(
+    return scalar(
+        con,
         "INSERT INTO annotators (name, kind, model, version) VALUES (?, ?, ?, ?) RETURNING id",
         [name, kind, model, version],
-    ).fetchone()[0]
+    )
 
 
 def register_model(
@@ -77,14 +79,15 @@ def register_model(
     metadata: dict | None = None,
 ) -> int:
     """Register a model or checkpoint (idempotent by name); return its id."""
-    row = con.execute("SELECT id FROM models WHERE name = ?", [name]).fetchone()
+    row = first_row(con, "SELECT id FROM models WHERE name = ?", [name])
     if row:
         return row[0]
-    return con.execute(
+    return scalar(
+        con,
         "INSERT INTO models (name, path, kind, parent_id, round_id, job_id, dataset_version, metadata) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         [name, path, kind, parent_id, round_id, job_id, dataset_version, json.dumps(metadata or {})],
-    ).fetchone()[0]
+    )
 
 
 def model_lineage(con: duckdb.DuckDBPyConnection, model_id: int) -> list[dict]:
@@ -92,7 +95,7 @@ def model_lineage(con: duckdb.DuckDBPyConnection, model_id: int) -> list[dict]:
     chain = []
     current: int | None = model_id
     while current is not None:
-        row = con.execute("SELECT id, name, path, kind, parent_id FROM models WHERE id = ?", [current]).fetchone()
+        row = first_row(con, "SELECT id, name, path, kind, parent_id FROM models WHERE id = ?", [current])
         if row is None:
             raise NotFoundError(f"model {current} does not exist")
         chain.append(dict(zip(("id", "name", "path", "kind", "parent_id"), row, strict=True)))
@@ -285,10 +288,10 @@ def insert_judgments(con: duckdb.DuckDBPyConnection, judgments: Sequence[NewJudg
 def store_stats(con: duckdb.DuckDBPyConnection) -> dict[str, int | dict[str, int]]:
     """Counts of the store's main entities, and judgments by source and outcome."""
     counts = {
-        table: con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        table: scalar(con, f"SELECT count(*) FROM {table}")
         for table in ("prompts", "models", "images", "pairs", "annotators", "dataset_versions", "jobs", "rounds")
     }
-    counts["judgments"] = con.execute("SELECT count(*) FROM judgments WHERE NOT withdrawn").fetchone()[0]
+    counts["judgments"] = scalar(con, "SELECT count(*) FROM judgments WHERE NOT withdrawn")
     counts["pairs_by_kind"] = dict(con.execute("SELECT kind, count(*) FROM pairs GROUP BY kind ORDER BY kind").fetchall())
     counts["judgments_by_source"] = dict(
         con.execute(

@@ -20,6 +20,7 @@ from datastore.errors import StoreError
 from datastore.lock import file_lock
 from datastore.media import MediaStore
 from datastore.schema import MIGRATIONS
+from datastore.sql import scalar
 
 DB_FILE = "workbench.duckdb"
 
@@ -124,4 +125,4 @@ class Store:
     def schema_version(self) -> int:
         """The highest migration applied to this store."""
         with self.read() as con:
-            return con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+            return scalar(con, "SELECT max(version) FROM schema_migrations")

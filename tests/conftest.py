@@ -1,0 +1,25 @@
+"""Shared fixtures: a temporary store and a Pick-a-Pic-format file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pickapic_data import pickapic_rows, write_parquet
+
+from datastore.store import Store
+
+# Nothing in the suite may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store.open(tmp_path / "home")
+
+
+@pytest.fixture
+def pickapic_file(tmp_path: Path) -> Path:
+    return write_parquet(tmp_path / "pickapic.parquet", pickapic_rows(12))
