@@ -19,105 +19,125 @@ import math
 from dataclasses import dataclass
 
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler
 from torch import Tensor
 
 
 @dataclass(frozen=True)
 class DDIMStep:
-    """One DDIM transition x_t -> x_{t-1} as a Gaussian.
+    """One DDIM transition x_t -> x_{t-1} per sample, as a Gaussian.
 
     Attributes:
         mean: Shape (B, C, H, W).
-        std: Standard deviation shared by every element (0 when eta = 0 or at a final step
-            with ``set_alpha_to_one``).
+        std: Standard deviation of each sample's elements, shape (B,); 0 when eta = 0 or at a
+            final step with ``set_alpha_to_one``.
         pred_x0: The model's prediction of x_0 from x_t, shape (B, C, H, W).
-        timestep: t.
-        prev_timestep: t - T / num_inference_steps; negative at the last step.
+        timesteps: t, shape (B,).
+        prev_timesteps: t - T / num_inference_steps, shape (B,); negative at the last step.
     """
 
     mean: Tensor
-    std: float
+    std: Tensor
     pred_x0: Tensor
-    timestep: int
-    prev_timestep: int
+    timesteps: Tensor
+    prev_timesteps: Tensor
 
 
-def predict_x0(scheduler: DDIMScheduler, model_output: Tensor, sample: Tensor, timestep: int) -> tuple[Tensor, Tensor]:
-    """Predicted x_0 and noise from a model output, for the scheduler's prediction type.
+def _per_sample(values: Tensor, like: Tensor) -> Tensor:
+    """Shape (B,) -> (B, 1, 1, 1) in `like`'s dtype, for broadcasting over latents."""
+    return values.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+
+
+def predict_x0(
+    scheduler: DDIMScheduler | DDPMScheduler, model_output: Tensor, sample: Tensor, timesteps: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Predicted x_0 and noise from a model output, as ``DDIMScheduler.step`` computes them.
 
     Args:
-        scheduler: Supplies ``alphas_cumprod`` and ``prediction_type``.
+        scheduler: Supplies ``alphas_cumprod``, ``prediction_type`` and ``clip_sample``.
         model_output: Shape (B, C, H, W).
         sample: x_t, shape (B, C, H, W).
-        timestep: t.
+        timesteps: t, shape (B,).
 
     Returns:
-        (x0_hat, eps_hat), each shaped like `sample`; x0_hat is not clipped.
+        (x0_hat, eps_hat), each shaped like `sample`; x0_hat is clipped when the scheduler's
+        ``clip_sample`` is set (eps_hat is not, as in diffusers).
     """
-    alpha_t = scheduler.alphas_cumprod[timestep].item()
-    beta_t = 1.0 - alpha_t
+    if scheduler.config.thresholding:
+        raise ValueError("dynamic thresholding is not supported: its x0 depends on the batch statistics")
+    alphas = scheduler.alphas_cumprod.to(sample.device)
+    alpha_t = _per_sample(alphas[timesteps.to(sample.device)], sample)
+    beta_t = 1 - alpha_t
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
-        return (sample - beta_t**0.5 * model_output) / alpha_t**0.5, model_output
-    if kind == "v_prediction":
-        return alpha_t**0.5 * sample - beta_t**0.5 * model_output, alpha_t**0.5 * model_output + beta_t**0.5 * sample
-    if kind == "sample":
-        return model_output, (sample - alpha_t**0.5 * model_output) / beta_t**0.5
-    raise ValueError(f"unknown prediction_type {kind!r}; expected epsilon, v_prediction or sample")
+        pred_x0, pred_eps = (sample - beta_t.sqrt() * model_output) / alpha_t.sqrt(), model_output
+    elif kind == "v_prediction":
+        pred_x0 = alpha_t.sqrt() * sample - beta_t.sqrt() * model_output
+        pred_eps = alpha_t.sqrt() * model_output + beta_t.sqrt() * sample
+    elif kind == "sample":
+        pred_x0, pred_eps = model_output, (sample - alpha_t.sqrt() * model_output) / beta_t.sqrt()
+    else:
+        raise ValueError(f"unknown prediction_type {kind!r}; expected epsilon, v_prediction or sample")
+    if scheduler.config.clip_sample:
+        limit = scheduler.config.clip_sample_range
+        pred_x0 = pred_x0.clamp(-limit, limit)
+    return pred_x0, pred_eps
 
 
-def ddim_step(scheduler: DDIMScheduler, model_output: Tensor, sample: Tensor, timestep: int, eta: float) -> DDIMStep:
+def ddim_step(
+    scheduler: DDIMScheduler, model_output: Tensor, sample: Tensor, timesteps: Tensor, eta: float
+) -> DDIMStep:
     """The Gaussian of x_{t-1} given x_t, exactly as ``DDIMScheduler.step`` samples it.
+
+    Samples may sit at different timesteps (a training batch of pairs from several steps).
 
     Args:
         scheduler: A DDIM scheduler after ``set_timesteps``.
         model_output: The (guided) model output at (x_t, t), shape (B, C, H, W).
         sample: x_t, shape (B, C, H, W).
-        timestep: t, one of ``scheduler.timesteps``.
+        timesteps: t of each sample, from ``scheduler.timesteps``, shape (B,).
         eta: 0 is deterministic DDIM, 1 has DDPM's variance.
 
     Returns:
-        The transition's mean, std and the predicted x_0.
+        The transitions' means, stds and predicted x_0.
     """
-    if scheduler.config.thresholding:
-        raise ValueError("dynamic thresholding is not supported: its x0 depends on the batch statistics")
-    prev_timestep = timestep - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
-    alpha_t = scheduler.alphas_cumprod[timestep].item()
-    alpha_prev = (
-        scheduler.alphas_cumprod[prev_timestep].item() if prev_timestep >= 0 else float(scheduler.final_alpha_cumprod)
+    timesteps = timesteps.to(sample.device)
+    prev_timesteps = timesteps - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    alphas = scheduler.alphas_cumprod.to(sample.device)
+    alpha_t = alphas[timesteps]
+    alpha_prev = torch.where(
+        prev_timesteps >= 0, alphas[prev_timesteps.clamp(min=0)], scheduler.final_alpha_cumprod.to(alphas)
     )
-    pred_x0, pred_eps = predict_x0(scheduler, model_output, sample, timestep)
-    if scheduler.config.clip_sample:
-        limit = scheduler.config.clip_sample_range
-        pred_x0 = pred_x0.clamp(-limit, limit)
-    variance = (1.0 - alpha_prev) / (1.0 - alpha_t) * (1.0 - alpha_t / alpha_prev)
-    std = eta * variance**0.5
-    mean = alpha_prev**0.5 * pred_x0 + (1.0 - alpha_prev - std**2) ** 0.5 * pred_eps
-    return DDIMStep(mean=mean, std=std, pred_x0=pred_x0, timestep=timestep, prev_timestep=prev_timestep)
+    pred_x0, pred_eps = predict_x0(scheduler, model_output, sample, timesteps)
+    variance = (1 - alpha_prev) / (1 - alpha_t) * (1 - alpha_t / alpha_prev)
+    std = eta * variance.sqrt()
+    mean = _per_sample(alpha_prev.sqrt(), sample) * pred_x0 + _per_sample((1 - alpha_prev - std**2).sqrt(), sample) * pred_eps
+    return DDIMStep(mean=mean, std=std, pred_x0=pred_x0, timesteps=timesteps, prev_timesteps=prev_timesteps)
 
 
 def sample_candidates(step: DDIMStep, k: int, generator: torch.Generator | None = None) -> Tensor:
-    """Draws k candidates x_{t-1} per chain: the same mean, independent noise.
+    """Draws k candidates x_{t-1} per sample: the same mean, independent noise.
 
     Args:
-        step: The transition from each chain's x_t.
-        k: Candidates per chain.
-        generator: Source of the noise (on the mean's device).
+        step: The transition from each sample's x_t.
+        k: Candidates per sample.
+        generator: Source of the noise; drawn on its device, then moved to the mean's, so a
+            CPU generator gives the same candidates on any device.
 
     Returns:
         Shape (B, k, C, H, W).
     """
-    shape = (step.mean.shape[0], k, *step.mean.shape[1:])
-    noise = torch.randn(shape, generator=generator, device=step.mean.device, dtype=step.mean.dtype)
-    return step.mean[:, None] + step.std * noise
+    mean = step.mean
+    shape = (mean.shape[0], k, *mean.shape[1:])
+    noise = torch.randn(shape, generator=generator, device=generator.device if generator else mean.device)
+    return mean[:, None] + _per_sample(step.std, mean)[:, None] * noise.to(mean.device, mean.dtype)
 
 
 def pooled_ddim_step(
     scheduler: DDIMScheduler,
     model_output: Tensor,
     sample: Tensor,
-    timestep: int,
+    timesteps: Tensor,
     eta: float,
     k: int,
     generator: torch.Generator | None = None,
@@ -128,30 +148,34 @@ def pooled_ddim_step(
         scheduler: A DDIM scheduler after ``set_timesteps``.
         model_output: The (guided) model output at (x_t, t), shape (B, C, H, W).
         sample: x_t, shape (B, C, H, W).
-        timestep: t.
+        timesteps: t, shape (B,).
         eta: Must be > 0, or every candidate is the mean.
-        k: Candidates per chain.
+        k: Candidates per sample.
         generator: Source of the noise.
 
     Returns:
         Candidates of shape (B, k, C, H, W) and the transition they were drawn from.
+
+    Raises:
+        ValueError: A transition is deterministic (std 0).
     """
-    step = ddim_step(scheduler, model_output, sample, timestep, eta)
-    if step.std <= 0.0:
-        raise ValueError(f"the DDIM step from t={timestep} is deterministic (std 0): a pool needs eta > 0")
+    step = ddim_step(scheduler, model_output, sample, timesteps, eta)
+    if (step.std <= 0).any():
+        raise ValueError(f"the DDIM step from t={timesteps.tolist()} is deterministic (std 0): a pool needs eta > 0")
     return sample_candidates(step, k, generator), step
 
 
-def transition_log_prob(x_prev: Tensor, mean: Tensor, std: float) -> Tensor:
+def transition_log_prob(x_prev: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """Log-density of x_{t-1} under N(mean, std^2 I), averaged over latent elements (as DDPO and SPO).
 
     Args:
         x_prev: Shape (B, C, H, W).
         mean: Shape (B, C, H, W).
-        std: > 0.
+        std: Per-sample standard deviation > 0, shape (B,).
 
     Returns:
         Shape (B,), float32.
     """
-    log_density = -((x_prev.float() - mean.float()) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi)
+    std = _per_sample(std, x_prev.float())
+    log_density = -((x_prev.float() - mean.float()) ** 2) / (2 * std**2) - std.log() - 0.5 * math.log(2 * math.pi)
     return log_density.mean(dim=tuple(range(1, x_prev.ndim)))
