@@ -304,3 +304,51 @@ def store_stats(con: duckdb.DuckDBPyConnection) -> dict[str, int | dict[str, int
         ).fetchall()
     )
     return counts
+
+
+def insert_generation(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    prompt_id: int,
+    seed: int,
+    sampler: str,
+    steps: int,
+    guidance: float,
+    model_id: int | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    params: dict | None = None,
+) -> int:
+    """Record one sampling run (one image, or one denoising chain of step pools); return its id."""
+    if steps < 1:
+        raise StoreError(f"a generation needs at least one step, got {steps}")
+    return scalar(
+        con,
+        "INSERT INTO generations (model_id, prompt_id, seed, sampler, steps, guidance, width, height, params) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        [model_id, prompt_id, seed, sampler, steps, guidance, width, height, json.dumps(params or {})],
+    )
+
+
+def insert_step_pool(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    prompt_id: int,
+    step_index: int,
+    num_steps: int,
+    timestep: int,
+    k: int,
+    generation_id: int | None = None,
+    continued_image: str | None = None,
+) -> int:
+    """Record a pool of k candidates for one state of a denoising chain; return its id."""
+    if k < 2:
+        raise StoreError(f"a step pool needs at least 2 candidates, got {k}")
+    if not 0 <= step_index <= num_steps:
+        raise StoreError(f"step index {step_index} is outside the chain of {num_steps} steps")
+    return scalar(
+        con,
+        "INSERT INTO step_pools (generation_id, prompt_id, step_index, num_steps, timestep, k, continued_image) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        [generation_id, prompt_id, step_index, num_steps, timestep, k, continued_image],
+    )
