@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -177,9 +178,10 @@ def import_pickapic(store: Store, path: Path | str, *, show_progress: bool = Tru
             for i in range(batch.num_rows):
                 for column, record in (("jpg_0", rows[offset + i].image_0), ("jpg_1", rows[offset + i].image_1)):
                     if record.id not in written:
-                        store.media.put_bytes(cols[column][i])
+                        store.media.write_checked(record, cols[column][i], sync=False)
                         written.add(record.id)
             bar.update(batch.num_rows)
+    os.sync()  # one flush for every file above, before any row refers to them
 
     with store.write() as con:
         before = {t: scalar(con, f"SELECT count(*) FROM {t}") for t in ("pairs", "images", "annotators")}

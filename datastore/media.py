@@ -78,13 +78,22 @@ class MediaStore:
         self.root = root
         self.max_bytes = max_bytes
 
-    def put_bytes(self, data: bytes, *, what: str = "image") -> StoredImage:
-        """Validate and store image bytes as they are; return their record. Idempotent."""
+    def put_bytes(self, data: bytes, *, what: str = "image", sync: bool = True) -> StoredImage:
+        """Validate and store image bytes as they are; return their record. Idempotent.
+
+        Args:
+            sync: flush the file to disk before returning. Bulk writers pass False and call
+                :func:`os.sync` once before they commit the rows that reference the files.
+        """
         record = inspect_image(data, max_bytes=self.max_bytes, what=what)
+        self.write_checked(record, data, sync=sync)
+        return record
+
+    def write_checked(self, record: StoredImage, data: bytes, *, sync: bool = True) -> None:
+        """Store bytes that :func:`inspect_image` already described as ``record`` (no second decode)."""
         target = self.resolve(record.path)
         if not target.exists():
-            write_atomic(target, data)
-        return record
+            write_atomic(target, data, sync=sync)
 
     def put_image(self, image: Image.Image) -> StoredImage:
         """Store a PIL image as PNG."""
@@ -113,7 +122,7 @@ class MediaStore:
             return im.convert("RGB")
 
 
-def write_atomic(target: Path, data: bytes) -> None:
+def write_atomic(target: Path, data: bytes, *, sync: bool = True) -> None:
     """Write ``data`` to ``target`` so that a reader or a crash never sees a partial file.
 
     Raises:
@@ -124,8 +133,9 @@ def write_atomic(target: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, target)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
