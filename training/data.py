@@ -1,0 +1,145 @@
+"""Reading dataset snapshot folders (docs/dataset-snapshot.md) and ordering pairs for training.
+
+Training touches only the snapshot folder, so a copy of it is all a training node needs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from PIL import Image
+
+PAIR_COLUMNS = ("pair_id", "prompt", "image_0", "image_1", "label_0", "label_1", "kind")
+
+
+class SnapshotError(ValueError):
+    """A dataset snapshot folder is missing or malformed."""
+
+
+def read_pairs(snapshot: str | Path) -> pl.DataFrame:
+    """Reads ``pairs.parquet`` of a snapshot, with image paths made absolute.
+
+    Args:
+        snapshot: Snapshot folder.
+
+    Returns:
+        Every row of ``pairs.parquet``, sorted by ``pair_id``; ``image_0`` and ``image_1`` hold
+        absolute paths.
+
+    Raises:
+        SnapshotError: The folder, the Parquet file or a needed column is missing.
+    """
+    folder = Path(snapshot)
+    table_path = folder / "pairs.parquet"
+    if not table_path.is_file():
+        raise SnapshotError(f"{folder} is not a dataset snapshot: {table_path} does not exist")
+    table = pl.read_parquet(table_path)
+    missing = [c for c in PAIR_COLUMNS if c not in table.columns]
+    if missing:
+        raise SnapshotError(f"{table_path} lacks the columns {', '.join(missing)}")
+    root = str(folder.resolve())
+    return table.sort("pair_id").with_columns(
+        (pl.lit(root + "/") + pl.col("image_0")).alias("image_0"),
+        (pl.lit(root + "/") + pl.col("image_1")).alias("image_1"),
+    )
+
+
+def snapshot_hash(snapshot: str | Path) -> str:
+    """Returns the snapshot's content hash from its ``manifest.json``."""
+    manifest = Path(snapshot) / "manifest.json"
+    if not manifest.is_file():
+        raise SnapshotError(f"{Path(snapshot)} is not a dataset snapshot: {manifest} does not exist")
+    return json.loads(manifest.read_text())["content_hash"]
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One decided pair, oriented winner first."""
+
+    pair_id: int
+    prompt: str
+    winner: Path
+    loser: Path
+
+
+def preference_pairs(snapshot: str | Path) -> list[PreferencePair]:
+    """Loads the decided final-image pairs of a snapshot: winner = the image labelled 1, ties dropped.
+
+    Step pairs (predicted x0 of noisy steps) are left to the step-aware preference model.
+
+    Args:
+        snapshot: Snapshot folder.
+
+    Returns:
+        Pairs in ``pair_id`` order.
+
+    Raises:
+        SnapshotError: The snapshot is malformed or holds no decided final pair.
+    """
+    table = read_pairs(snapshot).filter((pl.col("kind") == "final") & (pl.col("label_0") != 0.5))
+    if table.is_empty():
+        raise SnapshotError(f"{Path(snapshot)} has no final pair with a winner (ties are dropped)")
+    pairs = []
+    for row in table.iter_rows(named=True):
+        first_wins = row["label_0"] > row["label_1"]
+        winner, loser = (row["image_0"], row["image_1"]) if first_wins else (row["image_1"], row["image_0"])
+        pairs.append(PreferencePair(row["pair_id"], row["prompt"], Path(winner), Path(loser)))
+    return pairs
+
+
+def load_image(path: Path, resolution: int) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+    """Loads an image, resizes its shorter side to ``resolution`` and centre-crops a square.
+
+    Args:
+        path: Image file.
+        resolution: Output side in pixels.
+
+    Returns:
+        The pixels in [-1, 1], shape (3, resolution, resolution); the original (height, width);
+        and the crop's (top, left) in the resized image (SDXL micro-conditioning).
+    """
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        original = (image.height, image.width)
+        scale = resolution / min(image.size)
+        width, height = (
+            max(resolution, round(image.width * scale)),
+            max(resolution, round(image.height * scale)),
+        )
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+        top, left = (height - resolution) // 2, (width - resolution) // 2
+        image = image.crop((left, top, left + resolution, top + resolution))
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)
+    return pixels / 127.5 - 1.0, original, (top, left)
+
+
+def stream_indices(n_items: int, seed: int, start: int, count: int) -> list[int]:
+    """Positions ``start .. start + count - 1`` of an endless stream of shuffled epochs.
+
+    Epoch ``e`` is a permutation of ``range(n_items)`` drawn from ``seed`` and ``e``, so any
+    position can be found again on resume, and a global batch reads the same items however it
+    is split over processes and accumulation micro-steps.
+
+    Args:
+        n_items: Dataset size.
+        seed: Run seed.
+        start: First stream position.
+        count: How many positions.
+
+    Returns:
+        Item indices in stream order.
+    """
+    out: list[int] = []
+    position = start
+    while len(out) < count:
+        epoch, offset = divmod(position, n_items)
+        order = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        take = min(count - len(out), n_items - offset)
+        out.extend(order[offset : offset + take].tolist())
+        position += take
+    return out
