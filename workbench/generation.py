@@ -1,0 +1,515 @@
+"""Candidate images for judging: finished pairs and SPO-style noisy-step pools, written to the store.
+
+`generate_pairs` samples N finished candidates per prompt and pairs them; `generate_step_pools`
+runs one DDIM chain per prompt and, at chosen steps, draws k candidates of the next state from the
+same parent (Liang et al. 2024, SPO), stores each candidate's predicted x0 as an image, pairs the
+candidates of a pool and continues the chain from one of them picked uniformly at random.
+
+Every image's seed (a chain's, for pools) is derived from the base seed, the prompt and the
+candidate's index and recorded in its ``generations`` row, so any image can be regenerated alone.
+Image files are written before the store's write lock is taken; each batch of prompts is then one
+transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from diffusers import DDIMScheduler
+from tqdm.auto import tqdm
+
+from datastore.media import StoredImage
+from datastore.records import (
+    ImageRow,
+    NewPair,
+    insert_generation,
+    insert_images,
+    insert_pairs,
+    insert_step_pool,
+    register_model,
+    upsert_prompts,
+)
+from datastore.store import Store
+from workbench.errors import GenerationError
+from workbench.pipelines import SDPipeline
+from workbench.sampling import decode, denoise, encode_prompts
+
+PairingScheme = Literal["all", "adjacent", "random"]
+PAIRING_SCHEMES: tuple[str, ...] = ("all", "adjacent", "random")
+SAMPLER = "ddim"
+
+
+def option(default, help: str):
+    """A config field with its documentation in ``metadata["help"]`` (the CLI's help text)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class GenerationConfig:
+    """How candidates are sampled and paired. Defaults follow SPO's SD1.5 setup where it has one."""
+
+    per_prompt: int = option(
+        4, help="Finished candidates per prompt for final pairs (0: none, else at least 2)."
+    )
+    num_inference_steps: int = option(20, help="DDIM steps of every chain (SPO: 20).")
+    guidance_scale: float = option(
+        5.0, help="Classifier-free guidance scale; 1 or less samples without guidance (SPO: 5.0)."
+    )
+    eta: float = option(
+        1.0,
+        help="DDIM noise: 0 is deterministic DDIM, 1 has DDPM's variance; step pools need > 0 (SPO: 1.0).",
+    )
+    height: int | None = option(None, help="Image height in pixels; default the pipeline's native size.")
+    width: int | None = option(None, help="Image width in pixels; default the pipeline's native size.")
+    seed: int | None = option(
+        None,
+        help="Base seed; each image's (or chain's) seed derives from it, the prompt and the candidate "
+        "index, and is recorded. None draws a fresh base seed.",
+    )
+    batch_size: int = option(8, help="Images (or pool candidates) denoised together, across prompts.")
+    pairing: PairingScheme = option(
+        "all",
+        help="Which candidates of a prompt or pool become pairs: all = every two; adjacent = (0, 1), "
+        "(1, 2), ...; random = a random matching, each candidate in one pair.",
+    )
+    pool_k: int = option(
+        4, help="Candidates per step pool (0: none, else at least 2; SPO: 4 for SD1.5, 2 for SDXL)."
+    )
+    pool_steps: tuple[int, ...] | None = option(
+        None,
+        help="Chain steps that get a pool, in 1..num_inference_steps: step s holds k candidates of the "
+        "state after s steps. Default: 4 evenly spaced steps ending at the last (5, 10, 15, 20 of 20).",
+    )
+
+    def __post_init__(self) -> None:
+        if self.pool_steps is not None:
+            self.pool_steps = tuple(sorted(set(self.pool_steps)))
+        if self.pairing not in PAIRING_SCHEMES:
+            raise GenerationError(
+                f"pairing must be one of {', '.join(PAIRING_SCHEMES)}, got {self.pairing!r}"
+            )
+        for name, value in {"per_prompt": self.per_prompt, "pool_k": self.pool_k}.items():
+            if value < 0 or value == 1:
+                raise GenerationError(f"{name} must be 0 or >= 2 (a pair needs two candidates), got {value}")
+        for name, value in {
+            "num_inference_steps": self.num_inference_steps,
+            "batch_size": self.batch_size,
+        }.items():
+            if value < 1:
+                raise GenerationError(f"{name} must be >= 1, got {value}")
+        if self.guidance_scale < 0:
+            raise GenerationError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if not 0 <= self.eta <= 1:
+            raise GenerationError(f"eta must be in [0, 1], got {self.eta}")
+        for name, value in {"height": self.height, "width": self.width}.items():
+            if value is not None and value < 8:
+                raise GenerationError(f"{name} must be >= 8 pixels, got {value}")
+        steps = self.steps_with_pools()
+        if not steps or steps[0] < 1 or steps[-1] > self.num_inference_steps:
+            raise GenerationError(
+                f"pool_steps must lie in 1..{self.num_inference_steps} (num_inference_steps), got {list(steps)}"
+            )
+
+    def steps_with_pools(self) -> tuple[int, ...]:
+        """The chain steps that get a pool: `pool_steps`, or its documented default."""
+        if self.pool_steps is not None:
+            return self.pool_steps
+        n = self.num_inference_steps
+        return tuple(sorted({max(1, round(n * q / 4)) for q in (1, 2, 3, 4)}))
+
+
+@dataclass
+class GenerationReport:
+    """What a generation call added.
+
+    Attributes:
+        seed: The base seed used (the given one, or the one drawn).
+        prompts: Prompts sampled for.
+        images: Images generated (an image the store already held is kept once).
+        pairs: Pairs written.
+        pools: Step pools written.
+        skipped_pairs: Pairs left out because both candidates gave the same image bytes.
+    """
+
+    seed: int
+    prompts: int = 0
+    images: int = 0
+    pairs: int = 0
+    pools: int = 0
+    skipped_pairs: int = 0
+
+
+def derive_seed(base_seed: int, prompt: str, what: str) -> int:
+    """A 63-bit seed (fits a BIGINT column) for one image or chain, from the base seed, prompt and role."""
+    digest = hashlib.sha256(f"{base_seed}\x00{prompt}\x00{what}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def image_seed(base_seed: int, prompt: str, index: int) -> int:
+    """The seed of finished candidate ``index`` of ``prompt``."""
+    return derive_seed(base_seed, prompt, f"image-{index}")
+
+
+def chain_seed(base_seed: int, prompt: str) -> int:
+    """The seed of the step-pool chain of ``prompt``."""
+    return derive_seed(base_seed, prompt, "pool-chain")
+
+
+def pair_indices(n: int, scheme: PairingScheme, rng: random.Random) -> list[tuple[int, int]]:
+    """Which of n candidates to pair.
+
+    Args:
+        n: Number of candidates (>= 2).
+        scheme: ``all``: every two, n(n-1)/2 pairs; ``adjacent``: (0, 1), (1, 2), ..., n-1 pairs;
+            ``random``: a random matching of the candidates, n // 2 pairs.
+        rng: Source of the random matching.
+
+    Returns:
+        Index pairs (a, b) with a != b.
+    """
+    if scheme == "all":
+        return [(a, b) for a in range(n) for b in range(a + 1, n)]
+    if scheme == "adjacent":
+        return [(a, a + 1) for a in range(n - 1)]
+    if scheme == "random":
+        order = list(range(n))
+        rng.shuffle(order)
+        return [(order[i], order[i + 1]) for i in range(0, n - 1, 2)]
+    raise GenerationError(f"pairing must be one of {', '.join(PAIRING_SCHEMES)}, got {scheme!r}")
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a file: JSON Lines with a ``"prompt"`` field (``.jsonl``), else one prompt per line.
+
+    Blank lines are skipped.
+
+    Raises:
+        GenerationError: the file cannot be read, a JSON line is malformed or has no prompt, or
+            there is no prompt at all.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise GenerationError(f"cannot read the prompts file {path}: {e}") from e
+    prompts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if path.suffix != ".jsonl":
+            prompts.append(line.strip())
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise GenerationError(f"{path}, line {number}: not valid JSON ({e})") from e
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("prompt"), str)
+            or not record["prompt"].strip()
+        ):
+            raise GenerationError(
+                f'{path}, line {number}: expected an object with a non-empty "prompt" string'
+            )
+        prompts.append(record["prompt"].strip())
+    if not prompts:
+        raise GenerationError(f"the prompts file {path} holds no prompt")
+    return prompts
+
+
+def _check_prompts(prompts: Sequence[str]) -> list[str]:
+    """The prompts without repeats, in order; raises on an empty list or a blank prompt."""
+    if isinstance(prompts, str):
+        raise GenerationError("prompts must be a list of strings, got a single string")
+    if not prompts:
+        raise GenerationError("no prompts to generate from: the prompt list is empty")
+    for i, prompt in enumerate(prompts):
+        if not prompt or not prompt.strip():
+            raise GenerationError(f"prompt {i} is empty")
+    return list(dict.fromkeys(prompts))
+
+
+def image_size(pipe: SDPipeline, cfg: GenerationConfig) -> tuple[int, int]:
+    """(height, width): the config's, else the pipeline's native size (UNet sample size x VAE factor)."""
+    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    height, width = cfg.height or native, cfg.width or native
+    for name, value in (("height", height), ("width", width)):
+        if value % pipe.vae_scale_factor:
+            raise GenerationError(
+                f"{name} must be a multiple of {pipe.vae_scale_factor} for this model, got {value}"
+            )
+    return height, width
+
+
+def ddim_scheduler(pipe: SDPipeline, cfg: GenerationConfig) -> DDIMScheduler:
+    """A DDIM scheduler built from the pipeline's scheduler config, with ``num_inference_steps`` set.
+
+    A fresh scheduler per call leaves ``pipe.scheduler`` as it was.
+    """
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    if scheduler.config.thresholding:
+        raise GenerationError(
+            "the pipeline's scheduler uses dynamic thresholding, which step pools do not support"
+        )
+    scheduler.set_timesteps(cfg.num_inference_steps)
+    return scheduler
+
+
+def _sampler_params(scheduler: DDIMScheduler, cfg: GenerationConfig, base_seed: int, **extra) -> dict:
+    return {
+        "eta": cfg.eta,
+        "prediction_type": scheduler.config.prediction_type,
+        "timestep_spacing": scheduler.config.timestep_spacing,
+        "base_seed": base_seed,
+        **extra,
+    }
+
+
+def _model_path(pipe: SDPipeline) -> str:
+    return str(pipe.config["_name_or_path"])
+
+
+def _pairs_of(
+    stored: Sequence[StoredImage],
+    scheme: PairingScheme,
+    rng: random.Random,
+    report: GenerationReport,
+    **fields,
+) -> list[NewPair]:
+    """The pairs of one prompt's (or pool's) candidates; pairs of two identical images are counted, not kept."""
+    pairs = []
+    for a, b in pair_indices(len(stored), scheme, rng):
+        if stored[a].id == stored[b].id:
+            report.skipped_pairs += 1
+            continue
+        pairs.append(NewPair(image_a=stored[a].id, image_b=stored[b].id, **fields))
+    return pairs
+
+
+def _chunks(items: Sequence, size: int) -> list[Sequence]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def generate_pairs(
+    store: Store,
+    pipe: SDPipeline,
+    model_name: str,
+    prompts: Sequence[str],
+    cfg: GenerationConfig,
+    *,
+    progress: bool = True,
+) -> GenerationReport:
+    """Samples ``cfg.per_prompt`` finished candidates per prompt and stores them as final pairs.
+
+    Each candidate has its own generator seeded with `image_seed`, so it is reproducible alone:
+    the same base seed gives the same image bytes. Candidates of several prompts share a UNet
+    batch. Per batch of prompts, the image files are written first, then one transaction records
+    the prompts, the model, one ``generations`` row per image, the images and the pairs.
+
+    Args:
+        store: Where images and rows go.
+        pipe: An SD or SDXL pipeline (see `workbench.pipelines.load_pipeline`).
+        model_name: Name the model is registered under (idempotent).
+        prompts: Prompts; repeats are sampled once.
+        cfg: Sampling and pairing settings.
+        progress: Show a progress bar.
+
+    Returns:
+        Counts of what was written, and the base seed.
+
+    Raises:
+        GenerationError: no prompts, a blank prompt, or a size the model cannot take.
+    """
+    prompts = _check_prompts(prompts)
+    if cfg.per_prompt == 0:
+        raise GenerationError("per_prompt is 0: there are no final candidates to pair")
+    height, width = image_size(pipe, cfg)
+    scheduler = ddim_scheduler(pipe, cfg)
+    base_seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
+    report = GenerationReport(seed=base_seed, prompts=len(prompts))
+    n = cfg.per_prompt
+    with tqdm(total=len(prompts) * n, unit="img", desc="final pairs", disable=not progress) as bar:
+        for batch in _chunks(prompts, max(1, cfg.batch_size // n)):
+            cond = encode_prompts(pipe, batch, guidance_scale=cfg.guidance_scale, height=height, width=width)
+            seeds = [image_seed(base_seed, prompt, j) for prompt in batch for j in range(n)]
+            owner = torch.arange(len(batch)).repeat_interleave(n)
+            images = []
+            for part in _chunks(range(len(seeds)), cfg.batch_size):
+                generators = [torch.Generator().manual_seed(seeds[i]) for i in part]
+                latents, _ = denoise(
+                    pipe,
+                    scheduler,
+                    cond.take(owner[part.start : part.stop]),
+                    generators,
+                    height=height,
+                    width=width,
+                    guidance_scale=cfg.guidance_scale,
+                    eta=cfg.eta,
+                )
+                images.extend(decode(pipe, latents, cfg.batch_size))
+                bar.update(len(part))
+            stored = [store.media.put_image(image) for image in images]
+            with store.write() as con:
+                model_id = register_model(con, model_name, _model_path(pipe))
+                prompt_ids = upsert_prompts(con, batch)
+                rows, pairs = [], []
+                for p, prompt in enumerate(batch):
+                    mine = stored[p * n : (p + 1) * n]
+                    for j, image in enumerate(mine):
+                        generation_id = insert_generation(
+                            con,
+                            model_id=model_id,
+                            prompt_id=prompt_ids[prompt],
+                            seed=seeds[p * n + j],
+                            sampler=SAMPLER,
+                            steps=cfg.num_inference_steps,
+                            guidance=cfg.guidance_scale,
+                            width=width,
+                            height=height,
+                            params=_sampler_params(scheduler, cfg, base_seed, kind="final", candidate=j),
+                        )
+                        rows.append(ImageRow(image=image, generation_id=generation_id))
+                    rng = random.Random(derive_seed(base_seed, prompt, "pairing"))
+                    pairs += _pairs_of(
+                        mine, cfg.pairing, rng, report, prompt_id=prompt_ids[prompt], kind="final"
+                    )
+                insert_images(con, rows)
+                insert_pairs(con, pairs)
+            report.images += len(images)
+            report.pairs += len(pairs)
+    return report
+
+
+def generate_step_pools(
+    store: Store,
+    pipe: SDPipeline,
+    model_name: str,
+    prompts: Sequence[str],
+    cfg: GenerationConfig,
+    *,
+    progress: bool = True,
+) -> GenerationReport:
+    """Runs one DDIM chain per prompt and stores SPO step pools of ``cfg.pool_k`` candidates.
+
+    At each step of `GenerationConfig.steps_with_pools` the chain's next state is drawn k times
+    from the same parent (one DDIM mean, independent noise; see `workbench.sampling.denoise`).
+    Each candidate's predicted x0 is decoded and stored with the pool, its step index and
+    timestep; the candidates are paired (kind ``step``) per ``cfg.pairing``; the chain goes on
+    from a candidate picked uniformly at random, recorded as the pool's ``continued_image``.
+    One ``generations`` row per chain records its seed (`chain_seed`).
+
+    Args:
+        store: Where images and rows go.
+        pipe: An SD or SDXL pipeline.
+        model_name: Name the model is registered under (idempotent).
+        prompts: Prompts; repeats are sampled once.
+        cfg: Sampling and pairing settings; ``eta`` must be > 0.
+        progress: Show a progress bar.
+
+    Returns:
+        Counts of what was written, and the base seed.
+
+    Raises:
+        GenerationError: no prompts, a blank prompt, eta = 0, or a size the model cannot take.
+    """
+    prompts = _check_prompts(prompts)
+    if cfg.pool_k == 0:
+        raise GenerationError("pool_k is 0: there are no step pools to draw")
+    if cfg.eta <= 0:
+        raise GenerationError("step pools need eta > 0: with eta = 0 every candidate of a pool is the same")
+    height, width = image_size(pipe, cfg)
+    scheduler = ddim_scheduler(pipe, cfg)
+    base_seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
+    report = GenerationReport(seed=base_seed, prompts=len(prompts))
+    k, steps = cfg.pool_k, cfg.steps_with_pools()
+    with tqdm(
+        total=len(prompts) * len(steps) * k, unit="img", desc="step pools", disable=not progress
+    ) as bar:
+        for batch in _chunks(prompts, max(1, cfg.batch_size // k)):
+            cond = encode_prompts(pipe, batch, guidance_scale=cfg.guidance_scale, height=height, width=width)
+            seeds = [chain_seed(base_seed, prompt) for prompt in batch]
+            _, pools = denoise(
+                pipe,
+                scheduler,
+                cond,
+                [torch.Generator().manual_seed(seed) for seed in seeds],
+                height=height,
+                width=width,
+                guidance_scale=cfg.guidance_scale,
+                eta=cfg.eta,
+                pool_steps=steps,
+                k=k,
+            )
+            # stored[pool][chain][candidate]
+            stored = []
+            for pool in pools:
+                images = decode(pipe, pool.pred_x0.flatten(0, 1), cfg.batch_size)
+                files = [store.media.put_image(image) for image in images]
+                stored.append([files[b * k : (b + 1) * k] for b in range(len(batch))])
+                bar.update(len(images))
+            with store.write() as con:
+                model_id = register_model(con, model_name, _model_path(pipe))
+                prompt_ids = upsert_prompts(con, batch)
+                rows, pairs = [], []
+                for b, prompt in enumerate(batch):
+                    generation_id = insert_generation(
+                        con,
+                        model_id=model_id,
+                        prompt_id=prompt_ids[prompt],
+                        seed=seeds[b],
+                        sampler=SAMPLER,
+                        steps=cfg.num_inference_steps,
+                        guidance=cfg.guidance_scale,
+                        width=width,
+                        height=height,
+                        params=_sampler_params(
+                            scheduler, cfg, base_seed, kind="step_pools", k=k, pool_steps=list(steps)
+                        ),
+                    )
+                    rng = random.Random(derive_seed(base_seed, prompt, "pairing"))
+                    for pool, pool_images in zip(pools, stored, strict=True):
+                        candidates = pool_images[b]
+                        pool_id = insert_step_pool(
+                            con,
+                            generation_id=generation_id,
+                            prompt_id=prompt_ids[prompt],
+                            step_index=pool.step,
+                            num_steps=cfg.num_inference_steps,
+                            timestep=pool.timestep,
+                            k=k,
+                            continued_image=candidates[int(pool.continued[b])].id,
+                        )
+                        rows += [
+                            ImageRow(
+                                image=image,
+                                generation_id=generation_id,
+                                pool_id=pool_id,
+                                step_index=pool.step,
+                                timestep=pool.timestep,
+                            )
+                            for image in candidates
+                        ]
+                        pairs += _pairs_of(
+                            candidates,
+                            cfg.pairing,
+                            rng,
+                            report,
+                            prompt_id=prompt_ids[prompt],
+                            kind="step",
+                            timestep=pool.timestep,
+                            pool_id=pool_id,
+                        )
+                        report.pools += 1
+                insert_images(con, rows)
+                insert_pairs(con, pairs)
+            report.images += len(rows)
+            report.pairs += len(pairs)
+    return report
