@@ -1,0 +1,9 @@
+"""Errors raised by the labeling package. Each names the pair, annotator or scorer at fault."""
+
+
+class LabelingError(Exception):
+    """Base class of every error the labeling package raises."""
+
+
+class AlreadyJudgedError(LabelingError):
+    """An annotator answered a pair they had already judged (e.g. a double click)."""

@@ -1,0 +1,195 @@
+"""The annotation queue's policy on a temporary store."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from labeling_data import add_shapes_pairs
+
+from datastore.records import NewJudgment, ensure_annotator, insert_judgments
+from datastore.store import Store
+from labeling.errors import AlreadyJudgedError, LabelingError
+from labeling.queue import (
+    Progress,
+    QueueConfig,
+    gold_accuracy,
+    human_annotator,
+    next_pair,
+    progress,
+    record_answer,
+)
+
+
+def _answer_all(store: Store, annotator_id: int, config: QueueConfig, kinds=("final",), side="left") -> list[int]:
+    """Answer until the queue is empty; the pair ids in the order they came."""
+    seen = []
+    while True:
+        item, _ = next_pair(store, annotator_id, kinds=kinds, config=config)
+        if item is None:
+            return seen
+        record_answer(store, item, annotator_id, side)
+        seen.append(item.pair_id)
+
+
+def test_overlap_caps_judges_per_pair_and_nobody_sees_a_pair_twice(store: Store) -> None:
+    pairs = add_shapes_pairs(store, 6)
+    config = QueueConfig(overlap=2, gold_rate=0.0)
+    people = [human_annotator(store, f"person {i}") for i in range(4)]
+    seen = {p: _answer_all(store, p, config) for p in people}
+    per_pair = Counter(pair for ids in seen.values() for pair in ids)
+    assert per_pair == {p.pair_id: 2 for p in pairs}
+    assert all(len(ids) == len(set(ids)) for ids in seen.values())
+    # 6 pairs x 2 judges: the first two people take everything.
+    assert [len(seen[p]) for p in people] == [6, 6, 0, 0]
+
+
+def test_fewest_judgments_first(store: Store) -> None:
+    pairs = add_shapes_pairs(store, 5)
+    config = QueueConfig(overlap=3, gold_rate=0.0)
+    ann, bob, cy = (human_annotator(store, n) for n in ("ann", "bob", "cy"))
+    # ann judges three pairs, bob the first of those: counts 2, 1, 1, 0, 0.
+    for i in range(3):
+        item, _ = next_pair(store, ann, config=config)
+        record_answer(store, item, ann, "left")
+        if i == 0:
+            record_answer(store, item, bob, "right")
+    counts = Counter()
+    with store.read() as con:
+        counts.update(dict(con.execute("SELECT pair_id, count(*) FROM judgments GROUP BY pair_id").fetchall()))
+    order = []
+    while (item := next_pair(store, cy, config=config)[0]) is not None:
+        order.append(counts[item.pair_id])
+        record_answer(store, item, cy, "tie")
+    assert order == [0, 0, 1, 1, 2]
+    assert len(order) == len(pairs)
+
+
+def test_ai_judgments_do_not_count_towards_the_overlap(store: Store) -> None:
+    [pair] = add_shapes_pairs(store, 1)
+    with store.write() as con:
+        bot = ensure_annotator(con, "bot@1", kind="ai")
+        insert_judgments(con, [NewJudgment(pair.pair_id, bot, "ai", "a")])
+    person = human_annotator(store, "ann")
+    item, _ = next_pair(store, person, config=QueueConfig(overlap=1))
+    assert item is not None and item.pair_id == pair.pair_id
+
+
+def test_gold_pairs_come_at_the_configured_rate_and_ignore_the_overlap(store: Store) -> None:
+    made = add_shapes_pairs(store, 60, gold_every=3)  # 20 gold pairs, 40 plain
+    gold_ids = {p.pair_id for p in made if p.gold}
+    config = QueueConfig(overlap=1, gold_rate=0.25, seed=7)
+    ann = human_annotator(store, "ann")
+    shown = []
+    for _ in range(40):
+        item, _ = next_pair(store, ann, config=config)
+        assert (item.gold_outcome is not None) == (item.pair_id in gold_ids)
+        record_answer(store, item, ann, "left")
+        shown.append(item.pair_id in gold_ids)
+    assert 4 <= sum(shown) <= 16  # 10 expected
+    with store.read() as con:
+        flagged = con.execute("SELECT count(*) FROM judgments WHERE is_gold").fetchall()[0][0]
+    assert flagged == sum(shown)
+    # Every gold pair stays open to bob although overlap is 1; of the plain ones, those ann left.
+    bob = human_annotator(store, "bob")
+    plain_left = 40 - (len(shown) - sum(shown))
+    assert progress(store, bob, config=config).remaining == 20 + plain_left
+    assert next_pair(store, bob, config=QueueConfig(overlap=1, gold_rate=1.0))[0].pair_id in gold_ids
+
+
+def test_gold_draw_is_seeded(tmp_path: Path) -> None:
+    sequences = []
+    for run in range(2):
+        store = Store.open(tmp_path / f"home{run}")
+        add_shapes_pairs(store, 12, gold_every=2)
+        ann = human_annotator(store, "ann")
+        sequences.append(_answer_all(store, ann, QueueConfig(gold_rate=0.5, seed=3)))
+    assert sequences[0] == sequences[1]
+    assert len(sequences[0]) == 12
+
+
+def test_progress_counts_done_and_remaining(store: Store) -> None:
+    add_shapes_pairs(store, 4)
+    add_shapes_pairs(store, 3, kind="step", seed=1)
+    ann = human_annotator(store, "ann")
+    config = QueueConfig(overlap=1, gold_rate=0.0)
+    assert progress(store, ann, config=config) == next_pair(store, ann, config=config)[1]
+    assert progress(store, ann, config=config) == Progress(done=0, remaining=4)
+    item, _ = next_pair(store, ann, kinds=("step",), config=config)
+    record_answer(store, item, ann, "both_bad")
+    assert progress(store, ann, kinds=("step",), config=config) == Progress(done=1, remaining=2)
+    assert progress(store, ann, kinds=("final", "step"), config=config).remaining == 6
+    other = human_annotator(store, "bob")
+    assert progress(store, other, kinds=("step",), config=config).remaining == 2  # overlap 1: taken by ann
+
+
+def test_answers_map_sides_to_outcomes_and_keep_times(store: Store) -> None:
+    add_shapes_pairs(store, 8)
+    ann = human_annotator(store, "ann")
+    sides = ["left", "right", "tie", "both_bad", "left", "right", "left", "right"]
+    expected = []
+    for side in sides:
+        item, _ = next_pair(store, ann, config=QueueConfig(gold_rate=0.0))
+        record_answer(store, item, ann, side)
+        other = "b" if item.left_image == "a" else "a"
+        expected.append((item.pair_id, {"left": item.left_image, "right": other}.get(side, side), item.left_image))
+    with store.read() as con:
+        rows = con.execute(
+            "SELECT pair_id, outcome, left_image, source, answered_at > shown_at FROM judgments ORDER BY id"
+        ).fetchall()
+    assert [r[:3] for r in rows] == expected
+    assert all(r[3] == "app" and r[4] for r in rows)
+    assert {left for _, _, left in expected} == {"a", "b"}  # sides are mixed
+
+
+def test_an_answer_twice_is_refused_and_skips_are_excluded(store: Store) -> None:
+    add_shapes_pairs(store, 3)
+    ann = human_annotator(store, "ann")
+    item, _ = next_pair(store, ann)
+    record_answer(store, item, ann, "left")
+    with pytest.raises(AlreadyJudgedError, match=f"pair {item.pair_id}"):
+        record_answer(store, item, ann, "right")
+    skipped, _ = next_pair(store, ann)
+    after, progress_now = next_pair(store, ann, exclude=(skipped.pair_id,))
+    assert after.pair_id not in (item.pair_id, skipped.pair_id)
+    assert progress_now.remaining == 2  # a skip is not an answer
+
+
+def test_gold_accuracy_per_annotator(store: Store) -> None:
+    made = add_shapes_pairs(store, 8, gold_every=2)
+    ann, bob = human_annotator(store, "ann"), human_annotator(store, "bob")
+    config = QueueConfig(gold_rate=1.0)
+    for annotator_id, right in ((ann, True), (bob, False)):
+        for _ in range(4):
+            item, _ = next_pair(store, annotator_id, config=config)
+            assert item.gold_outcome is not None
+            side = "left" if (item.left_image == item.gold_outcome) == right else "right"
+            record_answer(store, item, annotator_id, side)
+    scores = {g.annotator: g for g in gold_accuracy(store)}
+    assert (scores["ann"].judged, scores["ann"].correct, scores["ann"].accuracy) == (4, 4, 1.0)
+    assert (scores["bob"].judged, scores["bob"].accuracy) == (4, 0.0)
+    assert sum(p.gold for p in made) == 4
+
+
+def test_config_from_home_and_bad_values(tmp_path: Path) -> None:
+    assert QueueConfig.from_home(tmp_path) == QueueConfig()
+    (tmp_path / "labeling.toml").write_text('overlap = 5\ngold_rate = 0.25\nannotators = ["ann", "bob"]\n')
+    assert QueueConfig.from_home(tmp_path) == QueueConfig(overlap=5, gold_rate=0.25, annotators=("ann", "bob"))
+    (tmp_path / "labeling.toml").write_text("overlapp = 5\n")
+    with pytest.raises(LabelingError, match="unknown keys \\['overlapp'\\]"):
+        QueueConfig.from_home(tmp_path)
+    with pytest.raises(LabelingError, match="overlap must be >= 1, got 0"):
+        QueueConfig(overlap=0)
+    with pytest.raises(LabelingError, match="gold_rate must be within"):
+        QueueConfig(gold_rate=1.5)
+
+
+def test_annotator_names(store: Store) -> None:
+    assert human_annotator(store, " ann ") == human_annotator(store, "ann")
+    with pytest.raises(LabelingError, match="1 to 100 characters"):
+        human_annotator(store, "  ")
+    with store.write() as con:
+        ensure_annotator(con, "clip@x", kind="ai")
+    with pytest.raises(LabelingError, match="AI annotator"):
+        human_annotator(store, "clip@x")
