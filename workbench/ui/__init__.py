@@ -11,4 +11,8 @@ _HERE = Path(__file__).parent
 
 def pages() -> list:
     """The app's pages, in navigation order."""
-    return [st.Page(str(_HERE / "overview.py"), title="Overview", icon=":material/dashboard:", default=True)]
+    return [
+        st.Page(str(_HERE / "overview.py"), title="Overview", icon=":material/dashboard:", default=True),
+        st.Page(str(_HERE / "annotate.py"), title="Annotate", icon=":material/compare:"),
+        st.Page(str(_HERE / "noisy_steps.py"), title="Noisy steps", icon=":material/blur_on:"),
+    ]
