@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from training.errors import TrainingError
+
 Mode = Literal["lora", "full", "sft"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
 
@@ -24,7 +26,7 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) ->
     return field(default=default, metadata={"help": help}, **kwargs)
 
 
-class ConfigError(ValueError):
+class ConfigError(TrainingError, ValueError):
     """A config value is out of range or of the wrong kind."""
 
 

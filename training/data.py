@@ -14,10 +14,12 @@ import polars as pl
 import torch
 from PIL import Image
 
+from training.errors import TrainingError
+
 PAIR_COLUMNS = ("pair_id", "prompt", "image_0", "image_1", "label_0", "label_1", "kind")
 
 
-class SnapshotError(ValueError):
+class SnapshotError(TrainingError, ValueError):
     """A dataset snapshot folder is missing or malformed."""
 
 

@@ -39,13 +39,14 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from training.config import DPOConfig
 from training.data import PreferencePair, load_image, preference_pairs, snapshot_hash, stream_indices
+from training.errors import TrainingError
 from training.losses import denoising_error, diffusion_dpo_loss, sft_loss
 from training.runs import Run, check_finite
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class ModelLoadError(OSError):
+class ModelLoadError(TrainingError, OSError):
     """The pretrained model is neither a usable local folder nor a reachable hub id."""
 
 

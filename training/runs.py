@@ -33,11 +33,13 @@ from typing import Any
 
 from accelerate import Accelerator
 
+from training.errors import TrainingError
+
 CHECKPOINT_PREFIX = "step-"
 TRAIN_STATE = "train_state.json"
 
 
-class RunError(RuntimeError):
+class RunError(TrainingError, RuntimeError):
     """A run folder cannot be used as asked (config mismatch, broken checkpoint)."""
 
 
