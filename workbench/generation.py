@@ -257,7 +257,7 @@ def ddim_scheduler(pipe: SDPipeline, cfg: GenerationConfig) -> DDIMScheduler:
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     if scheduler.config.thresholding:
         raise GenerationError(
-            "the pipeline's scheduler uses dynamic thresholding, which step pools do not support"
+            "the pipeline's scheduler uses dynamic thresholding, which the DDIM sampler here does not support"
         )
     scheduler.set_timesteps(cfg.num_inference_steps)
     return scheduler

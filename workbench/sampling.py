@@ -201,8 +201,8 @@ def denoise(
     """Runs B DDIM chains from fresh noise, branching into pools of k candidates at ``pool_steps``.
 
     Each chain draws, from its own generator and in this order: its initial noise; then per
-    step either the step's noise (C, h, w) or, at a pool step, k noises (k, C, h, w) and the
-    index of the candidate to continue from.
+    step either the step's noise (C, h, w), none when eta = 0, or, at a pool step, k noises
+    (k, C, h, w) and the index of the candidate to continue from.
 
     Args:
         pipe: An SD or SDXL pipeline.
