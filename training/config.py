@@ -1,7 +1,7 @@
 """Typed recipe configs: one dataclass per recipe, each option documented once in its ``help``.
 
 The CLI builds its options from these fields, and a run folder's ``config.json`` is
-`DPOConfig.to_dict`.
+`RecipeConfig.to_dict`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from training.errors import TrainingError
 
 Mode = Literal["lora", "full", "sft"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
+SPMTrainable = Literal["modulation", "vision", "all"]
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
@@ -30,8 +31,42 @@ class ConfigError(TrainingError, ValueError):
     """A config value is out of range or of the wrong kind."""
 
 
+class RecipeConfig:
+    """What every recipe config dataclass shares: Literal checks, JSON out and in."""
+
+    def _check_choices(self) -> None:
+        """Raises ConfigError for a field typed ``Literal[...]`` whose value is not one of the choices."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else ()
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(
+                    f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the config as JSON-ready values (paths as strings, tuples as lists)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = (
+                str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+            )
+        return out
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> typing.Self:
+        """Reads a config written by `to_dict` (or by hand); unknown keys are an error."""
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(data.keys() - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} options in {path}: {', '.join(unknown)}")
+        return cls(**data)
+
+
 @dataclass
-class DPOConfig:
+class DPOConfig(RecipeConfig):
     """Diffusion-DPO (Wallace et al. 2024) and its SFT baseline, offline from a dataset snapshot."""
 
     pretrained_model: str = option(
@@ -108,13 +143,7 @@ class DPOConfig:
         self.output_dir = Path(self.output_dir)
         self.cache_dir = None if self.cache_dir is None else Path(self.cache_dir)
         self.lora_targets = tuple(self.lora_targets)
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else ()
-            if choices and getattr(self, f.name) not in choices:
-                raise ConfigError(
-                    f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}"
-                )
+        self._check_choices()
         positive = {
             "beta": self.beta,
             "learning_rate": self.learning_rate,
@@ -148,22 +177,231 @@ class DPOConfig:
         if not self.pretrained_model:
             raise ConfigError("pretrained_model must be a local folder or a hub id, got an empty string")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Returns the config as JSON-ready values (paths as strings, tuples as lists)."""
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = (
-                str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
-            )
-        return out
 
-    @classmethod
-    def from_json(cls, path: str | Path) -> DPOConfig:
-        """Reads a config written by `to_dict` (or by hand); unknown keys are an error."""
-        data = json.loads(Path(path).read_text())
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(data.keys() - known)
-        if unknown:
-            raise ConfigError(f"unknown DPOConfig options in {path}: {', '.join(unknown)}")
-        return cls(**data)
+@dataclass
+class SPMConfig(RecipeConfig):
+    """The step-aware preference model: a CLIP / PickScore model with timestep-modulated vision layers."""
+
+    pretrained_model: str = option(
+        help="Base diffusion pipeline (folder or hub id) whose VAE and UNet turn final pairs into "
+        "predicted x0s at random timesteps; the model SPO will later fine-tune."
+    )
+    reward_model: str = option(
+        help="Where the SPM starts: a CLIP or PickScore folder or hub id (gets a fresh, identity "
+        "timestep modulation), or a saved SPM folder to continue from."
+    )
+    dataset: Path = option(
+        help="Dataset snapshot folder (pairs.parquet + images/); final and step pairs are used."
+    )
+    output_dir: Path = option(
+        help="Run folder for config, metrics, checkpoints and the final SPM; rerunning with the same config resumes."
+    )
+    processor: str | None = option(
+        None,
+        help="CLIP processor folder or hub id when reward_model has none (PickScore_v1: "
+        "laion/CLIP-ViT-H-14-laion2B-s32B-b79K).",
+    )
+    trainable: SPMTrainable = option(
+        "vision",
+        help="modulation: only the timestep modulation. vision: it and the vision tower. all: the text tower too.",
+    )
+    learning_rate: float = option(1e-5, help="AdamW learning rate of the CLIP weights.")
+    modulation_learning_rate: float = option(
+        1e-4, help="AdamW learning rate of the timestep modulation, which starts from zero."
+    )
+    weight_decay: float = option(1e-2, help="AdamW weight decay.")
+    warmup_fraction: float = option(
+        0.05, help="Share of max_steps spent in linear warm-up from 0; constant afterwards."
+    )
+    max_grad_norm: float = option(1.0, help="Gradient clipping norm.")
+    batch_size: int = option(8, help="Pairs per process per micro-step.")
+    gradient_accumulation_steps: int = option(1, help="Micro-steps per optimizer step.")
+    max_steps: int = option(2000, help="Optimizer steps to train.")
+    resolution: int = option(512, help="Side in pixels at which final images are encoded by the base VAE.")
+    guidance_scale: float = option(
+        5.0,
+        help="Classifier-free guidance of the base UNet's x0 prediction; match the scale SPO samples with.",
+    )
+    timestep_buckets: tuple[int, ...] = option(
+        (0, 250, 500, 750, 1000), help="Edges of the timestep buckets that accuracy is reported for."
+    )
+    eval_fraction: float = option(
+        0.1, help="Share of prompts held out for evaluation (0: none); the split is by prompt hash."
+    )
+    eval_every: int = option(200, help="Optimizer steps between evaluations (also after the last step).")
+    mixed_precision: MixedPrecision = option("no", help="Autocast precision of forward passes.")
+    seed: int = option(0, help="Seed of data order, timesteps and noise.")
+    checkpoint_every: int = option(500, help="Optimizer steps between checkpoints.")
+    keep_checkpoints: int = option(2, help="How many newest checkpoints to keep.")
+
+    def __post_init__(self) -> None:
+        self.dataset = Path(self.dataset)
+        self.output_dir = Path(self.output_dir)
+        self.timestep_buckets = tuple(self.timestep_buckets)
+        self._check_choices()
+        for name in ("learning_rate", "modulation_learning_rate", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        counts = (
+            "batch_size",
+            "gradient_accumulation_steps",
+            "max_steps",
+            "eval_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+        )
+        for name in counts:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not 0 <= self.eval_fraction < 1:
+            raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.guidance_scale < 1:
+            raise ConfigError(f"guidance_scale must be >= 1 (1 = no guidance), got {self.guidance_scale}")
+        if self.resolution < 8 or self.resolution % 8:
+            raise ConfigError(f"resolution must be a positive multiple of 8, got {self.resolution}")
+        edges = self.timestep_buckets
+        if len(edges) < 2 or edges[0] != 0 or any(a >= b for a, b in zip(edges, edges[1:], strict=False)):
+            raise ConfigError(f"timestep_buckets must rise strictly from 0, got {list(edges)}")
+        if not self.pretrained_model or not self.reward_model:
+            raise ConfigError(
+                "pretrained_model and reward_model must be folders or hub ids, got an empty string"
+            )
+
+
+@dataclass
+class SPOConfig(RecipeConfig):
+    """SPO: online step-level preference optimization of a LoRA with a step scorer."""
+
+    pretrained_model: str = option(
+        help="Diffusers pipeline to start from: a local folder with model_index.json or a hub id (SD1.5 or SDXL family)."
+    )
+    output_dir: Path = option(
+        help="Run folder for config, metrics, checkpoints and the final LoRA; rerunning with the same config resumes."
+    )
+    prompts: tuple[str, ...] = option((), help="Training prompts; or give prompts_file.")
+    prompts_file: Path | None = option(
+        None, help="Text file with one training prompt per line; or give prompts."
+    )
+    scorer: str = option(
+        "",
+        help="Step scorer when none is passed in-process (see reward_models.spec): shapes-oracle, clip:PATH, "
+        "pickscore:PATH, aesthetic:CLIP_PATH,HEAD_FILE or spm:PATH. Step-aware scorers get the candidate's timestep.",
+    )
+    num_candidates: int = option(4, help="Candidates k drawn from each x_t (paper: 4 for SD1.5, 2 for SDXL).")
+    num_inference_steps: int = option(20, help="DDIM steps of each sampled chain.")
+    eta: float = option(1.0, help="DDIM eta; > 0, the transitions must be stochastic to form pools.")
+    guidance_scale: float = option(
+        5.0, help="Classifier-free guidance scale while sampling and in the log-densities."
+    )
+    warmup_steps: int = option(
+        4, help="First denoising steps of each chain run without pools or training (paper: 4 of 20)."
+    )
+    min_timestep: int = option(
+        0, help="Pools are drawn only at steps with t in [min_timestep, max_timestep]."
+    )
+    max_timestep: int = option(
+        750, help="Upper end of the trained timesteps (paper: about 750; 950 was much worse)."
+    )
+    threshold: float = option(
+        0.3,
+        help="Keep a pool's best-worst pair only when softmax(best, worst) differs by more than this (SDXL: 0.4).",
+    )
+    score_scale: float = option(
+        1.0,
+        help="Scores are multiplied by this before the softmax. The threshold suits logit-scale scores "
+        "(PickScore, CLIP x 100, the SPM); scorers in [0, 1] such as the shapes oracle need about 10.",
+    )
+    beta: float = option(10.0, help="Inverse temperature of the step loss (paper: 10).")
+    clip_range: float = option(0.1, help="Half-width of the likelihood-ratio trust region (paper: 0.1).")
+    lora_rank: int = option(4, help="LoRA rank (paper: 4 for SD1.5, 64 for SDXL).")
+    lora_alpha: float = option(4.0, help="LoRA alpha; the adapter output is scaled by alpha / rank.")
+    lora_targets: tuple[str, ...] = option(
+        ("to_q", "to_k", "to_v", "to_out.0"), help="UNet attention modules that get LoRA adapters."
+    )
+    learning_rate: float = option(6e-5, help="Constant AdamW learning rate (paper: 6e-5 SD1.5, 1e-5 SDXL).")
+    weight_decay: float = option(1e-4, help="AdamW weight decay.")
+    max_grad_norm: float = option(1.0, help="Gradient clipping norm.")
+    prompts_per_step: int = option(2, help="Chains sampled per process for each optimizer step.")
+    train_batch_size: int = option(
+        8,
+        help="Pairs per forward/backward pass; only memory depends on it, every kept pair of a step is used.",
+    )
+    max_steps: int = option(1000, help="Optimizer steps (sampling rounds) to run.")
+    resolution: int = option(512, help="Side of the sampled images in pixels (1024 for SDXL).")
+    mixed_precision: MixedPrecision = option(
+        "no", help="Autocast precision of forward passes; frozen weights are stored in it, the LoRA in fp32."
+    )
+    seed: int = option(0, help="Seed of prompt order, sampling noise, resampling and LoRA initialisation.")
+    checkpoint_every: int = option(100, help="Optimizer steps between checkpoints.")
+    keep_checkpoints: int = option(2, help="How many newest checkpoints to keep.")
+
+    def __post_init__(self) -> None:
+        self.output_dir = Path(self.output_dir)
+        self.prompts_file = None if self.prompts_file is None else Path(self.prompts_file)
+        self.prompts = tuple(self.prompts)
+        self.lora_targets = tuple(self.lora_targets)
+        self._check_choices()
+        for name in (
+            "eta",
+            "beta",
+            "clip_range",
+            "learning_rate",
+            "lora_alpha",
+            "max_grad_norm",
+            "score_scale",
+        ):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        counts = (
+            "num_inference_steps",
+            "lora_rank",
+            "prompts_per_step",
+            "train_batch_size",
+            "max_steps",
+            "checkpoint_every",
+            "keep_checkpoints",
+        )
+        for name in counts:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_candidates < 2:
+            raise ConfigError(f"num_candidates must be >= 2 to form a pair, got {self.num_candidates}")
+        if not 0 <= self.warmup_steps < self.num_inference_steps:
+            raise ConfigError(
+                f"warmup_steps must be in [0, num_inference_steps = {self.num_inference_steps}), got {self.warmup_steps}"
+            )
+        if not 0 <= self.min_timestep <= self.max_timestep:
+            raise ConfigError(
+                f"need 0 <= min_timestep <= max_timestep, got {self.min_timestep} and {self.max_timestep}"
+            )
+        if not 0 <= self.threshold < 1:
+            raise ConfigError(f"threshold must be in [0, 1), got {self.threshold}")
+        if not 0 < self.clip_range < 1:
+            raise ConfigError(f"clip_range must be in (0, 1), got {self.clip_range}")
+        if self.guidance_scale < 1:
+            raise ConfigError(f"guidance_scale must be >= 1 (1 = no guidance), got {self.guidance_scale}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.resolution < 8 or self.resolution % 8:
+            raise ConfigError(f"resolution must be a positive multiple of 8, got {self.resolution}")
+        if bool(self.prompts) == (self.prompts_file is not None):
+            raise ConfigError("give exactly one of prompts and prompts_file")
+        if not self.lora_targets:
+            raise ConfigError("lora_targets must name at least one module, got none")
+        if not self.pretrained_model:
+            raise ConfigError("pretrained_model must be a local folder or a hub id, got an empty string")
+
+    def prompt_list(self) -> list[str]:
+        """The training prompts, from `prompts` or from the non-empty lines of `prompts_file`."""
+        if self.prompts_file is None:
+            return list(self.prompts)
+        if not self.prompts_file.is_file():
+            raise ConfigError(f"prompts_file {self.prompts_file} does not exist")
+        prompts = [line.strip() for line in self.prompts_file.read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise ConfigError(f"prompts_file {self.prompts_file} holds no prompt")
+        return prompts

@@ -1,0 +1,134 @@
+"""SPO on a tiny SD1.5 with tiny CLIP scorers: pools, pairs, one LoRA update, a loadable LoRA."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+from safetensors.torch import load_file
+from tiny_clip import build_tiny_clip
+from tiny_models import build_tiny_sd15
+
+from reward_models.base import Scorer
+from reward_models.clip import ClipScorer, load_clip
+from reward_models.step_aware import StepAwareCLIP
+from training.config import ConfigError
+from training.spo import SPOConfig, main
+
+PROMPTS = ("a red circle", "a blue square")
+
+
+class BrightnessScorer(Scorer):
+    """A real step-aware scorer of the simplest kind: mean brightness; it keeps the timesteps it was asked about."""
+
+    name = "brightness"
+    version = "1"
+    step_aware = True
+
+    def __init__(self) -> None:
+        self.timesteps: list[int] = []
+
+    def score(self, images: Sequence[Image.Image], prompts: Sequence[str], timesteps: Sequence[int] | None = None) -> np.ndarray:
+        self._check_lengths(images, prompts, timesteps)
+        self.timesteps.extend(timesteps)
+        return np.array([np.asarray(image, dtype=np.float64).mean() for image in images])
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return build_tiny_sd15(root / "sd"), build_tiny_clip(root / "clip")
+
+
+def config(sd_path, output_dir, **overrides) -> SPOConfig:
+    options = {
+        "pretrained_model": str(sd_path),
+        "output_dir": output_dir,
+        "prompts": PROMPTS,
+        "resolution": 16,
+        "num_inference_steps": 8,
+        "warmup_steps": 2,
+        "prompts_per_step": 2,
+        "max_steps": 1,
+        # Random tiny models score candidates almost alike: keep every pair that has a winner.
+        "threshold": 0.0,
+    }
+    return SPOConfig(**{**options, **overrides})
+
+
+def test_one_step_with_the_clip_scorer_trains_the_lora(models, tmp_path):
+    sd, clip = models
+    final = main(config(sd, tmp_path / "run"), ClipScorer.from_pretrained(clip))
+
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # 8 steps of 125 (t = 876, 751, ..., 1), 2 warm-up steps, then t <= 750: 6 pools per chain.
+    assert record["pools"] == 12
+    pooled = {key: value for key, value in record.items() if key.startswith("pairs_t")}
+    assert sorted(pooled) == sorted(f"pairs_t{t}" for t in (626, 501, 376, 251, 126, 1))
+    assert record["pairs"] == sum(pooled.values()) > 0
+    assert np.isfinite(record["loss"]) and record["grad_norm"] > 0
+    # Policy = reference before the update: every ratio is 1 and the loss is log 2.
+    assert record["loss"] == pytest.approx(np.log(2), abs=1e-5)
+
+    # LoRA B matrices start at zero; one step moved them.
+    weights = load_file(final / "pytorch_lora_weights.safetensors")
+    lora_b = [tensor for name, tensor in weights.items() if "lora_B" in name or "lora.up" in name]
+    assert lora_b and any(tensor.abs().max() > 0 for tensor in lora_b)
+
+    # The saved LoRA loads into the pipeline and changes its UNet output.
+    pipe = DiffusionPipeline.from_pretrained(sd)
+    latents, t = torch.randn(1, 4, 8, 8), torch.tensor([500])
+    hidden = pipe.encode_prompt(PROMPTS[0], "cpu", 1, False)[0]
+    with torch.no_grad():
+        before = pipe.unet(latents, t, hidden).sample
+        pipe.load_lora_weights(final)
+        after = pipe.unet(latents, t, hidden).sample
+    assert not torch.equal(before, after)
+
+
+def test_step_aware_scorer_is_asked_at_the_candidates_timestep(models, tmp_path):
+    sd, _ = models
+    scorer = BrightnessScorer()
+    main(config(sd, tmp_path / "run", prompts_per_step=1, num_candidates=3), scorer)
+    # Candidates x_{t-1} of the pools at t = 626 .. 126 are scored at t - 125; the last step's are finished (t = 0).
+    expected = [t for t in (501, 376, 251, 126, 1, 0) for _ in range(3)]
+    assert scorer.timesteps == expected
+
+
+def test_spm_from_a_spec_and_a_high_threshold_keep_no_pair(models, tmp_path):
+    sd, clip_path = models
+    clip, processor = load_clip(clip_path)
+    spm = StepAwareCLIP.from_clip(clip).save_pretrained(tmp_path / "spm", processor)
+    final = main(config(sd, tmp_path / "run", scorer=f"spm:{spm}", threshold=0.99, prompts_per_step=1))
+
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert record["pairs"] == 0 and record["pools"] == 6 and "loss" not in record
+    weights = load_file(final / "pytorch_lora_weights.safetensors")
+    assert all(tensor.abs().max() == 0 for name, tensor in weights.items() if "lora_B" in name or "lora.up" in name)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"num_candidates": 1}, "num_candidates must be >= 2"),
+        ({"eta": 0.0}, "eta must be > 0"),
+        ({"warmup_steps": 8}, r"warmup_steps must be in \[0, num_inference_steps = 8\)"),
+        ({"threshold": 1.0}, r"threshold must be in \[0, 1\)"),
+        ({"prompts": ()}, "give exactly one of prompts and prompts_file"),
+        ({"min_timestep": 800, "max_timestep": 700}, "need 0 <= min_timestep <= max_timestep"),
+    ],
+)
+def test_config_says_what_is_wrong(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        config("unused", tmp_path, **overrides)
+
+
+def test_prompts_file(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("a red circle\n\n  a blue square  \n")
+    assert config("unused", tmp_path, prompts=(), prompts_file=path).prompt_list() == ["a red circle", "a blue square"]

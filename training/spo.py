@@ -1,0 +1,407 @@
+"""Step-aware preference optimization (SPO, Liang et al. 2024): online, step-level, LoRA.
+
+Run in-process with ``main(SPOConfig(...), scorer)`` or on any number of devices with
+``accelerate launch -m training.spo --config run.json`` (the scorer then comes from the
+config's ``scorer`` spec).
+
+Per optimizer step, each process samples ``prompts_per_step`` DDIM chains (eta > 0, guidance)
+with the current LoRA model. After the warm-up steps, at every step whose t lies in the trained
+range, k candidates x_{t-1} are drawn from the chain's x_t (same mean, independent noise); the
+scorer judges each candidate's predicted x0 at t-1; the best and the worst form a pair when the
+softmax of their two scores differs by more than the threshold; the chain continues from a
+candidate chosen uniformly at random (the paper's step-wise resampler). Then every kept pair
+contributes `training.losses.spo_step_loss` on the log-densities of its two transitions under
+the LoRA model and under the reference (the same UNet, adapters disabled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers.training_utils import cast_training_params
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from torch import Tensor
+
+from reward_models.base import Scorer
+from reward_models.spec import scorer_from_spec
+from training.config import ConfigError, SPOConfig
+from training.data import stream_indices
+from training.ddim import ddim_step, predict_x0, sample_candidates, transition_log_prob
+from training.dpo import Features, Parts, load_parts
+from training.losses import spo_step_loss
+from training.runs import Run, check_finite
+from training.sampling import TextConditioning, decode_images, guided_output
+
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class StepPairs:
+    """Kept pairs: two candidates x_{t-1} drawn from the same x_t, winner and loser.
+
+    Attributes:
+        sample: x_t, shape (N, C, h, w).
+        timesteps: t, shape (N,).
+        winner: The preferred x_{t-1}, shape (N, C, h, w).
+        loser: The other one, shape (N, C, h, w).
+        chain: Index of the chain (and so of its prompt) in the sampling batch, shape (N,).
+    """
+
+    sample: Tensor
+    timesteps: Tensor
+    winner: Tensor
+    loser: Tensor
+    chain: Tensor
+
+    def __len__(self) -> int:
+        return self.sample.shape[0]
+
+    def take(self, index: slice) -> StepPairs:
+        """The pairs at `index`."""
+        return StepPairs(
+            self.sample[index],
+            self.timesteps[index],
+            self.winner[index],
+            self.loser[index],
+            self.chain[index],
+        )
+
+
+def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
+    """Trains a LoRA with SPO and saves it.
+
+    Args:
+        cfg: The run's config; rerunning with the same ``output_dir`` and config resumes.
+        scorer: Judges the candidates; default: built from ``cfg.scorer``.
+
+    Returns:
+        ``<output_dir>/final`` with ``pytorch_lora_weights.safetensors`` for ``pipe.load_lora_weights``.
+    """
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    run = Run.open(cfg.output_dir, cfg.to_dict(), accelerator)
+    device, weight_dtype = accelerator.device, DTYPES[cfg.mixed_precision]
+    if scorer is None:
+        if not cfg.scorer:
+            raise ConfigError("no scorer: pass a Scorer to main() or set the scorer spec")
+        scorer = scorer_from_spec(cfg.scorer, device)
+    prompts = cfg.prompt_list()
+
+    # Model: frozen pipeline parts; the UNet is trained through LoRA adapters only.
+    parts = load_parts(cfg.pretrained_model)
+    parts.text_encoder.to(device, weight_dtype)
+    if parts.text_encoder_2 is not None:
+        parts.text_encoder_2.to(device, weight_dtype)
+    # Decoding candidates for the scorer in fp32 avoids the SDXL VAE's fp16 overflow.
+    parts.vae.to(device, torch.float32)
+    unet = parts.unet
+    unet.requires_grad_(False).to(device, weight_dtype)
+    torch.manual_seed(cfg.seed)
+    # Gaussian A and zero B: the adapters start as the identity, so policy = reference at step 0.
+    unet.add_adapter(
+        LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            init_lora_weights="gaussian",
+            target_modules=list(cfg.lora_targets),
+        )
+    )
+    cast_training_params(unet, dtype=torch.float32)
+
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    base_unet = accelerator.unwrap_model(unet)
+    step = (run.resume() or {"step": 0})["step"]
+
+    features = Features(parts, cfg.resolution, device)
+    scheduler = DDIMScheduler.from_config(parts.noise_scheduler.config)
+    scheduler.set_timesteps(cfg.num_inference_steps)
+    pooled_timesteps = [
+        t
+        for i, t in enumerate(scheduler.timesteps.tolist())
+        if i >= cfg.warmup_steps and cfg.min_timestep <= t <= cfg.max_timestep
+    ]
+    if not pooled_timesteps:
+        raise ConfigError(
+            f"no denoising step gets a pool: after {cfg.warmup_steps} warm-up steps the schedule has no t in "
+            f"[{cfg.min_timestep}, {cfg.max_timestep}] (timesteps: {scheduler.timesteps.tolist()})"
+        )
+    while step < cfg.max_steps:
+        started = time.perf_counter()
+        # Prompts and noise depend only on (seed, step, process), so a resumed run repeats them.
+        generator = torch.Generator().manual_seed(
+            cfg.seed * 1_000_003 + step * 1009 + accelerator.process_index
+        )
+        first = (step * accelerator.num_processes + accelerator.process_index) * cfg.prompts_per_step
+        batch_prompts = [
+            prompts[i] for i in stream_indices(len(prompts), cfg.seed, first, cfg.prompts_per_step)
+        ]
+        text = conditioning(features, batch_prompts, parts.is_sdxl, cfg.resolution)
+
+        unet.eval()
+        with accelerator.autocast():
+            pairs, stats = sample_pairs(
+                base_unet, parts, scheduler, text, batch_prompts, scorer, cfg, generator
+            )
+        sampled = time.perf_counter()
+        unet.train()
+        step += 1
+        metrics = train_on_pairs(
+            unet, base_unet, optimizer, params, pairs, text, scheduler, cfg, accelerator, step
+        )
+
+        elapsed = time.perf_counter() - started
+        counts = accelerator.reduce(
+            torch.tensor(list(stats.values()), dtype=torch.float64, device=device), "sum"
+        )
+        summed = dict(zip(stats, counts.tolist(), strict=True))
+        record = {
+            **metrics,
+            **{name: value for name, value in summed.items() if name.startswith("pairs_t")},
+            "pairs": summed["pairs"],
+            "pools": summed["pools"],
+            "kept_fraction": summed["pairs"] / summed["pools"],
+            "score_mean": summed["score_sum"] / summed["scored"],
+            "score_gap": summed["gap_sum"] / summed["pools"],
+            "sample_s": sampled - started,
+            "train_s": elapsed - (sampled - started),
+            "pairs_per_s": summed["pairs"] / elapsed,
+        }
+        run.log(step, record)
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            run.save_checkpoint(step, {}, keep=cfg.keep_checkpoints)
+
+    return save_lora(base_unet, parts.is_sdxl, accelerator, run.path / "final")
+
+
+def conditioning(features: Features, prompts: list[str], is_sdxl: bool, resolution: int) -> TextConditioning:
+    """Prompt and empty-prompt embeddings for B chains, with SDXL's micro-conditioning when needed."""
+    hidden, pooled = features.prompts(prompts)
+    empty_hidden, empty_pooled = features.prompts([""] * len(prompts))
+    time_ids = None
+    if is_sdxl:
+        # Uncropped images at the sampled resolution: (original h, w, crop top, left, target h, w).
+        time_ids = torch.tensor(
+            [[resolution, resolution, 0, 0, resolution, resolution]] * len(prompts), device=hidden.device
+        )
+        time_ids = time_ids.to(hidden.dtype)
+    return TextConditioning(hidden, empty_hidden, pooled, empty_pooled, time_ids)
+
+
+@torch.no_grad()
+def sample_pairs(
+    unet: UNet2DConditionModel,
+    parts: Parts,
+    scheduler: DDIMScheduler,
+    text: TextConditioning,
+    prompts: list[str],
+    scorer: Scorer,
+    cfg: SPOConfig,
+    generator: torch.Generator,
+) -> tuple[StepPairs, dict[str, float]]:
+    """Samples one DDIM chain per prompt with pools, the scorer and the step-wise resampler.
+
+    Args:
+        unet: The current (LoRA) UNet.
+        parts: Supplies the VAE.
+        scheduler: DDIM scheduler after ``set_timesteps``.
+        text: Conditioning of the B chains.
+        prompts: The B prompts, for the scorer.
+        scorer: Judges decoded predicted x0s.
+        cfg: Run config.
+        generator: CPU generator of every random choice.
+
+    Returns:
+        The kept pairs and counts: ``pairs``, ``pools``, ``pairs_t<t>`` per pool timestep,
+        ``scored`` and ``score_sum`` (candidates and their scaled scores), ``gap_sum``
+        (softmax gaps summed over pools).
+    """
+    n_chains = len(prompts)
+    device = text.hidden.device
+    latent_shape = (n_chains, unet.config.in_channels, cfg.resolution // 8, cfg.resolution // 8)
+    latents = torch.randn(latent_shape, generator=generator).to(device) * scheduler.init_noise_sigma
+    chains = torch.arange(n_chains, device=device)
+    pool_text = text.select(chains.repeat_interleave(cfg.num_candidates))
+    pool_prompts = [p for p in prompts for _ in range(cfg.num_candidates)]
+    kept: list[StepPairs] = []
+    stats = {"pairs": 0.0, "pools": 0.0, "scored": 0.0, "score_sum": 0.0, "gap_sum": 0.0}
+    output = None  # the guided model output at `latents`, when already computed for the resampled candidate
+    for index, t in enumerate(scheduler.timesteps.tolist()):
+        timesteps = torch.full((n_chains,), t, device=device)
+        if output is None:
+            output = guided_output(unet, latents, timesteps, text, cfg.guidance_scale)
+        step = ddim_step(scheduler, output, latents, timesteps, cfg.eta)
+        pooled = (
+            index >= cfg.warmup_steps
+            and cfg.min_timestep <= t <= cfg.max_timestep
+            and bool((step.std > 0).all())
+        )
+        if not pooled:
+            latents = sample_candidates(step, 1, generator)[:, 0]
+            output = None
+            continue
+
+        candidates = sample_candidates(step, cfg.num_candidates, generator)  # (B, k, C, h, w)
+        flat = candidates.flatten(0, 1)
+        prev_t = int(step.prev_timesteps[0])
+        if prev_t >= 0:
+            # The candidates' own model outputs give their x0 for the scorer and, for the
+            # resampled one, the next transition.
+            prev = torch.full((len(flat),), prev_t, device=device)
+            next_output = guided_output(unet, flat, prev, pool_text, cfg.guidance_scale)
+            x0 = predict_x0(scheduler, next_output, flat, prev)[0]
+        else:
+            next_output, x0 = None, flat  # the last step's candidates are finished latents
+        images = decode_images(parts.vae, x0)
+        scores = scorer.score(images, pool_prompts, [max(prev_t, 0)] * len(images)) * cfg.score_scale
+        scores = torch.from_numpy(np.asarray(scores, dtype=np.float64)).view(n_chains, cfg.num_candidates)
+
+        best, worst = scores.argmax(dim=1), scores.argmin(dim=1)
+        rows = torch.arange(n_chains)
+        # softmax(best, worst)[0] - softmax(best, worst)[1] = tanh((best - worst) / 2)
+        gap = torch.tanh((scores[rows, best] - scores[rows, worst]) / 2)
+        keep = gap > cfg.threshold
+        if keep.any():
+            kept.append(
+                StepPairs(
+                    sample=latents[keep.to(device)],
+                    timesteps=timesteps[keep.to(device)],
+                    winner=candidates[rows[keep], best[keep]],
+                    loser=candidates[rows[keep], worst[keep]],
+                    chain=chains[keep.to(device)],
+                )
+            )
+        stats["pairs"] += int(keep.sum())
+        stats["pools"] += n_chains
+        stats[f"pairs_t{t}"] = float(keep.sum())
+        stats["scored"] += scores.numel()
+        stats["score_sum"] += float(scores.sum())
+        stats["gap_sum"] += float(gap.sum())
+
+        # Step-wise resampler: continue from a uniformly random candidate, not the winner.
+        choice = torch.randint(cfg.num_candidates, (n_chains,), generator=generator)
+        latents = candidates[rows, choice]
+        output = (
+            None
+            if next_output is None
+            else next_output.view(n_chains, cfg.num_candidates, *flat.shape[1:])[rows, choice]
+        )
+    if not kept:
+        empty = latents[:0]
+        return StepPairs(empty, timesteps[:0], empty, empty, chains[:0]), stats
+    return StepPairs(
+        *(torch.cat(column) for column in zip(*(dataclasses.astuple(p) for p in kept), strict=True))
+    ), stats
+
+
+def train_on_pairs(
+    unet: torch.nn.Module,
+    base_unet: UNet2DConditionModel,
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    pairs: StepPairs,
+    text: TextConditioning,
+    scheduler: DDIMScheduler,
+    cfg: SPOConfig,
+    accelerator: Accelerator,
+    step: int,
+) -> dict[str, float]:
+    """One optimizer step on every kept pair of every process: the mean SPO step loss.
+
+    Processes keep different numbers of pairs, so gradients are summed over pairs, all-reduced
+    by hand and divided by the global pair count, instead of DDP's per-process average.
+    `step` (1-based) names the step in a non-finite error.
+
+    Returns:
+        ``loss``, ``implicit_accuracy``, ``margin``, ``clip_fraction`` (pair-weighted means) and
+        ``grad_norm``; empty when no process kept a pair (no update then).
+    """
+    total = accelerator.reduce(torch.tensor(float(len(pairs)), device=accelerator.device), "sum").item()
+    if total == 0:
+        return {}
+    sums = {"loss": 0.0, "implicit_accuracy": 0.0, "margin": 0.0, "clip_fraction": 0.0}
+    for start in range(0, len(pairs), cfg.train_batch_size):
+        batch = pairs.take(slice(start, start + cfg.train_batch_size))
+        batch_text = text.select(batch.chain)
+        with torch.no_grad():
+            base_unet.disable_adapters()
+            try:
+                reference = transition_densities(base_unet, batch, batch_text, scheduler, cfg, accelerator)
+            finally:
+                base_unet.enable_adapters()
+        with accelerator.no_sync(unet):
+            logp_w, logp_l = transition_densities(unet, batch, batch_text, scheduler, cfg, accelerator)
+            loss, metrics = spo_step_loss(logp_w, logp_l, *reference, beta=cfg.beta, clip=cfg.clip_range)
+            accelerator.backward(loss.sum() / total)
+        sums["loss"] += loss.detach().sum().item()
+        for name in ("implicit_accuracy", "margin", "clip_fraction"):
+            sums[name] += metrics[name].item() * len(batch)
+    for p in params:
+        grad = torch.zeros_like(p) if p.grad is None else p.grad
+        p.grad = accelerator.reduce(grad, "sum")
+    grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm).item()
+    reduced = accelerator.reduce(torch.tensor(list(sums.values()), device=accelerator.device), "sum") / total
+    metrics = dict(zip(sums, reduced.tolist(), strict=True))
+    check_finite(step, loss=metrics["loss"], grad_norm=grad_norm)
+    optimizer.step()
+    optimizer.zero_grad()
+    return {**metrics, "grad_norm": grad_norm}
+
+
+def transition_densities(
+    unet: torch.nn.Module,
+    pairs: StepPairs,
+    text: TextConditioning,
+    scheduler: DDIMScheduler,
+    cfg: SPOConfig,
+    accelerator: Accelerator,
+) -> tuple[Tensor, Tensor]:
+    """Log-densities of the winners' and the losers' transitions from their x_t under `unet`.
+
+    Returns:
+        (logp_w, logp_l), each shape (N,), averaged over latent elements.
+    """
+    with accelerator.autocast():
+        output = guided_output(unet, pairs.sample, pairs.timesteps, text, cfg.guidance_scale)
+    step = ddim_step(scheduler, output.float(), pairs.sample.float(), pairs.timesteps, cfg.eta)
+    return transition_log_prob(pairs.winner, step.mean, step.std), transition_log_prob(
+        pairs.loser, step.mean, step.std
+    )
+
+
+def save_lora(unet: UNet2DConditionModel, is_sdxl: bool, accelerator: Accelerator, folder: Path) -> Path:
+    """Writes the LoRA as ``pytorch_lora_weights.safetensors`` for ``pipe.load_lora_weights(folder)``, atomically."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        tmp = folder.with_name(f".tmp-{folder.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+        pipeline_class = StableDiffusionXLPipeline if is_sdxl else StableDiffusionPipeline
+        pipeline_class.save_lora_weights(
+            tmp,
+            unet_lora_layers={name: tensor.float() for name, tensor in layers.items()},
+            unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+        )
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    accelerator.wait_for_everyone()
+    return folder
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="SPO training (see training.spo.SPOConfig).")
+    parser.add_argument("--config", type=Path, required=True, help="JSON file with SPOConfig options.")
+    main(SPOConfig.from_json(parser.parse_args().config))
