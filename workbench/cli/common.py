@@ -10,6 +10,7 @@ from rich.console import Console
 
 from datastore.errors import StoreError
 from datastore.store import Store
+from labeling.errors import LabelingError
 from reward_models.base import ScorerError
 from workbench.errors import WorkbenchError
 from workbench.settings import Settings
@@ -17,7 +18,7 @@ from workbench.settings import Settings
 console = Console()
 err_console = Console(stderr=True)
 
-EXPECTED_ERRORS: tuple[type[Exception], ...] = (StoreError, ScorerError, WorkbenchError)
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (StoreError, ScorerError, WorkbenchError, LabelingError)
 """Errors a user can act on: printed as one line, exit code 1, no traceback."""
 
 

@@ -1,0 +1,97 @@
+"""`workbench label`: judgments from AI feedback; `workbench app`: the annotation app."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+
+import torch
+import typer
+
+from labeling.ai_feedback import label_with_scorer
+from reward_models.base import Scorer, ScorerError
+from reward_models.clip import AestheticScorer, ClipScorer
+from reward_models.shapes import ShapesOracle
+from reward_models.step_aware import StepAwareScorer
+from workbench.cli.common import console, err_console, open_store, user_errors
+
+app = typer.Typer(no_args_is_help=True, help="Judge pairs: AI feedback from a scorer.")
+
+ScorerName = Literal["shapes-oracle", "clip", "pickscore", "aesthetic", "spm"]
+APP_FILE = Path(__file__).resolve().parents[2] / "app.py"
+
+
+def build_scorer(name: ScorerName, model: str | None, head: Path | None, device: str) -> Scorer:
+    """The scorer called ``name``, loaded from ``model`` (and ``head`` for the aesthetic scorer)."""
+    if name == "shapes-oracle":
+        if model is not None:
+            raise ScorerError("the shapes oracle takes no --model")
+        return ShapesOracle()
+    if model is None:
+        raise ScorerError(f"scorer {name} needs --model: its weights folder (or hub id)")
+    if name in ("clip", "pickscore"):
+        return ClipScorer.from_pretrained(model, name=name, device=device)
+    if name == "aesthetic":
+        if head is None:
+            raise ScorerError("scorer aesthetic needs --head: the aesthetic MLP weights file")
+        return AestheticScorer.from_pretrained(model, head, device=device)
+    if name == "spm":
+        return StepAwareScorer.from_pretrained(model, device=device)
+    raise ScorerError(f"unknown scorer {name!r}")
+
+
+@app.command("ai")
+def ai(
+    ctx: typer.Context,
+    scorer: ScorerName = typer.Option(..., "--scorer", help="Which scorer judges the pairs."),
+    model: str | None = typer.Option(
+        None, "--model", help="clip / pickscore / aesthetic: a CLIP folder or hub id; spm: a step-aware model folder."
+    ),
+    head: Path | None = typer.Option(None, "--head", help="aesthetic: the MLP head weights (.safetensors or .pth)."),
+    kinds: list[str] = typer.Option(["final", "step"], "--kind", help="Pair kinds to judge."),
+    limit: int | None = typer.Option(None, "--limit", min=0, help="Judge at most N pairs (default: every pending one)."),
+    tie_margin: float = typer.Option(
+        0.0, "--tie-margin", min=0.0, help="A score difference up to this is a tie (in the scorer's units)."
+    ),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Pairs scored together."),
+    device: str | None = typer.Option(None, "--device", help="Torch device (default: cuda when present, else cpu)."),
+) -> None:
+    """Judge the pairs a scorer version has not judged yet (source 'ai'; the annotator is the scorer@version)."""
+    with user_errors():
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        judge = build_scorer(scorer, model, head, device)
+        report = label_with_scorer(
+            open_store(ctx), judge, kinds=kinds, limit=limit, tie_margin=tie_margin, batch_size=batch_size, show_progress=True
+        )
+    kinds_text = ", ".join(f"{n} {k}" for k, n in report.by_kind.items())
+    console.print(
+        f"{report.annotator}: {report.judged} judged ({kinds_text}), {report.ties} ties; "
+        f"{report.already_judged} judged before"
+    )
+
+
+def serve(
+    ctx: typer.Context,
+    port: int = typer.Option(8501, "--port", min=1, max=65535, help="Port on 127.0.0.1."),
+) -> None:
+    """Start the Streamlit app (annotation, data, jobs) for this home on http://127.0.0.1:PORT."""
+    if not APP_FILE.is_file():
+        err_console.print(f"[red]error:[/red] {APP_FILE} is missing: run the app from a source checkout (pip install -e .)")
+        raise typer.Exit(1)
+    with user_errors():
+        home = open_store(ctx).home
+    err_console.print(f"serving {home} on http://127.0.0.1:{port}")
+    # exec: the server gets this process's signals (Ctrl-C) and exit status directly.
+    os.execve(
+        sys.executable,
+        [
+            sys.executable, "-m", "streamlit", "run", str(APP_FILE),
+            "--server.address", "127.0.0.1",
+            "--server.port", str(port),
+            "--server.headless", "true",
+            "--browser.gatherUsageStats", "false",
+        ],
+        {**os.environ, "WORKBENCH_HOME": str(home)},
+    )
