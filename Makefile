@@ -7,8 +7,12 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 HOME_DIR ?= $(if $(WORKBENCH_HOME),$(WORKBENCH_HOME),$(HOME)/.workbench)
 PYTEST_ARGS ?=
+# The Label Studio server has its own virtualenv: its pins clash with ours.
+LS_VENV := .venv-labelstudio
+LS_STAMP := $(LS_VENV)/.installed
+LABEL_STUDIO_SPEC ?= label-studio==1.23.2
 
-.PHONY: setup run test test-gpu lint bench clean
+.PHONY: setup labelstudio-env run test test-gpu lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +23,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+$(LS_STAMP):
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install -q "$(LABEL_STUDIO_SPEC)"
+	touch $(LS_STAMP)
+
+labelstudio-env: $(LS_STAMP)
+
 run: setup
 	$(BIN)/workbench --home "$(HOME_DIR)" init
 	$(BIN)/workbench --home "$(HOME_DIR)" seed
@@ -27,11 +38,11 @@ run: setup
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup lint
+test: setup lint labelstudio-env
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-gpu: setup
 	$(BIN)/pytest -m gpu $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LS_VENV) .pytest_cache .ruff_cache
