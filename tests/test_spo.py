@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,7 +14,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
 from tiny_clip import build_tiny_clip
-from tiny_models import build_tiny_sd15
+from tiny_models import build_tiny_sd15, build_tiny_sdxl
 
 from reward_models.base import Scorer
 from reward_models.clip import ClipScorer, load_clip
@@ -110,6 +112,19 @@ def test_spm_from_a_spec_and_a_high_threshold_keep_no_pair(models, tmp_path):
     assert record["pairs"] == 0 and record["pools"] == 6 and "loss" not in record
     weights = load_file(final / "pytorch_lora_weights.safetensors")
     assert all(tensor.abs().max() == 0 for name, tensor in weights.items() if "lora_B" in name or "lora.up" in name)
+
+
+def test_sdxl_in_bf16_from_the_module_entry_point(models, tmp_path):
+    # A process holds one accelerate precision, so the bf16 run gets its own, as `accelerate launch` gives it.
+    sdxl = build_tiny_sdxl(tmp_path / "sdxl")
+    cfg = config(sdxl, tmp_path / "run", prompts_per_step=1, num_candidates=2, mixed_precision="bf16")
+    cfg.scorer = f"clip:{models[1]}"
+    (tmp_path / "run.json").write_text(json.dumps(cfg.to_dict()))
+    subprocess.run([sys.executable, "-m", "training.spo", "--config", str(tmp_path / "run.json")], check=True)
+
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert record["pairs"] > 0 and np.isfinite(record["loss"])
+    DiffusionPipeline.from_pretrained(sdxl).load_lora_weights(tmp_path / "run" / "final")
 
 
 @pytest.mark.parametrize(

@@ -103,8 +103,8 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
     parts.text_encoder.to(device, weight_dtype)
     if parts.text_encoder_2 is not None:
         parts.text_encoder_2.to(device, weight_dtype)
-    # Decoding candidates for the scorer in fp32 avoids the SDXL VAE's fp16 overflow.
-    parts.vae.to(device, torch.float32)
+    # The VAE stays in float32 as loaded: the SDXL VAE overflows in fp16 when decoding candidates.
+    parts.vae.to(device)
     unet = parts.unet
     unet.requires_grad_(False).to(device, weight_dtype)
     torch.manual_seed(cfg.seed)
