@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+import duckdb
 from PIL import Image
 
 from datastore.errors import StoreError
@@ -248,7 +249,17 @@ def next_pair(
     Returns:
         The item (None when nothing is left for this annotator) and the progress.
     """
-    config = config or QueueConfig()
+    with store.read() as con:
+        return _next(con, annotator_id, kinds, config or QueueConfig(), exclude)
+
+
+def _next(
+    con: duckdb.DuckDBPyConnection,
+    annotator_id: int,
+    kinds: tuple[str, ...],
+    config: QueueConfig,
+    exclude: tuple[int, ...],
+) -> tuple[QueueItem | None, Progress]:
     params = {
         "annotator": annotator_id,
         "kinds": check_kinds(kinds),
@@ -256,8 +267,7 @@ def next_pair(
         "seed": config.seed,
         "exclude": list(exclude),
     }
-    with store.read() as con:
-        rows = con.execute(_NEXT, params).fetchall()
+    rows = con.execute(_NEXT, params).fetchall()
     remaining, done = rows[0][0], rows[0][1]
     candidates = {row[2]: row[3:] for row in rows if row[3] is not None}
     want_gold = _unit(config.seed, "gold", annotator_id, done) < config.gold_rate
@@ -297,6 +307,34 @@ def record_answer(
     Raises:
         AlreadyJudgedError: the annotator already judged this pair; nothing is written.
     """
+    with store.write() as con:
+        return _record(con, item, annotator_id, side, answered_at or now())
+
+
+def answer_and_next(
+    store: Store,
+    item: QueueItem,
+    annotator_id: int,
+    side: Side,
+    *,
+    kinds: tuple[str, ...] = ("final",),
+    config: QueueConfig | None = None,
+    exclude: tuple[int, ...] = (),
+) -> tuple[QueueItem | None, Progress]:
+    """:func:`record_answer` then :func:`next_pair` in one transaction: one store round trip per answer.
+
+    Raises:
+        AlreadyJudgedError: the annotator already judged this pair; nothing is written.
+    """
+    answered_at = now()
+    with store.write() as con:
+        _record(con, item, annotator_id, side, answered_at)
+        return _next(con, annotator_id, kinds, config or QueueConfig(), exclude)
+
+
+def _record(
+    con: duckdb.DuckDBPyConnection, item: QueueItem, annotator_id: int, side: Side, answered_at: datetime
+) -> int:
     judgment = NewJudgment(
         pair_id=item.pair_id,
         annotator_id=annotator_id,
@@ -304,18 +342,17 @@ def record_answer(
         outcome=item.outcome(side),
         left_image=item.left_image,
         shown_at=item.shown_at,
-        answered_at=answered_at or now(),
+        answered_at=answered_at,
         is_gold=item.gold_outcome is not None,
     )
-    with store.write() as con:
-        seen = scalar(
-            con,
-            "SELECT count(*) FROM judgments WHERE pair_id = ? AND annotator_id = ? AND NOT withdrawn",
-            [item.pair_id, annotator_id],
-        )
-        if seen:
-            raise AlreadyJudgedError(f"annotator {annotator_id} already judged pair {item.pair_id}")
-        return insert_judgments(con, [judgment])[0]
+    seen = scalar(
+        con,
+        "SELECT count(*) FROM judgments WHERE pair_id = ? AND annotator_id = ? AND NOT withdrawn",
+        [item.pair_id, annotator_id],
+    )
+    if seen:
+        raise AlreadyJudgedError(f"annotator {annotator_id} already judged pair {item.pair_id}")
+    return insert_judgments(con, [judgment])[0]
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from labeling.errors import AlreadyJudgedError, LabelingError
 from labeling.queue import (
     Progress,
     QueueConfig,
+    answer_and_next,
     gold_accuracy,
     human_annotator,
     next_pair,
@@ -193,3 +194,16 @@ def test_annotator_names(store: Store) -> None:
         ensure_annotator(con, "clip@x", kind="ai")
     with pytest.raises(LabelingError, match="AI annotator"):
         human_annotator(store, "clip@x")
+
+
+def test_answer_and_next_is_record_then_next_in_one_transaction(store: Store) -> None:
+    add_shapes_pairs(store, 3)
+    ann = human_annotator(store, "ann")
+    item, _ = next_pair(store, ann)
+    after, progress_now = answer_and_next(store, item, ann, "right")
+    again, progress_again = next_pair(store, ann)
+    assert (after.pair_id, after.left_image, progress_now) == (again.pair_id, again.left_image, progress_again)
+    assert after.pair_id != item.pair_id and progress_now.done == 1
+    with pytest.raises(AlreadyJudgedError):
+        answer_and_next(store, item, ann, "left")
+    assert progress(store, ann).done == 1

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import streamlit as st
 
 from labeling.errors import AlreadyJudgedError, LabelingError
-from labeling.queue import QueueConfig, QueueItem, display_bytes, human_annotator, next_pair, record_answer
+from labeling.queue import QueueConfig, QueueItem, answer_and_next, display_bytes, human_annotator, next_pair
 from workbench.ui.state import store
 
 BUTTONS: tuple[tuple[str, str, str], ...] = (
@@ -86,14 +86,17 @@ def _answer(kind: str, annotator_id: int, pair_id: int, side: str) -> None:
     # A press that arrives after the pair changed belongs to a pair no longer on screen.
     if item is None or item.pair_id != pair_id:
         return
+    skipped = st.session_state[f"skipped_{kind}"]
     if side == "skip":
-        st.session_state[f"skipped_{kind}"].append(pair_id)
-    else:
-        try:
-            record_answer(store(), item, annotator_id, side)
-        except AlreadyJudgedError:
-            pass  # answered in another tab or session: move on
-    _advance(kind, annotator_id)
+        skipped.append(pair_id)
+        _advance(kind, annotator_id)
+        return
+    try:
+        st.session_state[f"queue_{kind}"] = answer_and_next(
+            store(), item, annotator_id, side, kinds=(kind,), config=queue_config(), exclude=tuple(skipped)
+        )
+    except AlreadyJudgedError:
+        _advance(kind, annotator_id)  # answered in another tab or session: move on
 
 
 def _unskip(kind: str, annotator_id: int) -> None:
@@ -151,5 +154,5 @@ def judge_queue(kind: str, annotator_id: int, context: Callable[[QueueItem], Non
         width="stretch",
         type="tertiary",
     )
-    st.caption(f"Pair `{item.pair_id}` · keys 1-4 answer")
+    st.caption(f"Pair `{item.pair_id}`")
     return item
