@@ -90,13 +90,14 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
         ``<output_dir>/final`` with ``pytorch_lora_weights.safetensors`` for ``pipe.load_lora_weights``.
     """
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
-    run = Run.open(cfg.output_dir, cfg.to_dict(), accelerator)
     device, weight_dtype = accelerator.device, DTYPES[cfg.mixed_precision]
+    # The scorer and the prompts are checked before a run folder is made for them.
     if scorer is None:
         if not cfg.scorer:
             raise ConfigError("no scorer: pass a Scorer to main() or set the scorer spec")
         scorer = scorer_from_spec(cfg.scorer, device)
     prompts = cfg.prompt_list()
+    run = Run.open(cfg.output_dir, cfg.to_dict(), accelerator)
 
     # Model: frozen pipeline parts; the UNet is trained through LoRA adapters only.
     parts = load_parts(cfg.pretrained_model)

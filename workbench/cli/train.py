@@ -15,12 +15,13 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import typer
 
-from training.config import ConfigError, DPOConfig
+from reward_models.base import ScorerError
+from training.config import ConfigError, DPOConfig, RecipeConfig, SPMConfig, SPOConfig
 from training.errors import TrainingError
 from workbench.cli.common import console, err_console
 from workbench.settings import Settings
 
-app = typer.Typer(no_args_is_help=True, help="Train Diffusion-DPO from a dataset snapshot.")
+app = typer.Typer(no_args_is_help=True, help="Train Diffusion-DPO, the step-aware preference model and SPO.")
 
 
 def config_options(config_class: type, overrides: dict[str, tuple[Any, str]]) -> list[inspect.Parameter]:
@@ -95,3 +96,58 @@ dpo.__signature__ = inspect.Signature(
     ]
 )
 app.command()(dpo)
+
+
+def _config(config_class: type[RecipeConfig], recipe: str, settings: Settings, options: dict[str, Any]) -> Any:
+    """The recipe's config from the command's options; the run folder defaults to <home>/runs/<recipe>-<date>-<time>."""
+    if options["output_dir"] is None:
+        options["output_dir"] = settings.home / "runs" / datetime.now().strftime(f"{recipe}-%Y%m%d-%H%M%S")
+    try:
+        return config_class(**options)
+    except ConfigError as e:
+        raise typer.BadParameter(str(e)) from e
+
+
+def _run(main: Any, cfg: RecipeConfig) -> None:
+    """Runs a recipe's ``main(cfg)``, turning its expected errors into one line and exit code 1."""
+    console.print(f"run folder: {cfg.output_dir}")
+    try:
+        final = main(cfg)
+    except (TrainingError, ScorerError) as e:
+        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from e
+    console.print(f"weights: {final}")
+
+
+def spm(ctx: typer.Context, **options: Any) -> None:
+    """Train the step-aware preference model (SPO's SPM) on a dataset snapshot, resuming if the run folder has a checkpoint."""
+    cfg = _config(SPMConfig, "spm", ctx.obj, options)
+    from training.spm import main
+
+    _run(main, cfg)
+
+
+def spo(ctx: typer.Context, **options: Any) -> None:
+    """Fine-tune a LoRA with SPO: online step-level preferences judged by a scorer, resuming if the run folder has a checkpoint."""
+    cfg = _config(SPOConfig, "spo", ctx.obj, options)
+    from training.spo import main
+
+    _run(main, cfg)
+
+
+for _command, _config_class in ((spm, SPMConfig), (spo, SPOConfig)):
+    _command.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+            *config_options(
+                _config_class,
+                {
+                    "output_dir": (
+                        None,
+                        f"Run folder (default: <home>/runs/{_command.__name__}-<date>-<time>); reuse one to resume.",
+                    )
+                },
+            ),
+        ]
+    )
+    app.command()(_command)
