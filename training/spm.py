@@ -30,6 +30,7 @@ from accelerate import Accelerator
 from PIL import Image
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
+from tqdm.auto import tqdm
 from transformers import CLIPProcessor
 
 from reward_models.clip import load_clip
@@ -128,6 +129,7 @@ def main(cfg: SPMConfig) -> Path:
     train_rows = table_rows(train_table)
     eval_rows = table_rows(eval_table)
     per_micro_step = cfg.batch_size * accelerator.num_processes
+    progress = tqdm(total=cfg.max_steps, initial=step, desc="spm", disable=not accelerator.is_local_main_process)
     while step < cfg.max_steps:
         started = time.perf_counter()
         sums: dict[str, float] = {}
@@ -149,12 +151,17 @@ def main(cfg: SPMConfig) -> Path:
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm).item()
+                    # Under fp16 an infinite norm is the grad scaler's business: it skips the step.
+                    if cfg.mixed_precision != "fp16":
+                        check_finite(step + 1, grad_norm=grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
             micro_step += 1
             add_counts(sums, "train", rows, score_0.detach(), score_1.detach(), cfg.timestep_buckets)
             sums["loss_sum"] = sums.get("loss_sum", 0.0) + loss.item()
-        lr_scheduler.step()
+        # A step the fp16 grad scaler skipped does not advance the schedule.
+        if not optimizer.step_was_skipped:
+            lr_scheduler.step()
         step += 1
 
         record = accuracies(reduce_counts(sums, "train", cfg.timestep_buckets, accelerator))
@@ -174,8 +181,11 @@ def main(cfg: SPMConfig) -> Path:
                 "pairs_per_s": pairs_per_s,
             },
         )
+        progress.update()
+        progress.set_postfix(loss=f"{record['loss']:.4f}", pairs_per_s=f"{pairs_per_s:.1f}")
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             run.save_checkpoint(step, {"micro_step": micro_step}, keep=cfg.keep_checkpoints)
+    progress.close()
 
     final = run.path / "final"
     accelerator.wait_for_everyone()

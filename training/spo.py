@@ -33,6 +33,7 @@ from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from reward_models.base import Scorer
 from reward_models.spec import scorer_from_spec
@@ -139,6 +140,7 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
             f"no denoising step gets a pool: after {cfg.warmup_steps} warm-up steps the schedule has no t in "
             f"[{cfg.min_timestep}, {cfg.max_timestep}] (timesteps: {scheduler.timesteps.tolist()})"
         )
+    progress = tqdm(total=cfg.max_steps, initial=step, desc="spo", disable=not accelerator.is_local_main_process)
     while step < cfg.max_steps:
         started = time.perf_counter()
         # Prompts and noise depend only on (seed, step, process), so a resumed run repeats them.
@@ -181,8 +183,11 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
             "pairs_per_s": summed["pairs"] / elapsed,
         }
         run.log(step, record)
+        progress.update()
+        progress.set_postfix(pairs=int(summed["pairs"]), pairs_per_s=f"{record['pairs_per_s']:.2f}")
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             run.save_checkpoint(step, {}, keep=cfg.keep_checkpoints)
+    progress.close()
 
     return save_lora(base_unet, parts.is_sdxl, accelerator, run.path / "final")
 
@@ -355,7 +360,10 @@ def train_on_pairs(
     grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm).item()
     reduced = accelerator.reduce(torch.tensor(list(sums.values()), device=accelerator.device), "sum") / total
     metrics = dict(zip(sums, reduced.tolist(), strict=True))
-    check_finite(step, loss=metrics["loss"], grad_norm=grad_norm)
+    check_finite(step, loss=metrics["loss"])
+    # Under fp16 an infinite norm is the grad scaler's business: it skips the step.
+    if cfg.mixed_precision != "fp16":
+        check_finite(step, grad_norm=grad_norm)
     optimizer.step()
     optimizer.zero_grad()
     return {**metrics, "grad_norm": grad_norm}
