@@ -13,6 +13,7 @@ from tiny_models import build_tiny_sd15, draw_shape, write_snapshot
 from reward_models.spec import scorer_from_spec
 from reward_models.step_aware import StepAwareScorer
 from training.config import ConfigError
+from training.data import SnapshotError
 from training.spm import SPMConfig, is_held_out, main
 
 
@@ -102,3 +103,13 @@ def test_continues_from_a_saved_spm(models, snapshot, tmp_path):
 def test_config_says_what_is_wrong(models, snapshot, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         config(models, snapshot, tmp_path, **overrides)
+
+
+def test_step_pair_without_timestep_is_named(models, snapshot, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "images").symlink_to(snapshot / "images")
+    table = pl.read_parquet(snapshot / "pairs.parquet")
+    table.with_columns(timestep=pl.lit(None, dtype=pl.Int64)).write_parquet(broken / "pairs.parquet")
+    with pytest.raises(SnapshotError, match="step pair 2 has no timestep"):
+        main(config(models, broken, tmp_path / "run", eval_fraction=0.0))

@@ -36,7 +36,7 @@ from transformers import CLIPProcessor
 from reward_models.clip import load_clip
 from reward_models.step_aware import CONFIG_NAME, StepAwareCLIP
 from training.config import ConfigError, SPMConfig
-from training.data import load_image, read_pairs, stream_indices
+from training.data import SnapshotError, load_image, read_pairs, stream_indices
 from training.ddim import predict_x0
 from training.dpo import Features, Parts, load_parts
 from training.losses import pairwise_preference_loss
@@ -100,6 +100,7 @@ def main(cfg: SPMConfig) -> Path:
     else:
         clip, processor = load_clip(cfg.reward_model, cfg.processor, device=device)
         model = StepAwareCLIP.from_clip(clip, num_train_timesteps=num_train_timesteps)
+    # logit_scale stays fixed in every mode: SPO's pair threshold is calibrated on the score's scale.
     model.requires_grad_(False)
     model.modulation.requires_grad_(True)
     if cfg.trainable in ("vision", "all"):
@@ -112,7 +113,7 @@ def main(cfg: SPMConfig) -> Path:
 
     optimizer = torch.optim.AdamW(
         [
-            {"params": [p for p in model.modulation.parameters()], "lr": cfg.modulation_learning_rate},
+            {"params": list(model.modulation.parameters()), "lr": cfg.modulation_learning_rate},
             {"params": [p for p in model.clip.parameters() if p.requires_grad], "lr": cfg.learning_rate},
         ],
         weight_decay=cfg.weight_decay,
@@ -207,18 +208,28 @@ def is_held_out(prompt: str, fraction: float, seed: int) -> bool:
 
 
 def table_rows(table: pl.DataFrame) -> list[Row]:
-    """Snapshot rows as `Row`s; final pairs get timestep -1 until `with_timestep` draws one."""
-    return [
-        Row(
-            prompt=r["prompt"],
-            image_0=Path(r["image_0"]),
-            image_1=Path(r["image_1"]),
-            label_0=float(r["label_0"]),
-            timestep=int(r["timestep"]) if r["kind"] == "step" else -1,
-            is_step=r["kind"] == "step",
+    """Snapshot rows as `Row`s; final pairs get timestep -1 until `with_timestep` draws one.
+
+    Raises:
+        SnapshotError: A row's kind is neither final nor step, or a step pair has no timestep.
+    """
+    rows = []
+    for r in table.iter_rows(named=True):
+        if r["kind"] not in ("final", "step"):
+            raise SnapshotError(f"pair {r['pair_id']} has kind {r['kind']!r}; expected final or step")
+        if r["kind"] == "step" and r["timestep"] is None:
+            raise SnapshotError(f"step pair {r['pair_id']} has no timestep")
+        rows.append(
+            Row(
+                prompt=r["prompt"],
+                image_0=Path(r["image_0"]),
+                image_1=Path(r["image_1"]),
+                label_0=float(r["label_0"]),
+                timestep=int(r["timestep"]) if r["kind"] == "step" else -1,
+                is_step=r["kind"] == "step",
+            )
         )
-        for r in table.iter_rows(named=True)
-    ]
+    return rows
 
 
 def with_timestep(row: Row, seed: int, position: int, num_train_timesteps: int) -> Row:
