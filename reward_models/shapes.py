@@ -8,7 +8,6 @@ against any caption of the language. Pure code: numpy and Pillow only.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -409,9 +408,3 @@ class SimulatedAnnotator:
             return "tie"
         better, worse = ("a", "b") if score_a > score_b else ("b", "a")
         return worse if self._rng.random() < self.error_rate else better
-
-
-def caption_seed(caption: str, seed: int = 0) -> int:
-    """A stable 63-bit integer for (caption, seed), for seeding per-caption generators reproducibly."""
-    digest = hashlib.sha256(f"{seed}:{caption}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
