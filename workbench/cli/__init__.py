@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from workbench.cli import data, label, train
+from workbench.cli import data, generate, label, train
 from workbench.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Preference workbench for text-to-image diffusion models.")
@@ -23,6 +23,7 @@ def main(
 app.command()(data.init)
 app.command()(data.stats)
 app.command()(data.export)
+app.command()(generate.generate)
 app.add_typer(data.import_app, name="import")
 app.add_typer(data.dataset_app, name="dataset")
 app.add_typer(train.app, name="train", help="Train Diffusion-DPO from a dataset snapshot.")
