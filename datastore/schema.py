@@ -169,4 +169,19 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        """
+        -- Pairs pushed to a Label Studio project as tasks, with the side shown on the left.
+        CREATE TABLE labelstudio_tasks (
+            project_id BIGINT NOT NULL,
+            task_id BIGINT NOT NULL,
+            pair_id BIGINT NOT NULL,
+            left_image VARCHAR NOT NULL,                       -- a | b
+            pushed_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            PRIMARY KEY (project_id, task_id),
+            UNIQUE (project_id, pair_id)
+        );
+        """,
+    ),
 ]

@@ -17,6 +17,7 @@ from datastore.errors import ImportFormatError, MediaError, NotFoundError, Store
 from datastore.formats import export_dataset, import_pickapic
 from datastore.media import inspect_image
 from datastore.records import NewJudgment, ensure_annotator, insert_judgments, store_stats
+from datastore.schema import MIGRATIONS
 from datastore.store import Store
 
 
@@ -180,8 +181,9 @@ def test_jsonl_and_hf_exports_load(store: Store, pickapic_file: Path, tmp_path: 
 
 
 def test_migrations_are_idempotent(store: Store) -> None:
-    assert store.schema_version() == 1
+    latest = MIGRATIONS[-1][0]
+    assert store.schema_version() == latest
     again = Store.open(store.home)
-    assert again.schema_version() == 1
+    assert again.schema_version() == latest
     with again.read() as con:
-        assert con.execute("SELECT count(*) FROM schema_migrations").fetchall() == [(1,)]
+        assert con.execute("SELECT count(*) FROM schema_migrations").fetchall() == [(len(MIGRATIONS),)]
