@@ -32,7 +32,7 @@ def _accuracy(inside: Tensor) -> Tensor:
 def diffusion_dpo_loss(
     model_err_w: Tensor, model_err_l: Tensor, ref_err_w: Tensor, ref_err_l: Tensor, beta: float
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Diffusion-DPO loss (Wallace et al. 2024, eq. 14) in the official code's units.
+    """Diffusion-DPO loss (Wallace et al., CVPR 2024) in the official code's units.
 
     ``inside = -0.5 * beta * ((e_w - e_l) - (r_w - r_l))`` and ``loss = -logsigmoid(inside)``:
     the loss falls when the trained model lowers the winner's denoising error more than the
