@@ -316,9 +316,17 @@ def cached_features(
     """Loads the snapshot's feature cache, computing it on the main process the first time.
 
     The cache file's name is a hash of what its content depends on: the snapshot's content hash,
-    the model, the resolution and whether mirrored images are needed.
+    the model, the resolution, whether mirrored images are needed and the text encoders' precision.
     """
-    key = json.dumps([snapshot_hash(cfg.dataset), cfg.pretrained_model, cfg.resolution, cfg.random_flip])
+    key = json.dumps(
+        [
+            snapshot_hash(cfg.dataset),
+            cfg.pretrained_model,
+            cfg.resolution,
+            cfg.random_flip,
+            cfg.mixed_precision,
+        ]
+    )
     cache_dir = cfg.cache_dir or cfg.output_dir / "cache"
     path = cache_dir / f"features-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     if accelerator.is_main_process and not path.exists():
