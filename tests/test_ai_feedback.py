@@ -102,14 +102,18 @@ def test_cli_step_aware_model_gets_the_step_pairs_timesteps(tmp_path: Path, spm_
     assert rows[0][4] == f"spm@{spm_path}"
 
 
-def test_cli_shapes_oracle_and_errors(tmp_path: Path) -> None:
+def test_cli_shapes_oracle_gold_and_errors(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    add_shapes_pairs(Store.open(home), 4)
+    add_shapes_pairs(Store.open(home), 4, gold_every=2)
+    result = runner.invoke(app, ["--home", str(home), "label", "gold"])
+    assert result.exit_code == 0 and "no judgments of gold pairs yet" in result.output
     result = runner.invoke(app, ["--home", str(home), "label", "ai", "--scorer", "shapes-oracle", "--limit", "3"])
     assert result.exit_code == 0, result.output
     assert "shapes-oracle@1: 3 judged (3 final, 0 step)" in result.output
     result = runner.invoke(app, ["--home", str(home), "label", "ai", "--scorer", "shapes-oracle"])
     assert "1 judged" in result.output and "3 judged before" in result.output
+    result = runner.invoke(app, ["--home", str(home), "label", "gold"])
+    assert "shapes-oracle@1 (ai): 2/2 = 100.0%" in result.output
     result = runner.invoke(app, ["--home", str(home), "label", "ai", "--scorer", "clip"])
     assert result.exit_code == 1 and "needs --model" in result.output
     result = runner.invoke(app, ["--home", str(home), "label", "ai", "--scorer", "shapes-oracle", "--kind", "noisy"])

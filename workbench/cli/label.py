@@ -11,13 +11,14 @@ import torch
 import typer
 
 from labeling.ai_feedback import label_with_scorer
+from labeling.queue import gold_accuracy
 from reward_models.base import Scorer, ScorerError
 from reward_models.clip import AestheticScorer, ClipScorer
 from reward_models.shapes import ShapesOracle
 from reward_models.step_aware import StepAwareScorer
 from workbench.cli.common import console, err_console, open_store, user_errors
 
-app = typer.Typer(no_args_is_help=True, help="Judge pairs: AI feedback from a scorer.")
+app = typer.Typer(no_args_is_help=True, help="Judge pairs with AI feedback; check annotators on gold pairs.")
 
 ScorerName = Literal["shapes-oracle", "clip", "pickscore", "aesthetic", "spm"]
 APP_FILE = Path(__file__).resolve().parents[2] / "app.py"
@@ -70,6 +71,17 @@ def ai(
         f"{report.annotator}: {report.judged} judged ({kinds_text}), {report.ties} ties; "
         f"{report.already_judged} judged before"
     )
+
+
+@app.command("gold")
+def gold(ctx: typer.Context) -> None:
+    """Accuracy of each annotator (people and AI) on gold pairs."""
+    with user_errors():
+        rows = gold_accuracy(open_store(ctx))
+    if not rows:
+        console.print("no judgments of gold pairs yet")
+    for row in rows:
+        console.print(f"{row.annotator} ({row.kind}): {row.correct}/{row.judged} = {row.accuracy:.1%}", highlight=False)
 
 
 def serve(
