@@ -1,6 +1,7 @@
 """Scorers named by a short text spec, so a command line or a config file can choose one.
 
 Specs:
+    ``shapes-oracle``                      the shapes-world oracle
     ``clip:PATH_OR_HUB_ID``                CLIP score
     ``pickscore:PATH_OR_HUB_ID``           PickScore (same computation, PickScore weights)
     ``aesthetic:CLIP_PATH,HEAD_FILE``      LAION-style aesthetic head on a CLIP image embedding
@@ -13,9 +14,10 @@ import torch
 
 from reward_models.base import Scorer, ScorerError
 from reward_models.clip import AestheticScorer, ClipScorer
+from reward_models.shapes import ShapesOracle
 from reward_models.step_aware import StepAwareScorer
 
-SPEC_HELP = "clip:PATH, pickscore:PATH, aesthetic:CLIP_PATH,HEAD_FILE or spm:PATH"
+SPEC_HELP = "shapes-oracle, clip:PATH, pickscore:PATH, aesthetic:CLIP_PATH,HEAD_FILE or spm:PATH"
 
 
 def scorer_from_spec(spec: str, device: str | torch.device = "cpu") -> Scorer:
@@ -32,6 +34,8 @@ def scorer_from_spec(spec: str, device: str | torch.device = "cpu") -> Scorer:
         ScorerError: The spec is malformed or its weights cannot be loaded.
     """
     kind, _, location = spec.partition(":")
+    if kind == "shapes-oracle" and not location:
+        return ShapesOracle()
     if not location:
         raise ScorerError(f"scorer spec {spec!r} is not one of: {SPEC_HELP}")
     if kind in ("clip", "pickscore"):

@@ -8,6 +8,7 @@ from tiny_clip import build_tiny_clip
 
 from reward_models.base import ScorerError
 from reward_models.clip import AestheticHead, AestheticScorer, ClipScorer, load_clip
+from reward_models.shapes import ShapesOracle
 from reward_models.spec import scorer_from_spec
 from reward_models.step_aware import StepAwareCLIP, StepAwareScorer
 
@@ -18,6 +19,7 @@ def clip_path(tmp_path_factory):
 
 
 def test_each_kind(clip_path, tmp_path):
+    assert isinstance(scorer_from_spec("shapes-oracle"), ShapesOracle)
     clip = scorer_from_spec(f"clip:{clip_path}")
     pickscore = scorer_from_spec(f"pickscore:{clip_path}")
     assert isinstance(clip, ClipScorer) and (clip.name, pickscore.name) == ("clip", "pickscore")
@@ -31,7 +33,7 @@ def test_each_kind(clip_path, tmp_path):
     assert isinstance(scorer_from_spec(f"aesthetic:{clip_path},{head}"), AestheticScorer)
 
 
-@pytest.mark.parametrize("spec", ["clip", "clip:", "vit:/some/path", "aesthetic:/only/clip"])
+@pytest.mark.parametrize("spec", ["clip", "clip:", "vit:/some/path", "aesthetic:/only/clip", "shapes-oracle:extra"])
 def test_malformed_specs_are_named(spec):
     with pytest.raises(ScorerError, match="spec"):
         scorer_from_spec(spec)
