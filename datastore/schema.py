@@ -184,4 +184,18 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        3,
+        """
+        -- Which Label Studio project and task each Label Studio judgment came from, so that a
+        -- pull withdraws only judgments of its own project when a pair is in several projects.
+        CREATE TABLE labelstudio_annotations (
+            project_id BIGINT NOT NULL,
+            annotation_id BIGINT NOT NULL,                     -- the judgment's external_id
+            task_id BIGINT NOT NULL,
+            judgment_id BIGINT NOT NULL UNIQUE,
+            PRIMARY KEY (project_id, annotation_id)
+        );
+        """,
+    ),
 ]
