@@ -83,7 +83,6 @@ def _shown(page: Page, before: str | None = None) -> str:
     handle = page.wait_for_function(
         f"(before) => {{ const s = ({SHOWN_JS})(); return s && s !== before ? s : null; }}",
         arg=before,
-        timeout=60_000,
     )
     return handle.json_value()
 
@@ -93,6 +92,7 @@ def test_annotate_ten_pairs_with_the_keyboard(server: tuple[str, Store]) -> None
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)  # a busy machine can take long to load the page
         page.goto(f"{url}/annotate")
         name = page.get_by_label("Your name")
         name.fill("kim")
