@@ -12,10 +12,8 @@ import typer
 
 from labeling.ai_feedback import label_with_scorer
 from labeling.queue import gold_accuracy
-from reward_models.base import Scorer, ScorerError
-from reward_models.clip import AestheticScorer, ClipScorer
-from reward_models.shapes import ShapesOracle
-from reward_models.step_aware import StepAwareScorer
+from reward_models.base import ScorerError
+from reward_models.spec import scorer_from_spec
 from workbench.cli.common import console, err_console, open_store, user_errors
 
 app = typer.Typer(no_args_is_help=True, help="Judge pairs with AI feedback; check annotators on gold pairs.")
@@ -24,23 +22,19 @@ ScorerName = Literal["shapes-oracle", "clip", "pickscore", "aesthetic", "spm"]
 APP_FILE = Path(__file__).resolve().parents[2] / "app.py"
 
 
-def build_scorer(name: ScorerName, model: str | None, head: Path | None, device: str) -> Scorer:
-    """The scorer called ``name``, loaded from ``model`` (and ``head`` for the aesthetic scorer)."""
+def scorer_spec(name: ScorerName, model: str | None, head: Path | None) -> str:
+    """The reward_models spec of the scorer the options name (see reward_models.spec)."""
     if name == "shapes-oracle":
         if model is not None:
             raise ScorerError("the shapes oracle takes no --model")
-        return ShapesOracle()
+        return name
     if model is None:
         raise ScorerError(f"scorer {name} needs --model: its weights folder (or hub id)")
-    if name in ("clip", "pickscore"):
-        return ClipScorer.from_pretrained(model, name=name, device=device)
     if name == "aesthetic":
         if head is None:
             raise ScorerError("scorer aesthetic needs --head: the aesthetic MLP weights file")
-        return AestheticScorer.from_pretrained(model, head, device=device)
-    if name == "spm":
-        return StepAwareScorer.from_pretrained(model, device=device)
-    raise ScorerError(f"unknown scorer {name!r}")
+        return f"aesthetic:{model},{head}"
+    return f"{name}:{model}"
 
 
 @app.command("ai")
@@ -62,7 +56,7 @@ def ai(
     """Judge the pairs a scorer version has not judged yet (source 'ai'; the annotator is the scorer@version)."""
     with user_errors():
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        judge = build_scorer(scorer, model, head, device)
+        judge = scorer_from_spec(scorer_spec(scorer, model, head), device=device)
         report = label_with_scorer(
             open_store(ctx), judge, kinds=kinds, limit=limit, tie_margin=tie_margin, batch_size=batch_size, show_progress=True
         )
