@@ -106,13 +106,13 @@ def test_same_seed_gives_the_same_bytes_and_each_image_regenerates_alone(tmp_pat
     assert not {r[0] for r in one} & {r[0] for r in rows(third, sql)}
 
     # The last image of the batch, regenerated alone from its recorded seed.
-    _, path, seed, text = one[-1]
+    _, path, seed, prompt = one[-1]
     scheduler = ddim_scheduler(sd15, cfg)
-    cond = encode_prompts(sd15, [text], guidance_scale=cfg.guidance_scale, height=16, width=16)
+    text = encode_prompts(sd15, [prompt], height=16, width=16)
     latents, _ = denoise(
         sd15,
         scheduler,
-        cond,
+        text,
         [torch.Generator().manual_seed(seed)],
         height=16,
         width=16,
@@ -137,12 +137,12 @@ def test_pool_candidates_share_their_parent_and_mean(which: str, request: pytest
     pipe = request.getfixturevalue(which)
     cfg = GenerationConfig(num_inference_steps=4, guidance_scale=3.0, eta=1.0)
     scheduler = ddim_scheduler(pipe, cfg)
-    cond = encode_prompts(pipe, PROMPTS, guidance_scale=cfg.guidance_scale, height=16, width=16)
+    text = encode_prompts(pipe, PROMPTS, height=16, width=16)
     generators = [torch.Generator().manual_seed(s) for s in (1, 2)]
     _, pools = denoise(
         pipe,
         scheduler,
-        cond,
+        text,
         generators,
         height=16,
         width=16,
@@ -162,7 +162,7 @@ def test_pool_candidates_share_their_parent_and_mean(which: str, request: pytest
         )
         assert not torch.equal(pool.candidates[:, 0], pool.candidates[:, 1])
         t = timesteps[pool.step - 1]
-        output = predict_noise(pipe, scheduler, cond, pool.parent, t, 3.0)
+        output = predict_noise(pipe, scheduler, text, pool.parent, t, 3.0)
         for j in range(3):
             reference = DDIMScheduler.from_config(scheduler.config)
             reference.set_timesteps(4)

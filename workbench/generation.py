@@ -61,7 +61,7 @@ class GenerationConfig:
     )
     num_inference_steps: int = option(20, help="DDIM steps of every chain (SPO: 20).")
     guidance_scale: float = option(
-        5.0, help="Classifier-free guidance scale; 1 or less samples without guidance (SPO: 5.0)."
+        5.0, help="Classifier-free guidance scale; 1 evaluates the prompt alone, without guidance (SPO: 5.0)."
     )
     eta: float = option(
         1.0,
@@ -338,7 +338,7 @@ def generate_pairs(
     n = cfg.per_prompt
     with tqdm(total=len(prompts) * n, unit="img", desc="final pairs", disable=not progress) as bar:
         for batch in _chunks(prompts, max(1, cfg.batch_size // n)):
-            cond = encode_prompts(pipe, batch, guidance_scale=cfg.guidance_scale, height=height, width=width)
+            text = encode_prompts(pipe, batch, height=height, width=width)
             seeds = [image_seed(base_seed, prompt, j) for prompt in batch for j in range(n)]
             owner = torch.arange(len(batch)).repeat_interleave(n)
             images = []
@@ -347,7 +347,7 @@ def generate_pairs(
                 latents, _ = denoise(
                     pipe,
                     scheduler,
-                    cond.take(owner[part.start : part.stop]),
+                    text.select(owner[part.start : part.stop].to(pipe.device)),
                     generators,
                     height=height,
                     width=width,
@@ -434,12 +434,12 @@ def generate_step_pools(
         total=len(prompts) * len(steps) * k, unit="img", desc="step pools", disable=not progress
     ) as bar:
         for batch in _chunks(prompts, max(1, cfg.batch_size // k)):
-            cond = encode_prompts(pipe, batch, guidance_scale=cfg.guidance_scale, height=height, width=width)
+            text = encode_prompts(pipe, batch, height=height, width=width)
             seeds = [chain_seed(base_seed, prompt) for prompt in batch]
             _, pools = denoise(
                 pipe,
                 scheduler,
-                cond,
+                text,
                 [torch.Generator().manual_seed(seed) for seed in seeds],
                 height=height,
                 width=width,

@@ -12,7 +12,8 @@ order, so a chain gives the same result alone or batched with others, on any dev
 floating-point differences between batch sizes and devices).
 
 The text conditioning comes from the pipeline's own ``encode_prompt`` and, for SDXL, its
-``_get_add_time_ids``; the DDIM transition and x0 prediction come from `training.ddim`, shared with SPO training.
+``_get_add_time_ids``; the guided UNet call (`training.sampling`) and the DDIM transition and x0
+prediction (`training.ddim`) are the ones SPO training uses.
 """
 
 from __future__ import annotations
@@ -26,89 +27,40 @@ from PIL import Image
 from torch import Tensor
 
 from training.ddim import ddim_step, predict_x0
+from training.sampling import TextConditioning, guided_output
 from workbench.pipelines import SDPipeline
 
 
-@dataclass(frozen=True)
-class Conditioning:
-    """Text conditioning of a batch, one row per prompt (or per image after `take`).
-
-    Attributes:
-        embeds: Prompt embeddings, shape (B, L, D).
-        negative: Empty-prompt embeddings for classifier-free guidance, (B, L, D); None unguided.
-        pooled: SDXL only: pooled prompt embeddings, (B, P).
-        negative_pooled: SDXL only, guided: pooled empty-prompt embeddings, (B, P).
-        time_ids: SDXL only: original size, crop corner and target size, (B, 6).
-    """
-
-    embeds: Tensor
-    negative: Tensor | None
-    pooled: Tensor | None = None
-    negative_pooled: Tensor | None = None
-    time_ids: Tensor | None = None
-
-    @property
-    def guided(self) -> bool:
-        return self.negative is not None
-
-    def take(self, index: Tensor) -> Conditioning:
-        """The rows ``index`` (e.g. each prompt repeated once per image), shape (N,)."""
-
-        def rows(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t[index.to(t.device)]
-
-        return Conditioning(
-            rows(self.embeds),
-            rows(self.negative),
-            rows(self.pooled),
-            rows(self.negative_pooled),
-            rows(self.time_ids),
-        )
-
-    def unet_inputs(self) -> tuple[Tensor, dict[str, Tensor] | None]:
-        """``encoder_hidden_states`` and ``added_cond_kwargs`` for a UNet batch of (negatives, prompts)."""
-        embeds = torch.cat([self.negative, self.embeds]) if self.guided else self.embeds
-        if self.pooled is None:
-            return embeds, None
-        pooled = torch.cat([self.negative_pooled, self.pooled]) if self.guided else self.pooled
-        time_ids = torch.cat([self.time_ids, self.time_ids]) if self.guided else self.time_ids
-        return embeds, {"text_embeds": pooled, "time_ids": time_ids}
-
-
 @torch.no_grad()
-def encode_prompts(
-    pipe: SDPipeline, prompts: Sequence[str], *, guidance_scale: float, height: int, width: int
-) -> Conditioning:
-    """Encodes prompts with the pipeline's own text encoder(s).
+def encode_prompts(pipe: SDPipeline, prompts: Sequence[str], *, height: int, width: int) -> TextConditioning:
+    """Encodes prompts, and the empty prompt for guidance, with the pipeline's own text encoder(s).
 
     Args:
         pipe: An SD or SDXL pipeline.
         prompts: B prompts.
-        guidance_scale: > 1 also encodes the empty prompt for classifier-free guidance.
         height, width: Image size in pixels (SDXL's size conditioning).
 
     Returns:
         The conditioning of the B prompts.
     """
-    guided = guidance_scale > 1.0
     prompts = list(prompts)
     if not isinstance(pipe, StableDiffusionXLPipeline):
-        embeds, negative = pipe.encode_prompt(
-            prompt=prompts, device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=guided
+        hidden, empty = pipe.encode_prompt(
+            prompt=prompts, device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=True
         )
-        return Conditioning(embeds, negative)
-    embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
-        prompt=prompts, device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=guided
+        return TextConditioning(hidden, empty)
+    hidden, empty, pooled, empty_pooled = pipe.encode_prompt(
+        prompt=prompts, device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=True
     )
     time_ids = pipe._get_add_time_ids(
         (height, width),
         (0, 0),
         (height, width),
-        dtype=embeds.dtype,
+        dtype=hidden.dtype,
         text_encoder_projection_dim=int(pooled.shape[-1]),
     )
-    return Conditioning(
-        embeds, negative, pooled, negative_pooled, time_ids.to(pipe.device).repeat(len(prompts), 1)
+    return TextConditioning(
+        hidden, empty, pooled, empty_pooled, time_ids.to(pipe.device).repeat(len(prompts), 1)
     )
 
 
@@ -116,34 +68,27 @@ def encode_prompts(
 def predict_noise(
     pipe: SDPipeline,
     scheduler: DDIMScheduler,
-    cond: Conditioning,
+    text: TextConditioning,
     latents: Tensor,
     timestep: int,
     guidance_scale: float,
 ) -> Tensor:
-    """The UNet's (guided) output for ``latents`` at ``timestep``.
+    """The UNet's guided output for ``latents`` at ``timestep`` (`training.sampling.guided_output`).
 
     Args:
         pipe: Supplies the UNet.
         scheduler: Supplies ``scale_model_input``.
-        cond: One row per latent.
+        text: One row per latent.
         latents: x_t, shape (N, C, h, w), float32.
         timestep: t.
-        guidance_scale: uncond + scale * (cond - uncond) when ``cond`` is guided.
+        guidance_scale: empty + scale * (prompt - empty); 1 evaluates the prompt only.
 
     Returns:
         The model output (noise, v or x0 per the scheduler's prediction type), (N, C, h, w), float32.
     """
-    model_input = torch.cat([latents, latents]) if cond.guided else latents
-    model_input = scheduler.scale_model_input(model_input, timestep).to(pipe.unet.dtype)
-    embeds, added = cond.unet_inputs()
-    output = pipe.unet(
-        model_input, timestep, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False
-    )[0].float()
-    if not cond.guided:
-        return output
-    uncond, text = output.chunk(2)
-    return uncond + guidance_scale * (text - uncond)
+    model_input = scheduler.scale_model_input(latents, timestep).to(pipe.unet.dtype)
+    timesteps = torch.full((len(latents),), timestep, device=latents.device)
+    return guided_output(pipe.unet, model_input, timesteps, text, guidance_scale).float()
 
 
 @dataclass(frozen=True)
@@ -188,7 +133,7 @@ def _normal(generators: Sequence[torch.Generator], shape: tuple[int, ...], devic
 def denoise(
     pipe: SDPipeline,
     scheduler: DDIMScheduler,
-    cond: Conditioning,
+    text: TextConditioning,
     generators: Sequence[torch.Generator],
     *,
     height: int,
@@ -207,7 +152,7 @@ def denoise(
     Args:
         pipe: An SD or SDXL pipeline.
         scheduler: A DDIM scheduler after ``set_timesteps``.
-        cond: One row per chain.
+        text: One row per chain.
         generators: One CPU generator per chain.
         height, width: Image size in pixels (a multiple of ``pipe.vae_scale_factor``).
         guidance_scale: Classifier-free guidance scale.
@@ -228,7 +173,7 @@ def denoise(
     batch = len(generators)
     for i, t in enumerate(timesteps):
         if output is None:
-            output = predict_noise(pipe, scheduler, cond, latents, t, guidance_scale)
+            output = predict_noise(pipe, scheduler, text, latents, t, guidance_scale)
         step = ddim_step(scheduler, output, latents, torch.full((batch,), t), eta)
         std = step.std.view(-1, 1, 1, 1)
         s = i + 1
@@ -242,8 +187,8 @@ def denoise(
         chosen = torch.arange(batch, device=device), continued.to(device)
         if s < n:
             flat = candidates.flatten(0, 1)
-            flat_cond = cond.take(torch.arange(batch).repeat_interleave(k))
-            flat_output = predict_noise(pipe, scheduler, flat_cond, flat, timesteps[s], guidance_scale)
+            flat_text = text.select(torch.arange(batch, device=device).repeat_interleave(k))
+            flat_output = predict_noise(pipe, scheduler, flat_text, flat, timesteps[s], guidance_scale)
             flat_x0, _ = predict_x0(scheduler, flat_output, flat, torch.full((batch * k,), timesteps[s]))
             pred_x0 = flat_x0.unflatten(0, (batch, k))
             output = flat_output.unflatten(0, (batch, k))[chosen]
