@@ -17,6 +17,7 @@ from datastore.datasets import (
 from datastore.formats import export_dataset, import_pickapic
 from datastore.records import store_stats
 from workbench.cli.common import console, open_store, user_errors
+from workbench.seed import seed_shapes_world
 
 import_app = typer.Typer(no_args_is_help=True, help="Import preference data into the store.")
 dataset_app = typer.Typer(no_args_is_help=True, help="Build and list dataset versions.")
@@ -92,3 +93,13 @@ def dataset_list(ctx: typer.Context) -> None:
     with user_errors():
         frame = list_dataset_versions(open_store(ctx))
     console.print(frame)
+
+
+def seed(ctx: typer.Context) -> None:
+    """Fill an empty home with the shapes world: toy-model pairs, step pools and oracle gold pairs."""
+    with user_errors():
+        report = seed_shapes_world(open_store(ctx))
+    if report is None:
+        console.print("the store already holds pairs: nothing seeded")
+        return
+    console.print(f"seeded {report.final_pairs} final pairs ({report.gold_pairs} gold) and {report.step_pairs} step pairs")
