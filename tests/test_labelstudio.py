@@ -166,12 +166,14 @@ def test_credentials_from_environment_file_or_generated(tmp_path: Path, monkeypa
     made = load_credentials(path, create=True)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert len(made.token) == 40 and made.token not in made.source and made.password not in made.source
-    assert load_credentials(path) == Credentials(made.username, made.password, made.token, f"username from {path}; "
-                                                 f"password from {path}; token from {path}")
+    assert made.source == f"username, password, token from {path} (new)"
+    assert load_credentials(path) == Credentials(made.username, made.password, made.token,
+                                                 f"username, password, token from {path}")
     assert api_token(path) == made.token
     monkeypatch.setenv("LABEL_STUDIO_USER_TOKEN", "from-env-123")
     again = load_credentials(path)
-    assert again.token == "from-env-123" and "token from $LABEL_STUDIO_USER_TOKEN" in again.source
+    assert again.token == "from-env-123"
+    assert again.source == f"username, password from {path}; token from $LABEL_STUDIO_USER_TOKEN"
     assert api_token(path) == "from-env-123"
     monkeypatch.setenv("LABEL_STUDIO_USER_TOKEN", "short")
     with pytest.raises(LabelStudioError, match="6 to 40 characters"):
@@ -320,11 +322,13 @@ def test_push_annotate_pull_edit_delete(ls_server: LabelStudioServer, ls_store: 
 def test_dead_server_bad_token_and_tampered_task_leave_the_store_unchanged(
     ls_server: LabelStudioServer, ls_store: tuple[Store, list[int]]
 ) -> None:
-    store, _ = ls_store
+    store, pair_ids = ls_store
     client = LabelStudioClient(ls_server.url, ls_server.credentials.token)
-    push(store, client, project="tampered", limit=1)
+    report = push(store, client, project="tampered", pair_ids=pair_ids[5:7], limit=1)
+    assert (report.pushed, report.remaining) == (1, 1)
     project_id = client.find_project("tampered")
     (task,) = client.list_tasks(project_id)
+    assert task["data"]["pair_id"] == pair_ids[5]
     sdk = _sdk(ls_server)
     sdk.annotations.create(id=task["id"], result=json.loads(CHOICE.format("left")), lead_time=1.0)
     sdk.tasks.update(str(task["id"]), data={**task["data"], "left_image": OTHER[task["data"]["left_image"]]})
