@@ -32,13 +32,17 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 """Shape words."""
 
-# Ordered so that the even indices (top left, center, bottom right) and the odd ones lie on the two
-# diagonals: the held-out split below then favours no side of the image.
+# A 3 x 3 grid in reading order. The grid side is odd, so index parity is the grid's checkerboard
+# colouring, which the held-out split below relies on to favour no side of the image.
 POSITIONS: dict[str, tuple[float, float]] = {
     "top left": (0.3, 0.3),
+    "top": (0.5, 0.3),
     "top right": (0.7, 0.3),
+    "left": (0.3, 0.5),
     "center": (0.5, 0.5),
+    "right": (0.7, 0.5),
     "bottom left": (0.3, 0.7),
+    "bottom": (0.5, 0.7),
     "bottom right": (0.7, 0.7),
 }
 """Position names and the (x, y) anchor of the shape's centre, as fractions of the image side."""
@@ -49,7 +53,14 @@ SIZES: dict[str, float] = {"small": 0.14, "large": 0.23}
 ATTRIBUTES: tuple[str, ...] = ("colour", "shape", "position", "size")
 """Attribute names, in the order the oracle reports them."""
 
-_POSITION_PHRASES = {name: ("in the center" if name == "center" else f"at the {name}") for name in POSITIONS}
+_POSITION_PHRASES = {
+    name: "in the center"
+    if name == "center"
+    else f"on the {name}"
+    if name in ("left", "right")
+    else f"at the {name}"
+    for name in POSITIONS
+}
 _FOREGROUND_THRESHOLD = 90
 _SIZE_THRESHOLD = (
     0.36  # bounding-box side / image side, between the largest small and the smallest large shape
@@ -118,7 +129,8 @@ def parse_caption(text: str) -> Caption:
     """
     words = text.strip().lower().rstrip(".").split()
     expected_form = (
-        "'a [small|large] <colour> <shape> at the <top|bottom> <left|right>' or '... in the center'"
+        "'a [small|large] <colour> <shape> <position>', position as in 'at the top left', 'at the top', "
+        "'on the left', 'in the center'"
     )
     if not words or words[0] not in ("a", "an"):
         raise ValueError(f"caption {text!r} must start with 'a' or 'an'; expected {expected_form}")
@@ -147,7 +159,7 @@ def _as_caption(caption: str | Caption) -> Caption:
 
 @cache
 def all_captions() -> tuple[str, ...]:
-    """Every caption of the language (8 colours x 4 shapes x 5 positions x 3 size options = 480), in a fixed order."""
+    """Every caption of the language (8 colours x 4 shapes x 9 positions x 3 size options = 864), in a fixed order."""
     return tuple(
         Caption(colour, shape, position, size).text
         for colour in COLOURS
@@ -171,13 +183,13 @@ def is_held_out(caption: str | Caption) -> bool:
 
 @cache
 def train_captions() -> tuple[str, ...]:
-    """The 240 captions a model may be trained on."""
+    """The 432 captions a model may be trained on."""
     return tuple(c for c in all_captions() if not is_held_out(c))
 
 
 @cache
 def held_out_captions() -> tuple[str, ...]:
-    """The 240 captions kept for evaluation, disjoint from `train_captions`."""
+    """The 432 captions kept for evaluation, disjoint from `train_captions`."""
     return tuple(c for c in all_captions() if is_held_out(c))
 
 

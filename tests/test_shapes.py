@@ -46,13 +46,14 @@ def _different(caption: Caption) -> Caption:
 
 def test_language_size_and_round_trip():
     captions = all_captions()
-    assert len(captions) == len(set(captions)) == 480
+    assert len(captions) == len(set(captions)) == 864
     for text in captions:
         assert parse_caption(text).text == text
     assert parse_caption("  A Small RED circle at the top  left. ") == Caption(
         "red", "circle", "top left", "small"
     )
     assert parse_caption("a orange square in the center").text == "an orange square in the center"
+    assert parse_caption("a white cross on the right") == Caption("white", "cross", "right")
 
 
 @pytest.mark.parametrize(
@@ -65,6 +66,7 @@ def test_language_size_and_round_trip():
         ("a red star at the top left", "expected a shape"),
         ("a red circle", "expected a position"),
         ("a red circle at the middle", "expected a position"),
+        ("a red circle at the left", "expected a position"),
         ("a red circle at the top left please", "expected a position"),
     ],
 )
@@ -75,11 +77,11 @@ def test_parse_errors(text, message):
 
 def test_split_is_disjoint_deterministic_and_covers_pairs():
     train, held = train_captions(), held_out_captions()
-    assert len(train) == len(held) == 240
+    assert len(train) == len(held) == 432
     assert not set(train) & set(held)
     assert set(train) | set(held) == set(all_captions())
     assert held == tuple(c for c in all_captions() if is_held_out(c))
-    assert "a red circle at the top left" in held and "a red circle at the top right" in train
+    assert "a red circle at the top left" in held and "a red circle at the top" in train
     # Held-out captions are whole unseen (colour, shape, position) combinations...
     parsed = [parse_caption(c) for c in train]
     held_triples = {(p.colour, p.shape, p.position) for p in map(parse_caption, held)}
