@@ -12,7 +12,7 @@ LS_VENV := .venv-labelstudio
 LS_STAMP := $(LS_VENV)/.installed
 LABEL_STUDIO_SPEC ?= label-studio==1.23.2
 
-.PHONY: setup labelstudio-env run test test-gpu lint bench clean
+.PHONY: setup labelstudio-env browser run test test-gpu lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ $(LS_STAMP):
 
 labelstudio-env: $(LS_STAMP)
 
+# The browser tests drive Debian's chromium through playwright (never `playwright install`).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+
 run: setup
 	$(BIN)/workbench --home "$(HOME_DIR)" init
 	$(BIN)/workbench --home "$(HOME_DIR)" seed
@@ -38,7 +42,7 @@ run: setup
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup lint labelstudio-env
+test: setup lint labelstudio-env browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-gpu: setup
