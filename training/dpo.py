@@ -15,7 +15,6 @@ import copy
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from training.config import DPOConfig
 from training.data import PreferencePair, load_image, preference_pairs, snapshot_hash, stream_indices
 from training.errors import TrainingError
 from training.losses import denoising_error, diffusion_dpo_loss, sft_loss
-from training.runs import Run, check_finite
+from training.runs import Run, check_finite, replace_folder
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -473,26 +472,25 @@ def save_final(
     LoRA and SFT: ``pytorch_lora_weights.safetensors`` for ``pipe.load_lora_weights(folder)``.
     Full: the whole pipeline with the trained UNet, for ``DiffusionPipeline.from_pretrained``.
     """
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        tmp = folder.with_name(f".tmp-{folder.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    def write(tmp: Path) -> None:
         if cfg.mode == "full":
-            pipe = DiffusionPipeline.from_pretrained(cfg.pretrained_model, unet=unet.to(torch.float32))
-            pipe.save_pretrained(tmp)
+            DiffusionPipeline.from_pretrained(cfg.pretrained_model, unet=unet.to(torch.float32)).save_pretrained(tmp)
         else:
-            layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-            pipeline_class = StableDiffusionXLPipeline if is_sdxl else StableDiffusionPipeline
-            pipeline_class.save_lora_weights(
-                tmp,
-                unet_lora_layers={name: tensor.float() for name, tensor in layers.items()},
-                unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
-            )
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    accelerator.wait_for_everyone()
-    return folder
+            write_lora(unet, is_sdxl, tmp)
+
+    return replace_folder(folder, write, accelerator)
+
+
+def write_lora(unet: UNet2DConditionModel, is_sdxl: bool, folder: Path) -> None:
+    """Writes the UNet's LoRA adapter as ``pytorch_lora_weights.safetensors`` for ``pipe.load_lora_weights``."""
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    pipeline_class = StableDiffusionXLPipeline if is_sdxl else StableDiffusionPipeline
+    pipeline_class.save_lora_weights(
+        folder,
+        unet_lora_layers={name: tensor.float() for name, tensor in layers.items()},
+        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+    )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +242,18 @@ class Run:
         for i, state in enumerate(weights):
             trainable = {name for name, p in models[i].named_parameters() if p.requires_grad}
             weights[i] = {name: tensor for name, tensor in state.items() if name in trainable}
+
+
+def replace_folder(folder: Path, write: Callable[[Path], None], accelerator: Accelerator) -> Path:
+    """On the main process, ``write`` a temporary folder and rename it over ``folder``: a reader or
+    a kill never sees a half-written result. Every process waits for it."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        tmp = folder.with_name(f".tmp-{folder.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    accelerator.wait_for_everyone()
+    return folder

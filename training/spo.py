@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import DDIMScheduler, UNet2DConditionModel
 from diffusers.training_utils import cast_training_params
-from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -40,9 +36,9 @@ from reward_models.spec import scorer_from_spec
 from training.config import ConfigError, SPOConfig
 from training.data import stream_indices
 from training.ddim import ddim_step, predict_x0, sample_candidates, transition_log_prob
-from training.dpo import Features, Parts, load_parts
+from training.dpo import Features, Parts, load_parts, write_lora
 from training.losses import spo_step_loss
-from training.runs import Run, check_finite
+from training.runs import Run, check_finite, replace_folder
 from training.sampling import TextConditioning, decode_images, guided_output
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -189,7 +185,7 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
             run.save_checkpoint(step, {}, keep=cfg.keep_checkpoints)
     progress.close()
 
-    return save_lora(base_unet, parts.is_sdxl, accelerator, run.path / "final")
+    return replace_folder(run.path / "final", lambda tmp: write_lora(base_unet, parts.is_sdxl, tmp), accelerator)
 
 
 def conditioning(features: Features, prompts: list[str], is_sdxl: bool, resolution: int) -> TextConditioning:
@@ -388,26 +384,6 @@ def transition_densities(
     return transition_log_prob(pairs.winner, step.mean, step.std), transition_log_prob(
         pairs.loser, step.mean, step.std
     )
-
-
-def save_lora(unet: UNet2DConditionModel, is_sdxl: bool, accelerator: Accelerator, folder: Path) -> Path:
-    """Writes the LoRA as ``pytorch_lora_weights.safetensors`` for ``pipe.load_lora_weights(folder)``, atomically."""
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        tmp = folder.with_name(f".tmp-{folder.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-        pipeline_class = StableDiffusionXLPipeline if is_sdxl else StableDiffusionPipeline
-        pipeline_class.save_lora_weights(
-            tmp,
-            unet_lora_layers={name: tensor.float() for name, tensor in layers.items()},
-            unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
-        )
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    accelerator.wait_for_everyone()
-    return folder
 
 
 if __name__ == "__main__":
