@@ -57,8 +57,12 @@ def seed_shapes_world(
     pipe = load_pipeline(str(model))
     generation = GenerationConfig(per_prompt=cfg.per_prompt, pool_k=cfg.pool_k, seed=cfg.seed, batch_size=32)
     final = generate_pairs(store, pipe, "toy", captions, generation, progress=progress)
-    steps = generate_step_pools(store, pipe, "toy", captions[: cfg.pool_prompts], generation, progress=progress)
-    return SeedReport(final.pairs, steps.pairs, mark_gold_pairs(store, cfg.gold_margin))
+    step_pairs = 0
+    if cfg.pool_prompts:
+        step_pairs = generate_step_pools(
+            store, pipe, "toy", captions[: cfg.pool_prompts], generation, progress=progress
+        ).pairs
+    return SeedReport(final.pairs, step_pairs, mark_gold_pairs(store, cfg.gold_margin))
 
 
 def mark_gold_pairs(store: Store, margin: float) -> int:
