@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from workbench.cli import data, generate, label, labelstudio, train
+from workbench.cli import data, generate, label, labelstudio, toy, train
 from workbench.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Preference workbench for text-to-image diffusion models.")
@@ -21,12 +21,14 @@ def main(
 
 
 app.command()(data.init)
+app.command()(data.seed)
 app.command()(data.stats)
 app.command()(data.export)
 app.command()(generate.generate)
 app.add_typer(data.import_app, name="import")
 app.add_typer(data.dataset_app, name="dataset")
-app.add_typer(train.app, name="train", help="Train Diffusion-DPO from a dataset snapshot.")
+app.add_typer(toy.app, name="toy", help="Train and evaluate the shapes world's toy text-to-image model.")
+app.add_typer(train.app, name="train", help="Train Diffusion-DPO, the step-aware preference model, or SPO.")
 app.add_typer(label.app, name="label")
 app.add_typer(labelstudio.app, name="labelstudio")
 app.command("app")(label.serve)

@@ -1,0 +1,41 @@
+"""The shapes world's toy text-to-image model: a tiny Stable-Diffusion-format pipeline shipped with the package.
+
+Load it like any SD1.5 checkpoint::
+
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline.from_pretrained(TOY_MODEL_DIR)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reward_models.shapes import (
+    Caption,
+    ShapesOracle,
+    SimulatedAnnotator,
+    all_captions,
+    held_out_captions,
+    parse_caption,
+    render,
+    train_captions,
+)
+
+TOY_MODEL_DIR = Path(__file__).parent / "model"
+"""The shipped pipeline folder, made by ``workbench toy train`` with the default settings."""
+
+TOY_IMAGE_SIZE = 32
+"""Side in pixels of the images the shipped model draws."""
+
+__all__ = [
+    "TOY_IMAGE_SIZE",
+    "TOY_MODEL_DIR",
+    "Caption",
+    "ShapesOracle",
+    "SimulatedAnnotator",
+    "all_captions",
+    "held_out_captions",
+    "parse_caption",
+    "render",
+    "train_captions",
+]
