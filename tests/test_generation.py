@@ -30,6 +30,7 @@ from workbench.generation import (
 )
 from workbench.pipelines import load_pipeline
 from workbench.sampling import decode, denoise, encode_prompts, predict_noise
+from workbench.toy import TOY_IMAGE_SIZE, train_captions
 
 PROMPTS = ["a red circle", "a blue square"]
 
@@ -311,3 +312,20 @@ def test_cli_generate(tmp_path: Path, sd15_dir: Path) -> None:
     assert bad_steps.exit_code == 1 and "--steps must be comma-separated" in bad_steps.output
     neither = run(f"--prompts {prompts}")
     assert neither.exit_code == 1 and "give either --model PATH_OR_ID or --toy" in neither.output
+
+
+def test_cli_generate_from_the_shipped_toy_model(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    result = CliRunner().invoke(
+        app,
+        ["--home", str(home), "generate", "--toy", "--limit", "2", "--per-prompt", "2", "--step-pools", "2",
+         "--steps", "10", "--num-inference-steps", "10", "--seed", "1"],
+    )
+    assert result.exit_code == 0, result.output
+    store = Store.open(home)
+    assert rows(store, "SELECT kind, count(*) FROM pairs GROUP BY kind ORDER BY kind") == [("final", 2), ("step", 2)]
+    assert rows(store, "SELECT name FROM models") == [("toy",)]
+    prompts = [p for (p,) in rows(store, "SELECT text FROM prompts ORDER BY id")]
+    assert prompts == list(train_captions()[:2])
+    image = rows(store, "SELECT path FROM images WHERE timestep IS NULL LIMIT 1")[0][0]
+    assert Image.open(io.BytesIO(store.media.read_bytes(image))).size == (TOY_IMAGE_SIZE, TOY_IMAGE_SIZE)
