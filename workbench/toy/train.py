@@ -2,7 +2,7 @@
 
 Two stages on a pool of renders of the training captions: the AutoencoderKL first, then the UNet
 together with the CLIP text encoder on the frozen autoencoder's latents. The result is saved as a
-Stable-Diffusion-format pipeline in fp16.
+Stable-Diffusion-format pipeline (UNet and autoencoder in fp16, text encoder in fp32).
 """
 
 from __future__ import annotations
@@ -122,8 +122,8 @@ def train_toy_model(cfg: ToyTrainConfig, out_dir: str | Path, progress: bool = T
 
     Renders ``pool_size`` images of training captions, trains the autoencoder on them, sets its
     ``scaling_factor`` to 1 / (std of the latents), then trains UNet and text encoder with the
-    epsilon objective of the DDIM scheduler. The weight average (EMA) is saved in fp16 with
-    ``save_pretrained(out_dir, safe_serialization=True)``, together with ``training_config.json``
+    epsilon objective of the DDIM scheduler. The weight average (EMA) is saved (UNet and autoencoder
+    in fp16) with ``save_pretrained(out_dir, safe_serialization=True)``, with ``training_config.json``
     and ``training_log.json``. The same config gives the same weights on the same machine and
     torch thread count.
 
