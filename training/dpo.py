@@ -88,17 +88,7 @@ def main(cfg: DPOConfig) -> Path:
         reference = copy.deepcopy(unet).requires_grad_(False).eval().to(device)
         unet.requires_grad_(True)
     else:
-        unet.requires_grad_(False).to(device, weight_dtype)
-        torch.manual_seed(cfg.seed)
-        unet.add_adapter(
-            LoraConfig(
-                r=cfg.lora_rank,
-                lora_alpha=cfg.lora_alpha,
-                init_lora_weights="gaussian",
-                target_modules=list(cfg.lora_targets),
-            )
-        )
-        cast_training_params(unet, dtype=torch.float32)
+        add_lora(unet, cfg, device, weight_dtype)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
@@ -462,6 +452,25 @@ def pair_losses(
     model_err_w, model_err_l = model_err.chunk(2)
     ref_err_w, ref_err_l = ref_err.chunk(2)
     return diffusion_dpo_loss(model_err_w, model_err_l, ref_err_w, ref_err_l, cfg.beta)
+
+
+def add_lora(unet: UNet2DConditionModel, cfg, device: torch.device, weight_dtype: torch.dtype) -> None:
+    """Freezes ``unet`` and adds a trainable LoRA adapter (``cfg.lora_rank/alpha/targets``, seeded by ``cfg.seed``).
+
+    Gaussian A and zero B: the adapter starts as the identity, so the policy equals the reference
+    (adapters disabled) at step 0. Adapter weights stay float32 under mixed precision.
+    """
+    unet.requires_grad_(False).to(device, weight_dtype)
+    torch.manual_seed(cfg.seed)
+    unet.add_adapter(
+        LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            init_lora_weights="gaussian",
+            target_modules=list(cfg.lora_targets),
+        )
+    )
+    cast_training_params(unet, dtype=torch.float32)
 
 
 def save_final(

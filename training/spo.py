@@ -26,8 +26,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from diffusers import DDIMScheduler, UNet2DConditionModel
-from diffusers.training_utils import cast_training_params
-from peft import LoraConfig
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -36,7 +34,7 @@ from reward_models.spec import scorer_from_spec
 from training.config import ConfigError, SPOConfig
 from training.data import stream_indices
 from training.ddim import ddim_step, predict_x0, sample_candidates, transition_log_prob
-from training.dpo import Features, Parts, load_parts, write_lora
+from training.dpo import Features, Parts, add_lora, load_parts, write_lora
 from training.losses import spo_step_loss
 from training.runs import Run, check_finite, replace_folder
 from training.sampling import TextConditioning, decode_images, guided_output
@@ -104,18 +102,7 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
     # The VAE stays in float32 as loaded: the SDXL VAE overflows in fp16 when decoding candidates.
     parts.vae.to(device)
     unet = parts.unet
-    unet.requires_grad_(False).to(device, weight_dtype)
-    torch.manual_seed(cfg.seed)
-    # Gaussian A and zero B: the adapters start as the identity, so policy = reference at step 0.
-    unet.add_adapter(
-        LoraConfig(
-            r=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha,
-            init_lora_weights="gaussian",
-            target_modules=list(cfg.lora_targets),
-        )
-    )
-    cast_training_params(unet, dtype=torch.float32)
+    add_lora(unet, cfg, device, weight_dtype)
 
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
