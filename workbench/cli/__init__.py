@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from workbench.cli import data, generate, label, labelstudio, toy, train
+from workbench.cli import curation, data, generate, jobs, label, labelstudio, rounds, toy, train, users
 from workbench.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Preference workbench for text-to-image diffusion models.")
@@ -32,3 +32,7 @@ app.add_typer(train.app, name="train", help="Train Diffusion-DPO, the step-aware
 app.add_typer(label.app, name="label")
 app.add_typer(labelstudio.app, name="labelstudio")
 app.command("app")(label.serve)
+app.add_typer(rounds.app, name="round", help="Run closed preference rounds: generate, judge, curate, train, evaluate.")
+app.add_typer(jobs.app, name="jobs", help="Background training and generation jobs: list, stop, resume.")
+app.add_typer(users.app, name="user", help="People who may sign in to the app, with their roles.")
+app.add_typer(curation.app, name="curation", help="Saved curations, consensus and agreement statistics.")

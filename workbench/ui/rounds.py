@@ -1,0 +1,5 @@
+"""Rounds page (being built)."""
+
+import streamlit as st
+
+st.title("Rounds")

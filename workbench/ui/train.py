@@ -1,0 +1,5 @@
+"""Train page (being built)."""
+
+import streamlit as st
+
+st.title("Train")
