@@ -6,18 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
-from tqdm.auto import tqdm
 
 from reward_models.shapes import ATTRIBUTES, check
-
-DEFAULT_STEPS = 20
-"""DDIM steps used to evaluate the toy model."""
-
-DEFAULT_GUIDANCE = 3.0
-"""Classifier-free guidance scale used to evaluate the toy model."""
+from workbench.evaluation import DEFAULT_GUIDANCE, DEFAULT_STEPS, sample_images
 
 
 @dataclass
@@ -54,7 +47,6 @@ class EvalResult:
         }
 
 
-@torch.no_grad()
 def evaluate_pipeline(
     pipe: DiffusionPipeline,
     captions: Sequence[str],
@@ -86,34 +78,22 @@ def evaluate_pipeline(
     Raises:
         ValueError: no captions or seeds, or a caption outside the language.
     """
-    if not captions or not seeds:
-        raise ValueError("evaluate_pipeline needs at least one caption and one seed")
-    jobs = [(caption, seed) for seed in seeds for caption in captions]
-    pipe.set_progress_bar_config(disable=True)
     records: list[dict] = []
     images: list[Image.Image] = []
-    for start in tqdm(range(0, len(jobs), batch_size), desc="evaluate", unit="batch", disable=not progress):
-        batch = jobs[start : start + batch_size]
-        generators = [torch.Generator(device="cpu").manual_seed(seed) for _, seed in batch]
-        out = pipe(
-            prompt=[caption for caption, _ in batch],
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            generator=generators,
-        ).images
-        for (caption, seed), image in zip(batch, out, strict=True):
-            correct = check(image, caption)
-            records.append(
-                {
-                    "caption": caption,
-                    "seed": seed,
-                    "score": float(np.mean(list(correct.values()))),
-                    "all_correct": all(correct.values()),
-                    **correct,
-                }
-            )
-            if return_images:
-                images.append(image)
+    drawn = sample_images(pipe, captions, seeds, num_inference_steps, guidance_scale, batch_size, progress)
+    for caption, seed, image in drawn:
+        correct = check(image, caption)
+        records.append(
+            {
+                "caption": caption,
+                "seed": seed,
+                "score": float(np.mean(list(correct.values()))),
+                "all_correct": all(correct.values()),
+                **correct,
+            }
+        )
+        if return_images:
+            images.append(image)
     accuracy = {
         name: float(np.mean([r[name] for r in records if name in r]))
         for name in ATTRIBUTES

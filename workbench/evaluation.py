@@ -1,0 +1,205 @@
+"""Head-to-head evaluation of a checkpoint against another on fixed prompts and seeds.
+
+Both pipelines draw one image per (prompt, seed) from the same initial noise, a scorer scores
+every image, and the candidate wins a prompt-seed when its image scores higher. This is how a
+round's checkpoint is compared with its parent and with the base model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+from tqdm.auto import tqdm
+
+from reward_models.base import Scorer
+
+DEFAULT_STEPS = 20
+"""DDIM steps used for evaluation images."""
+
+DEFAULT_GUIDANCE = 3.0
+"""Classifier-free guidance scale used for evaluation images."""
+
+
+@torch.no_grad()
+def sample_images(
+    pipe: DiffusionPipeline,
+    prompts: Sequence[str],
+    seeds: Sequence[int] = (0,),
+    num_inference_steps: int = DEFAULT_STEPS,
+    guidance_scale: float = DEFAULT_GUIDANCE,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> Iterator[tuple[str, int, Image.Image]]:
+    """Yields ``(prompt, seed, image)`` for every seed and prompt, seed-major.
+
+    Each image gets its own generator seeded with its seed, so an image depends only on the
+    pipeline, its prompt and its seed, never on the batch it was drawn in.
+
+    Raises:
+        ValueError: no prompts or no seeds.
+    """
+    if not prompts or not seeds:
+        raise ValueError("sampling needs at least one prompt and one seed")
+    jobs = [(prompt, seed) for seed in seeds for prompt in prompts]
+    pipe.set_progress_bar_config(disable=True)
+    for start in tqdm(range(0, len(jobs), batch_size), desc="sample", unit="batch", disable=not progress):
+        batch = jobs[start : start + batch_size]
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for _, seed in batch]
+        images = pipe(
+            prompt=[prompt for prompt, _ in batch],
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=generators,
+        ).images
+        for (prompt, seed), image in zip(batch, images, strict=True):
+            yield prompt, seed, image
+
+
+@dataclass(frozen=True)
+class WinRate:
+    """Outcome counts of a candidate against a reference.
+
+    Attributes:
+        wins: prompt-seeds where the candidate's image scored higher.
+        ties: equal scores.
+        losses: the reference's image scored higher.
+    """
+
+    wins: int
+    ties: int
+    losses: int
+
+    @property
+    def n(self) -> int:
+        """Number of comparisons."""
+        return self.wins + self.ties + self.losses
+
+    @property
+    def rate(self) -> float:
+        """Win rate with ties counted as half a win: 0.5 means no difference."""
+        return (self.wins + 0.5 * self.ties) / self.n if self.n else 0.5
+
+    @property
+    def decisive_rate(self) -> float:
+        """Share of wins among the comparisons that were not ties (0.5 when all tied)."""
+        decided = self.wins + self.losses
+        return self.wins / decided if decided else 0.5
+
+    def summary(self) -> dict[str, float | int]:
+        """Flat dict for tables and JSON: counts, ``win_rate`` and ``decisive_win_rate``."""
+        return {
+            "wins": self.wins,
+            "ties": self.ties,
+            "losses": self.losses,
+            "win_rate": self.rate,
+            "decisive_win_rate": self.decisive_rate,
+        }
+
+
+def win_rate(candidate_scores: Sequence[float], reference_scores: Sequence[float]) -> WinRate:
+    """Counts wins, ties and losses of paired scores.
+
+    Raises:
+        ValueError: the sequences differ in length.
+    """
+    candidate, reference = np.asarray(candidate_scores, float), np.asarray(reference_scores, float)
+    if candidate.shape != reference.shape:
+        raise ValueError(f"paired scores differ in length: {candidate.shape} vs {reference.shape}")
+    return WinRate(
+        wins=int((candidate > reference).sum()),
+        ties=int((candidate == reference).sum()),
+        losses=int((candidate < reference).sum()),
+    )
+
+
+@dataclass
+class Comparison:
+    """A candidate pipeline against a reference on the same prompts and seeds.
+
+    Attributes:
+        win_rate: the candidate's wins, ties and losses.
+        candidate_mean: mean score of the candidate's images.
+        reference_mean: mean score of the reference's images.
+        records: one dict per prompt-seed: prompt, seed, candidate and reference score.
+    """
+
+    win_rate: WinRate
+    candidate_mean: float
+    reference_mean: float
+    records: list[dict] = field(repr=False)
+
+    def summary(self) -> dict[str, float | int]:
+        """Flat dict: the win-rate summary plus both mean scores and ``n``."""
+        return {
+            **self.win_rate.summary(),
+            "candidate_mean": self.candidate_mean,
+            "reference_mean": self.reference_mean,
+            "n": self.win_rate.n,
+        }
+
+
+def score_pipeline(
+    pipe: DiffusionPipeline,
+    scorer: Scorer,
+    prompts: Sequence[str],
+    seeds: Sequence[int] = (0,),
+    batch_size: int = 64,
+    progress: bool = False,
+    **sampling,
+) -> list[tuple[str, int, float]]:
+    """``(prompt, seed, score)`` for each image the pipeline draws; ``sampling`` goes to `sample_images`."""
+    scored = []
+    batch: list[tuple[str, int, Image.Image]] = []
+    drawn = sample_images(pipe, prompts, seeds, batch_size=batch_size, progress=progress, **sampling)
+    for item in drawn:
+        batch.append(item)
+        if len(batch) == batch_size:
+            scored += _score(scorer, batch)
+            batch = []
+    return scored + (_score(scorer, batch) if batch else [])
+
+
+def _score(scorer: Scorer, batch: list[tuple[str, int, Image.Image]]) -> list[tuple[str, int, float]]:
+    scores = scorer.score([image for _, _, image in batch], [prompt for prompt, _, _ in batch])
+    return [(prompt, seed, float(s)) for (prompt, seed, _), s in zip(batch, scores, strict=True)]
+
+
+def compare_pipelines(
+    candidate: DiffusionPipeline,
+    reference: DiffusionPipeline,
+    scorer: Scorer,
+    prompts: Sequence[str],
+    seeds: Sequence[int] = (0,),
+    batch_size: int = 64,
+    progress: bool = False,
+    **sampling,
+) -> Comparison:
+    """Scores both pipelines' images for every (prompt, seed) and counts the candidate's wins.
+
+    Args:
+        candidate: the checkpoint under test.
+        reference: what it is compared with (its parent, or the base model).
+        scorer: any `Scorer`; the shapes oracle for the shapes world.
+        prompts: held-out prompts.
+        seeds: seeds; each prompt is drawn once per seed by both pipelines.
+        batch_size: images per pipeline call and per scorer call.
+        progress: show progress bars.
+        **sampling: ``num_inference_steps`` and ``guidance_scale`` for `sample_images`.
+    """
+    ours = score_pipeline(candidate, scorer, prompts, seeds, batch_size, progress, **sampling)
+    theirs = score_pipeline(reference, scorer, prompts, seeds, batch_size, progress, **sampling)
+    records = [
+        {"prompt": prompt, "seed": seed, "candidate_score": a, "reference_score": b}
+        for (prompt, seed, a), (_, _, b) in zip(ours, theirs, strict=True)
+    ]
+    return Comparison(
+        win_rate=win_rate([r["candidate_score"] for r in records], [r["reference_score"] for r in records]),
+        candidate_mean=float(np.mean([r["candidate_score"] for r in records])),
+        reference_mean=float(np.mean([r["reference_score"] for r in records])),
+        records=records,
+    )
