@@ -198,4 +198,20 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        5,
+        """
+        -- Background jobs: what the supervisor runs and how it ended, so any process can re-attach.
+        ALTER TABLE jobs ADD COLUMN command JSON;               -- argv of the real command
+        ALTER TABLE jobs ADD COLUMN cwd VARCHAR;                -- its working folder
+        ALTER TABLE jobs ADD COLUMN env JSON;                   -- environment variables set on top of the launcher's
+        ALTER TABLE jobs ADD COLUMN log_path VARCHAR;           -- stdout + stderr of every attempt
+        ALTER TABLE jobs ADD COLUMN launch_key VARCHAR;         -- identical launches share it
+        ALTER TABLE jobs ADD COLUMN pid_created DOUBLE;         -- start time of pid, to tell a reused pid apart
+        ALTER TABLE jobs ADD COLUMN exit_code INTEGER;          -- negative: killed by that signal
+        ALTER TABLE jobs ADD COLUMN stop_requested BOOLEAN NOT NULL DEFAULT false;
+        ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
+        ALTER TABLE jobs ADD COLUMN queued_at TIMESTAMP;
+        """,
+    ),
 ]
