@@ -214,4 +214,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE jobs ADD COLUMN queued_at TIMESTAMP;
         """,
     ),
+    (
+        7,
+        """
+        -- The judgment inbox (datastore/inbox.py): per inbox file, the highest inbox row whose
+        -- judgment is in this database. Written in the same transaction as those judgments.
+        CREATE TABLE inbox_applied (
+            inbox_id VARCHAR PRIMARY KEY,
+            through_id BIGINT NOT NULL
+        );
+        """,
+    ),
 ]
