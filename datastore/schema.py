@@ -225,4 +225,18 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        4,
+        """
+        -- Saved curations (labeling/curation.py): a name, a consensus method and filters, rebuilt
+        -- into a dataset version on demand.
+        CREATE TABLE curations (
+            name VARCHAR PRIMARY KEY,
+            method VARCHAR NOT NULL,                           -- majority | dawid_skene
+            filters JSON NOT NULL,                             -- the curation's filters, by field name
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            updated_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        );
+        """,
+    ),
 ]
