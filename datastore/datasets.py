@@ -19,6 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from datastore.errors import NotFoundError, StoreError
+from datastore.records import SOURCES
 from datastore.store import Store
 
 SNAPSHOT_COLUMNS = (
@@ -48,6 +49,13 @@ class DatasetFilters:
     Attributes:
         kinds: pair kinds to include: ``final``, ``step`` or both.
         sources: judgment sources to count (``app``, ``labelstudio``, ``ai``, ``import``); empty = all.
+        annotator_kinds: annotator kinds to count: ``human``, ``ai`` or both.
+        exclude_annotators: annotators (by name) whose judgments are not counted.
+        min_ai_margin: AI judgments whose score margin ``|score_a - score_b|`` is below this are not
+            counted (with a margin above 0, AI judgments without scores are not counted either).
+        include_both_bad: count ``both_bad`` judgments (they count towards ``n_judgments`` and
+            against agreement, and pairs judged mostly both-bad are left out); False drops them
+            before the vote.
         min_judgments: pairs with fewer (non-withdrawn) judgments are left out.
         min_agreement: pairs whose share of judgments agreeing with the consensus is lower are left out.
         include_ties: keep pairs whose consensus is a tie (labels 0.5 / 0.5).
@@ -56,6 +64,10 @@ class DatasetFilters:
 
     kinds: tuple[str, ...] = ("final", "step")
     sources: tuple[str, ...] = ()
+    annotator_kinds: tuple[str, ...] = ("human", "ai")
+    exclude_annotators: tuple[str, ...] = ()
+    min_ai_margin: float = 0.0
+    include_both_bad: bool = True
     min_judgments: int = 1
     min_agreement: float = 0.0
     include_ties: bool = True
@@ -64,6 +76,12 @@ class DatasetFilters:
     def __post_init__(self) -> None:
         if not self.kinds or any(k not in ("final", "step") for k in self.kinds):
             raise StoreError(f"kinds must be a non-empty subset of ('final', 'step'), got {self.kinds}")
+        if any(s not in SOURCES for s in self.sources):
+            raise StoreError(f"sources must be a subset of {SOURCES}, got {self.sources}")
+        if not self.annotator_kinds or any(k not in ("human", "ai") for k in self.annotator_kinds):
+            raise StoreError(f"annotator_kinds must be a non-empty subset of ('human', 'ai'), got {self.annotator_kinds}")
+        if self.min_ai_margin < 0.0:
+            raise StoreError(f"min_ai_margin must be >= 0, got {self.min_ai_margin}")
         if self.min_judgments < 1:
             raise StoreError(f"min_judgments must be >= 1, got {self.min_judgments}")
         if not 0.0 <= self.min_agreement <= 1.0:
@@ -82,57 +100,126 @@ class DatasetVersion:
     counts: dict = field(default_factory=dict)
     filters: dict = field(default_factory=dict)
     created_at: str = ""
+    curation: dict | None = None
 
     @property
     def pairs_file(self) -> Path:
         return self.path / "pairs.parquet"
 
 
-def consensus_frame(store: Store, filters: DatasetFilters) -> pl.DataFrame:
-    """One row per selected pair with its majority-vote consensus label, sorted by pair id.
+JUDGMENT_COLUMNS = (
+    "judgment_id", "pair_id", "annotator", "annotator_kind", "source", "outcome", "left_image",
+    "score_a", "score_b", "kind", "timestep", "gold_outcome", "image_a", "image_b",
+)
+"""Columns of :func:`judgments_frame`."""
 
-    The consensus is the most frequent of a / b / tie among the pair's judgments; an a-b draw is
-    a tie. ``both_bad`` judgments count towards ``n_judgments`` and never agree with a consensus.
-    Pairs whose judgments are mostly ``both_bad`` are left out.
+
+def judgments_frame(store: Store, filters: DatasetFilters | None = None) -> pl.DataFrame:
+    """The non-withdrawn judgments that ``filters`` count, one row each, sorted by judgment id.
+
+    Applies the judgment-level filters (kinds, sources, annotator kinds and names, AI score margin,
+    both-bad, gold pairs); the pair-level ones (judgments, agreement, ties) need a consensus first.
+    Columns: :data:`JUDGMENT_COLUMNS`.
     """
-    source_clause = ""
+    filters = filters or DatasetFilters()
+    clauses = ["NOT j.withdrawn"]
     params: list = []
+
+    def among(column: str, values: tuple) -> None:
+        clauses.append(f"{column} IN ({', '.join('?' for _ in values)})")
+        params.extend(values)
+
+    among("p.kind", filters.kinds)
+    among("a.kind", filters.annotator_kinds)
     if filters.sources:
-        source_clause = f"AND j.source IN ({', '.join('?' for _ in filters.sources)})"
-        params.extend(filters.sources)
-    kinds_clause = f"p.kind IN ({', '.join('?' for _ in filters.kinds)})"
-    params.extend(filters.kinds)
-    gold_clause = "" if filters.include_gold else "AND p.gold_outcome IS NULL"
+        among("j.source", filters.sources)
+    if filters.exclude_annotators:
+        clauses.append(f"a.name NOT IN ({', '.join('?' for _ in filters.exclude_annotators)})")
+        params.extend(filters.exclude_annotators)
+    if filters.min_ai_margin > 0.0:
+        clauses.append("(a.kind <> 'ai' OR coalesce(abs(j.score_a - j.score_b) >= ?, false))")
+        params.append(filters.min_ai_margin)
+    if not filters.include_both_bad:
+        clauses.append("j.outcome <> 'both_bad'")
+    if not filters.include_gold:
+        clauses.append("p.gold_outcome IS NULL")
     query = f"""
-        WITH votes AS (
-            SELECT j.pair_id,
-                   count(*) FILTER (WHERE outcome = 'a') AS n_a,
-                   count(*) FILTER (WHERE outcome = 'b') AS n_b,
-                   count(*) FILTER (WHERE outcome = 'tie') AS n_tie,
-                   count(*) FILTER (WHERE outcome = 'both_bad') AS n_bad,
-                   count(*) AS n
-            FROM judgments j
-            WHERE NOT j.withdrawn {source_clause}
-            GROUP BY j.pair_id
-        ), labelled AS (
-            SELECT v.*,
-                   CASE WHEN n_a > n_b AND n_a >= n_tie THEN 'a'
-                        WHEN n_b > n_a AND n_b >= n_tie THEN 'b'
-                        ELSE 'tie' END AS consensus
-            FROM votes v
-            WHERE n_bad * 2 <= n
+        SELECT j.id AS judgment_id, j.pair_id, a.name AS annotator, a.kind AS annotator_kind, j.source,
+               j.outcome, j.left_image, j.score_a, j.score_b, p.kind, p.timestep::BIGINT AS timestep,
+               p.gold_outcome, p.image_a, p.image_b
+        FROM judgments j
+        JOIN annotators a ON a.id = j.annotator_id
+        JOIN pairs p ON p.id = j.pair_id
+        WHERE {" AND ".join(clauses)}
+        ORDER BY j.id
+    """
+    with store.read() as con:
+        return con.sql(query, params=params).pl()
+
+
+def majority_consensus(judgments: pl.DataFrame) -> pl.DataFrame:
+    """Majority vote per pair: columns pair_id, consensus (a | b | tie), n_judgments, agreement.
+
+    The consensus is the most frequent of a / b / tie; an a-b draw is a tie. ``both_bad``
+    judgments count towards ``n_judgments`` and never agree with a consensus; pairs judged
+    mostly ``both_bad`` are left out. ``agreement`` is the share of judgments equal to the consensus.
+    """
+    counts = judgments.group_by("pair_id").agg(
+        (pl.col("outcome") == "a").sum().alias("n_a"),
+        (pl.col("outcome") == "b").sum().alias("n_b"),
+        (pl.col("outcome") == "tie").sum().alias("n_tie"),
+        (pl.col("outcome") == "both_bad").sum().alias("n_bad"),
+        pl.len().alias("n_judgments"),
+    )
+    consensus = (
+        pl.when((pl.col("n_a") > pl.col("n_b")) & (pl.col("n_a") >= pl.col("n_tie")))
+        .then(pl.lit("a"))
+        .when((pl.col("n_b") > pl.col("n_a")) & (pl.col("n_b") >= pl.col("n_tie")))
+        .then(pl.lit("b"))
+        .otherwise(pl.lit("tie"))
+    )
+    return (
+        counts.filter(pl.col("n_bad") * 2 <= pl.col("n_judgments"))
+        .with_columns(consensus.alias("consensus"))
+        .with_columns(
+            (
+                pl.when(pl.col("consensus") == "a")
+                .then(pl.col("n_a"))
+                .when(pl.col("consensus") == "b")
+                .then(pl.col("n_b"))
+                .otherwise(pl.col("n_tie"))
+                / pl.col("n_judgments")
+            ).alias("agreement")
         )
+        .select(
+            pl.col("pair_id").cast(pl.Int64),
+            "consensus",
+            pl.col("n_judgments").cast(pl.Int64),
+            pl.col("agreement").cast(pl.Float64),
+        )
+        .sort("pair_id")
+    )
+
+
+def consensus_frame(store: Store, filters: DatasetFilters, consensus: pl.DataFrame | None = None) -> pl.DataFrame:
+    """One row per selected pair with its consensus label, sorted by pair id.
+
+    Args:
+        filters: which judgments count and which pairs are kept.
+        consensus: per-pair labels (columns pair_id, consensus, n_judgments, agreement, as
+            :func:`majority_consensus` gives); None computes the majority vote of the judgments
+            that ``filters`` count. Pairs missing from it are left out.
+    """
+    if consensus is None:
+        consensus = majority_consensus(judgments_frame(store, filters))
+    query = """
         SELECT p.id AS pair_id, pr.text AS prompt,
                ia.path AS media_0, ib.path AS media_1,
                p.image_a AS image_0_uid, p.image_b AS image_1_uid,
-               (CASE consensus WHEN 'a' THEN 1.0 WHEN 'b' THEN 0.0 ELSE 0.5 END)::DOUBLE AS label_0,
-               (CASE consensus WHEN 'a' THEN 0.0 WHEN 'b' THEN 1.0 ELSE 0.5 END)::DOUBLE AS label_1,
-               p.kind, p.timestep::BIGINT AS timestep, l.n AS n_judgments,
-               (CASE consensus WHEN 'a' THEN n_a WHEN 'b' THEN n_b ELSE n_tie END) / l.n::DOUBLE AS agreement,
+               p.kind, p.timestep::BIGINT AS timestep,
                coalesce(ma.name, ia.source_model) AS model_0,
                coalesce(mb.name, ib.source_model) AS model_1
-        FROM labelled l
-        JOIN pairs p ON p.id = l.pair_id
+        FROM pairs p
         JOIN prompts pr ON pr.id = p.prompt_id
         JOIN images ia ON ia.id = p.image_a
         JOIN images ib ON ib.id = p.image_b
@@ -140,13 +227,22 @@ def consensus_frame(store: Store, filters: DatasetFilters) -> pl.DataFrame:
         LEFT JOIN models ma ON ma.id = ga.model_id
         LEFT JOIN generations gb ON gb.id = ib.generation_id
         LEFT JOIN models mb ON mb.id = gb.model_id
-        WHERE {kinds_clause} {gold_clause}
         ORDER BY p.id
     """
     with store.read() as con:
-        frame = con.sql(query, params=params).pl()
-    frame = frame.filter(
-        (pl.col("n_judgments") >= filters.min_judgments) & (pl.col("agreement") >= filters.min_agreement)
+        pairs = con.sql(query).pl()
+    label_0 = pl.col("consensus").replace_strict({"a": 1.0, "b": 0.0, "tie": 0.5}, return_dtype=pl.Float64)
+    frame = (
+        pairs.join(consensus.select("pair_id", "consensus", "n_judgments", "agreement"), on="pair_id", how="inner")
+        .with_columns(label_0.alias("label_0"), (1.0 - label_0).alias("label_1"))
+        .filter(
+            (pl.col("n_judgments") >= filters.min_judgments) & (pl.col("agreement") >= filters.min_agreement)
+        )
+        .select(
+            "pair_id", "prompt", "media_0", "media_1", "image_0_uid", "image_1_uid", "label_0", "label_1",
+            "kind", "timestep", "n_judgments", "agreement", "model_0", "model_1",
+        )
+        .sort("pair_id")
     )
     if not filters.include_ties:
         frame = frame.filter(pl.col("label_0") != 0.5)
@@ -163,11 +259,23 @@ def content_hash(frame: pl.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def create_dataset_version(store: Store, name: str, filters: DatasetFilters | None = None) -> DatasetVersion:
+def create_dataset_version(
+    store: Store,
+    name: str,
+    filters: DatasetFilters | None = None,
+    *,
+    consensus: pl.DataFrame | None = None,
+    curation: dict | None = None,
+) -> DatasetVersion:
     """Snapshot the pairs selected by ``filters`` as a new immutable dataset version.
 
     Building the same selection from the same judgments gives the same content hash and the
     same version id (``<name>-<hash prefix>``); the existing version is then returned as it is.
+
+    Args:
+        consensus: per-pair labels from another aggregate (see :func:`consensus_frame`);
+            None takes the majority vote.
+        curation: recorded in the manifest (e.g. the curation's name, method and filters).
 
     Raises:
         StoreError: the name is not a plain identifier, or no pair matches the filters.
@@ -175,14 +283,14 @@ def create_dataset_version(store: Store, name: str, filters: DatasetFilters | No
     filters = filters or DatasetFilters()
     if not _NAME_RE.match(name):
         raise StoreError(f"dataset name {name!r} must be letters, digits, '.', '_' or '-' (at most 64)")
-    frame = consensus_frame(store, filters)
+    frame = consensus_frame(store, filters, consensus)
     if frame.is_empty():
         raise StoreError(f"no judged pair matches the filters {asdict(filters)}")
     digest = content_hash(frame)
     version_id = f"{name}-{digest[:12]}"
     final_dir = store.datasets_dir / version_id
     if not final_dir.exists():
-        _write_snapshot(store, frame, final_dir, version_id, name, digest, filters)
+        _write_snapshot(store, frame, final_dir, version_id, name, digest, filters, curation)
     version = load_dataset_version(final_dir)
     with store.write() as con:
         con.execute(
@@ -202,6 +310,7 @@ def _write_snapshot(
     name: str,
     digest: str,
     filters: DatasetFilters,
+    curation: dict | None,
 ) -> None:
     """Write the snapshot into a temporary folder, then rename it into place (all or nothing)."""
     tmp_dir = Path(tempfile.mkdtemp(dir=store.datasets_dir, prefix=f".tmp-{version_id}-"))
@@ -229,6 +338,7 @@ def _write_snapshot(
                 "images": len(list(images_dir.iterdir())),
             },
             "filters": asdict(filters),
+            **({"curation": curation} if curation is not None else {}),
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "format": "docs/dataset-snapshot.md",
         }
@@ -264,6 +374,7 @@ def load_dataset_version(path: Path) -> DatasetVersion:
         counts=m["counts"],
         filters=m["filters"],
         created_at=m["created_at"],
+        curation=m.get("curation"),
     )
 
 
