@@ -14,6 +14,7 @@ from labeling.ai_feedback import label_with_scorer
 from labeling.queue import gold_accuracy
 from reward_models.base import ScorerError
 from reward_models.spec import scorer_from_spec
+from workbench.access import AccessConfig, check_serving
 from workbench.cli.common import console, err_console, open_store, user_errors
 
 app = typer.Typer(no_args_is_help=True, help="Judge pairs with AI feedback; check annotators on gold pairs.")
@@ -80,21 +81,28 @@ def gold(ctx: typer.Context) -> None:
 
 def serve(
     ctx: typer.Context,
-    port: int = typer.Option(8501, "--port", min=1, max=65535, help="Port on 127.0.0.1."),
+    port: int = typer.Option(8501, "--port", min=1, max=65535, help="Port to serve on."),
+    address: str = typer.Option(
+        "127.0.0.1",
+        "--address",
+        help="Address to bind; anything but 127.0.0.1/::1/localhost (e.g. 0.0.0.0) opens the app to the network "
+        "and makes everyone sign in (`workbench user add`).",
+    ),
 ) -> None:
-    """Start the Streamlit app (annotation, data, jobs) for this home on http://127.0.0.1:PORT."""
+    """Start the Streamlit app (annotation, data, jobs) for this home on http://ADDRESS:PORT (127.0.0.1 by default)."""
     if not APP_FILE.is_file():
         err_console.print(f"[red]error:[/red] {APP_FILE} is missing: run the app from a source checkout (pip install -e .)")
         raise typer.Exit(1)
     with user_errors():
         home = open_store(ctx).home
-    err_console.print(f"serving {home} on http://127.0.0.1:{port}")
+        check_serving(address, AccessConfig.from_env(home))
+    err_console.print(f"serving {home} on http://{address}:{port}")
     # exec: the server gets this process's signals (Ctrl-C) and exit status directly.
     os.execve(
         sys.executable,
         [
             sys.executable, "-m", "streamlit", "run", str(APP_FILE),
-            "--server.address", "127.0.0.1",
+            "--server.address", address,
             "--server.port", str(port),
             "--server.headless", "true",
             "--browser.gatherUsageStats", "false",

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from workbench.ui.state import sign_in_needed, sign_out, signed_in
+
 _HERE = Path(__file__).parent
 
 
@@ -28,6 +30,18 @@ def admin_pages() -> list:
     ]
 
 
-def pages() -> dict[str, list]:
-    """The app's pages by navigation section."""
+def pages() -> dict[str, list] | list:
+    """The pages this session may open, by navigation section, with the sign-out button.
+
+    Sign-in required and nobody signed in: only the sign-in page. A signed-in annotator: the
+    annotation pages. A signed-in admin, or the local user when sign-in is not required: all.
+    """
+    user = signed_in()
+    if user is None and sign_in_needed():
+        return [st.Page(str(_HERE / "sign_in.py"), title="Sign in", icon=":material/login:")]
+    if user is not None:
+        st.sidebar.caption(f"Signed in as **{user.name}** ({user.role})")
+        st.sidebar.button("Sign out", key="sign_out", on_click=sign_out, icon=":material/logout:")
+        if not user.is_admin:
+            return {"Annotation": annotation_pages()}
     return {"Workbench": admin_pages(), "Annotation": annotation_pages()}

@@ -8,7 +8,7 @@ import streamlit as st
 
 from labeling.errors import AlreadyJudgedError, LabelingError
 from labeling.queue import QueueConfig, QueueItem, answer_and_next, display_bytes, human_annotator, next_pair
-from workbench.ui.state import store
+from workbench.ui.state import sign_in_needed, signed_in, store
 
 BUTTONS: tuple[tuple[str, str, str], ...] = (
     ("left", "Left", "1"),
@@ -50,11 +50,19 @@ def _forget_annotator() -> None:
 
 
 def annotator() -> int | None:
-    """The id of the person annotating in this session; asks for their name once.
+    """The id of the person annotating in this session: the signed-in person's annotator, else
+    (the local single user, sign-in not required) asks for a name once.
 
     Returns:
         The annotator id, or None while nobody has been given (the question is on screen).
     """
+    user = signed_in()
+    if user is not None:
+        st.sidebar.markdown(f"Annotating as **{user.name}**")
+        return user.annotator_id
+    if sign_in_needed():
+        st.error("Sign in to annotate.")
+        st.stop()
     if "annotator" in st.session_state:
         annotator_id, name = st.session_state["annotator"]
         st.sidebar.markdown(f"Annotating as **{name}**")

@@ -4,8 +4,9 @@ import streamlit as st
 
 from datastore.datasets import list_dataset_versions
 from datastore.records import store_stats
-from workbench.ui.state import store
+from workbench.ui.state import require_admin, store
 
+require_admin()
 st.title("Preference workbench")
 st.caption(f"Home: `{store().home}`")
 with store().read() as con:
