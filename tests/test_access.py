@@ -137,13 +137,15 @@ def test_unsafe_users_files_are_refused(store: Store, users: Path, tmp_path: Pat
 
 
 def test_sign_in_rule(store: Store, users: Path) -> None:
-    assert [is_loopback(a) for a in ("127.0.0.1", "127.8.0.1", "::1", "[::1]", "localhost", "LOCALHOST")] == [True] * 6
-    assert [is_loopback(a) for a in ("0.0.0.0", "::", "192.168.1.5", "example.org", "", None)] == [False] * 6
+    loopback = ("127.0.0.1", "127.8.0.1", "::1", "[::1]", "localhost", "LOCALHOST")
+    open_ = ("0.0.0.0", "::", "192.168.1.5", "example.org", "", None)
+    assert [is_loopback(a) for a in loopback + open_] == [True] * 6 + [False] * 6
     off, on = AccessConfig(users), AccessConfig(users, require_sign_in=True)
+    cases = [(a, c) for a in ("127.0.0.1", "0.0.0.0") for c in (off, on)]
     # No users yet: loopback never asks; an open address always does.
-    assert [sign_in_required(a, c) for a in ("127.0.0.1", "0.0.0.0") for c in (off, on)] == [False, False, True, True]
+    assert [sign_in_required(a, c) for a, c in cases] == [False, False, True, True]
     add_user(store, users, "ada", "admin", PASSWORD)
-    assert [sign_in_required(a, c) for a in ("127.0.0.1", "0.0.0.0") for c in (off, on)] == [False, True, True, True]
+    assert [sign_in_required(a, c) for a, c in cases] == [False, True, True, True]
 
 
 def test_config_from_env(tmp_path: Path, monkeypatch) -> None:
@@ -152,9 +154,9 @@ def test_config_from_env(tmp_path: Path, monkeypatch) -> None:
     assert AccessConfig.from_env(tmp_path) == AccessConfig(tmp_path / "users.toml", require_sign_in=False)
     monkeypatch.setenv("WORKBENCH_USERS_FILE", str(tmp_path / "secrets" / "people.toml"))
     monkeypatch.setenv("WORKBENCH_REQUIRE_SIGN_IN", "Yes")
-    assert AccessConfig.from_env(tmp_path) == AccessConfig(tmp_path / "secrets" / "people.toml", require_sign_in=True)
+    assert AccessConfig.from_env(tmp_path) == AccessConfig(tmp_path / "secrets" / "people.toml", True)
     monkeypatch.setenv("WORKBENCH_REQUIRE_SIGN_IN", "maybe")
-    with pytest.raises(AccessError, match="WORKBENCH_REQUIRE_SIGN_IN must be 1/true/yes/on or 0/false/no/off, got 'maybe'"):
+    with pytest.raises(AccessError, match="must be 1/true/yes/on or 0/false/no/off, got 'maybe'"):
         AccessConfig.from_env(tmp_path)
 
 
