@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 from labeling_data import add_shapes_pairs
-from streamlit.testing.v1 import AppTest
 from streamlit import config
+from streamlit.testing.v1 import AppTest
 
 from datastore.store import Store
 from workbench.access import SIGN_IN_FAILED, User, add_user, remove_user
