@@ -239,4 +239,13 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        6,
+        """
+        -- Closed rounds (workbench/rounds.py): what a round curated and trained, and why it failed.
+        ALTER TABLE rounds ADD COLUMN dataset_version VARCHAR;  -- the dataset version it trained on
+        ALTER TABLE rounds ADD COLUMN run_dir VARCHAR;          -- its training run folder
+        ALTER TABLE rounds ADD COLUMN error VARCHAR;            -- the error of a failed round
+        """,
+    ),
 ]
