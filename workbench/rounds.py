@@ -31,21 +31,22 @@ import json
 import random
 import shutil
 import time
-from statistics import fmean
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from statistics import fmean
 from typing import Any, Literal
 
 import polars as pl
 import torch
 
-from datastore.datasets import DatasetFilters, create_dataset_version, judgments_frame, majority_consensus
+from datastore.datasets import DatasetFilters, create_dataset_version
 from datastore.errors import NotFoundError
 from datastore.records import model_lineage, register_model
 from datastore.sql import first_row, scalar
 from datastore.store import Store
 from labeling.ai_feedback import label_with_scorer
+from labeling.curation import Curation, consensus, curated_judgments, load_curation
 from reward_models.shapes import held_out_captions, train_captions
 from reward_models.spec import scorer_from_spec
 from training.config import ConfigError, DPOConfig, SPMConfig, SPOConfig
@@ -96,9 +97,12 @@ class RoundConfig:
     """What one round does. Stored with the round, so a round resumes and reproduces from it."""
 
     prompts_file: Path | None = option(
-        None, help="Prompt set, one per line (or .jsonl with a prompt field); default the shapes world's training captions."
+        None,
+        help="Prompt set, one per line (or .jsonl with a prompt field); default the shapes world's training captions.",
     )
-    num_prompts: int = option(32, help="Prompts drawn (seeded by seed and round id) from the prompt set each round.")
+    num_prompts: int = option(
+        32, help="Prompts drawn (seeded by seed and round id) from the prompt set each round."
+    )
     per_prompt: int = option(4, help="Finished candidates per prompt for final pairs.")
     pairing: Literal["all", "adjacent", "random"] = option(
         "all", help="Which candidates of a prompt (or pool) are paired: all, adjacent or random."
@@ -114,9 +118,19 @@ class RoundConfig:
     )
     scorer: str = option("shapes-oracle", help="AI feedback scorer spec (see reward_models.spec).")
     tie_margin: float = option(0.0, help="AI judgments with a score difference at most this are ties.")
-    human_judgments_per_pair: int = option(1, help="Human judgments each pair needs before training (human, both).")
+    human_judgments_per_pair: int = option(
+        1, help="Human judgments each pair needs before training (human, both)."
+    )
     min_agreement: float = option(0.0, help="Curation: leave out pairs whose judgments agree less than this.")
     include_ties: bool = option(False, help="Curation: keep pairs whose consensus is a tie.")
+    consensus: Literal["majority", "dawid_skene"] = option(
+        "majority", help="Curation: per-pair label by majority vote or by Dawid-Skene annotator weighting."
+    )
+    curation: str | None = option(
+        None,
+        help="A saved curation (`workbench curation save`) to use instead of the feedback, min_agreement, "
+        "include_ties and consensus settings; restricted to the round's pairs either way.",
+    )
     recipe: Recipe = option(
         "dpo",
         help="dpo: Diffusion-DPO on the round's final pairs. spo: SPO online with the scorer. spm: train the "
@@ -127,7 +141,9 @@ class RoundConfig:
         help="Recipe config overrides KEY=VALUE (VALUE as JSON, else text), e.g. learning_rate=2e-4; with "
         "recipe spm they go to the SPM and spo_training to the SPO stage.",
     )
-    spo_training: tuple[str, ...] = option((), help="SPO config overrides KEY=VALUE for recipe spm's second stage.")
+    spo_training: tuple[str, ...] = option(
+        (), help="SPO config overrides KEY=VALUE for recipe spm's second stage."
+    )
     eval_prompts_file: Path | None = option(
         None, help="Held-out evaluation prompts; default the shapes world's held-out captions."
     )
@@ -141,17 +157,29 @@ class RoundConfig:
         self.eval_prompts_file = None if self.eval_prompts_file is None else Path(self.eval_prompts_file)
         self.training, self.spo_training = tuple(self.training), tuple(self.spo_training)
         self.eval_seeds = tuple(int(s) for s in self.eval_seeds)
-        choices = {"feedback": ("ai", "human", "both"), "recipe": ("dpo", "spo", "spm"),
-                   "pairing": ("all", "adjacent", "random")}
+        choices = {
+            "feedback": ("ai", "human", "both"),
+            "recipe": ("dpo", "spo", "spm"),
+            "pairing": ("all", "adjacent", "random"),
+            "consensus": ("majority", "dawid_skene"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise RoundError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("num_prompts", "num_inference_steps", "human_judgments_per_pair", "eval_prompts", "eval_steps"):
+        for name in (
+            "num_prompts",
+            "num_inference_steps",
+            "human_judgments_per_pair",
+            "eval_prompts",
+            "eval_steps",
+        ):
             if getattr(self, name) < 1:
                 raise RoundError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("per_prompt", "pool_k"):
             if getattr(self, name) < 2:
-                raise RoundError(f"{name} must be >= 2 (a pair needs two candidates), got {getattr(self, name)}")
+                raise RoundError(
+                    f"{name} must be >= 2 (a pair needs two candidates), got {getattr(self, name)}"
+                )
         if not (self.final_pairs or self.step_pools):
             raise RoundError("a round needs final_pairs or step_pools (or both)")
         if self.recipe == "dpo" and not self.final_pairs:
@@ -159,7 +187,9 @@ class RoundConfig:
         if not self.eval_seeds:
             raise RoundError("eval_seeds needs at least one seed")
         if self.tie_margin < 0 or not 0 <= self.min_agreement <= 1:
-            raise RoundError(f"need tie_margin >= 0 and min_agreement in [0, 1], got {self.tie_margin}, {self.min_agreement}")
+            raise RoundError(
+                f"need tie_margin >= 0 and min_agreement in [0, 1], got {self.tie_margin}, {self.min_agreement}"
+            )
         parse_overrides(self.training)
         parse_overrides(self.spo_training)
 
@@ -167,7 +197,9 @@ class RoundConfig:
         """JSON-ready values (paths as text, tuples as lists)."""
         out = asdict(self)
         for key, value in out.items():
-            out[key] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+            out[key] = (
+                str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+            )
         return out
 
     @classmethod
@@ -327,7 +359,9 @@ def resume_round(store: Store, round_id: int, *, progress: bool = False) -> Roun
                 continue
             _update(store, round_id, status=stage)
             started = time.perf_counter()
-            results[stage] = _STAGE_FUNCTIONS[stage](store, round_id, summary.parent_model_id, config, results, progress)
+            results[stage] = _STAGE_FUNCTIONS[stage](
+                store, round_id, summary.parent_model_id, config, results, progress
+            )
             results.setdefault("seconds", {})[stage] = round(time.perf_counter() - started, 2)
             _update(store, round_id, results=results)
     except RoundWaiting:
@@ -340,7 +374,9 @@ def resume_round(store: Store, round_id: int, *, progress: bool = False) -> Roun
     return get_round(store, round_id)
 
 
-def _update(store: Store, round_id: int, *, started_at: bool = False, finished_at: bool = False, **columns: Any) -> None:
+def _update(
+    store: Store, round_id: int, *, started_at: bool = False, finished_at: bool = False, **columns: Any
+) -> None:
     sets, params = [], []
     for name, value in columns.items():
         sets.append(f"{name} = ?")
@@ -369,8 +405,15 @@ def get_round(store: Store, round_id: int) -> RoundSummary:
     if row is None:
         raise RoundError(f"round {round_id} does not exist; `workbench round list` shows the rounds")
     return RoundSummary(
-        id=row[0], status=row[1], parent_model_id=row[2], model_id=row[3], config=json.loads(row[4] or "{}"),
-        results=json.loads(row[5] or "{}"), dataset_version=row[6], run_dir=row[7], error=row[8],
+        id=row[0],
+        status=row[1],
+        parent_model_id=row[2],
+        model_id=row[3],
+        config=json.loads(row[4] or "{}"),
+        results=json.loads(row[5] or "{}"),
+        dataset_version=row[6],
+        run_dir=row[7],
+        error=row[8],
     )
 
 
@@ -384,9 +427,17 @@ def list_rounds(store: Store) -> list[RoundSummary]:
 def rounds_table(summaries: list[RoundSummary]) -> pl.DataFrame:
     """One row per round (`RoundSummary.row`)."""
     schema = {
-        "round": pl.Int64, "status": pl.String, "parent": pl.Int64, "model": pl.Int64, "pairs": pl.Int64,
-        "judgments": pl.Int64, "dataset_pairs": pl.Int64, "train_s": pl.Float64, "win_vs_parent": pl.Float64,
-        "win_vs_base": pl.Float64, "score": pl.Float64,
+        "round": pl.Int64,
+        "status": pl.String,
+        "parent": pl.Int64,
+        "model": pl.Int64,
+        "pairs": pl.Int64,
+        "judgments": pl.Int64,
+        "dataset_pairs": pl.Int64,
+        "train_s": pl.Float64,
+        "win_vs_parent": pl.Float64,
+        "win_vs_base": pl.Float64,
+        "score": pl.Float64,
     }
     return pl.DataFrame([s.row() for s in summaries], schema=schema)
 
@@ -415,8 +466,13 @@ def _generation(store, round_id, parent, config, results, progress) -> dict:
     name, _, _ = _model_row(store, parent)
     pipe = load_model(store, parent)
     gen = GenerationConfig(
-        per_prompt=config.per_prompt, pool_k=config.pool_k, pairing=config.pairing, seed=seed,
-        num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale, batch_size=32,
+        per_prompt=config.per_prompt,
+        pool_k=config.pool_k,
+        pairing=config.pairing,
+        seed=seed,
+        num_inference_steps=config.num_inference_steps,
+        guidance_scale=config.guidance_scale,
+        batch_size=32,
     )
     record = {"seed": seed, "prompts": prompts, "images": 0, "pools": 0, "skipped_pairs": 0}
     reports = []
@@ -445,7 +501,11 @@ def _judgments(store, round_id, parent, config, results, progress) -> dict:
     record: dict[str, Any] = {}
     if config.feedback in ("ai", "both"):
         report = label_with_scorer(
-            store, scorer_from_spec(config.scorer), kinds=kinds, tie_margin=config.tie_margin, show_progress=progress
+            store,
+            scorer_from_spec(config.scorer),
+            kinds=kinds,
+            tie_margin=config.tie_margin,
+            show_progress=progress,
         )
         record["annotator"] = report.annotator
     with store.read() as con:
@@ -475,26 +535,48 @@ def _round_kinds(config: RoundConfig) -> tuple[str, ...]:
     return tuple(k for k, on in (("final", config.final_pairs), ("step", config.step_pools)) if on)
 
 
-def _dataset(store, round_id, parent, config, results, progress) -> dict:
+def round_curation(config: RoundConfig, round_id: int, store: Store) -> Curation:
+    """The round's curation: the saved one ``config.curation`` names, else one from the config's
+    feedback, consensus method, agreement and tie settings."""
+    if config.curation:
+        return load_curation(store, config.curation)
     filters = DatasetFilters(
         kinds=_round_kinds(config),
         annotator_kinds={"ai": ("ai",), "human": ("human",), "both": ("human", "ai")}[config.feedback],
         min_agreement=config.min_agreement,
         include_ties=config.include_ties,
     )
+    return Curation(name=f"round-{round_id}", method=config.consensus, filters=filters)
+
+
+def _dataset(store, round_id, parent, config, results, progress) -> dict:
+    curation = round_curation(config, round_id, store)
+    curated = curated_judgments(store, curation)
     with store.read() as con:
         mine = [r[0] for r in con.execute("SELECT id FROM pairs WHERE round_id = ?", [round_id]).fetchall()]
-    # Majority vote over this round's pairs only: earlier rounds' pairs came from other models.
-    consensus = majority_consensus(judgments_frame(store, filters).filter(pl.col("pair_id").is_in(mine)))
+    # Only this round's pairs: earlier rounds' pairs were drawn by other models.
+    judgments = curated.judgments.filter(pl.col("pair_id").is_in(mine))
+    if judgments.is_empty():
+        raise RoundError(
+            f"round {round_id}: no judgment of its {len(mine)} pairs passes curation {curation.name!r}"
+        )
+    record = {"name": curation.name, "method": curation.method, **curation.settings(), "round": round_id}
     version = create_dataset_version(
-        store, f"round-{round_id}", filters, consensus=consensus,
-        curation={"round": round_id, "method": "majority", "pairs": "this round's"},
+        store,
+        f"round-{round_id}",
+        curated.filters,
+        consensus=consensus(judgments, curation.method),
+        curation=record,
     )
     with store.write() as con:
         con.execute("UPDATE rounds SET dataset_version = ? WHERE id = ?", [version.id, round_id])
     return {
-        "id": version.id, "content_hash": version.content_hash, "n_pairs": version.n_pairs,
-        "path": str(version.path), "filters": version.filters, "counts": version.counts,
+        "id": version.id,
+        "content_hash": version.content_hash,
+        "n_pairs": version.n_pairs,
+        "path": str(version.path),
+        "curation": record,
+        "counts": version.counts,
     }
 
 
@@ -519,7 +601,9 @@ def _training(store, round_id, parent, config, results, progress) -> dict:
 
     _, parent_path, parent_kind = _model_row(store, parent)
     if parent_kind == "lora":
-        raise RoundError(f"model {parent} is a LoRA: rounds train on full checkpoints (rounds register fused ones)")
+        raise RoundError(
+            f"model {parent} is a LoRA: rounds train on full checkpoints (rounds register fused ones)"
+        )
     run_dir = store.runs_dir / f"round-{round_id}-{config.recipe}"
     resolution = _native_resolution(parent_path) if Path(parent_path).is_dir() else 512
     prompts = results["generation"]["prompts"]
@@ -531,29 +615,50 @@ def _training(store, round_id, parent, config, results, progress) -> dict:
     spo_defaults = {**SPO_DEFAULTS, "resolution": resolution, "seed": config.seed + round_id}
     if config.recipe == "dpo":
         cfg = _recipe_config(
-            DPOConfig, {**DPO_DEFAULTS, "resolution": resolution, "seed": config.seed + round_id,
-                        "checkpoint_every": 10_000}, config.training,
-            pretrained_model=parent_path, dataset=dataset, output_dir=run_dir,
+            DPOConfig,
+            {
+                **DPO_DEFAULTS,
+                "resolution": resolution,
+                "seed": config.seed + round_id,
+                "checkpoint_every": 10_000,
+            },
+            config.training,
+            pretrained_model=parent_path,
+            dataset=dataset,
+            output_dir=run_dir,
         )
         cfg.checkpoint_every = min(cfg.checkpoint_every, cfg.max_steps)
         final = dpo.main(cfg)
         record.update(config=cfg.to_dict(), lora=cfg.mode != "full", final=str(final))
     elif config.recipe == "spo":
         cfg = _recipe_config(
-            SPOConfig, spo_defaults, config.training,
-            pretrained_model=parent_path, output_dir=run_dir, prompts=tuple(prompts), scorer=config.scorer,
+            SPOConfig,
+            spo_defaults,
+            config.training,
+            pretrained_model=parent_path,
+            output_dir=run_dir,
+            prompts=tuple(prompts),
+            scorer=config.scorer,
         )
         final = spo.main(cfg)
         record.update(config=cfg.to_dict(), lora=True, final=str(final))
     else:
         spm_cfg = _recipe_config(
-            SPMConfig, {"resolution": resolution, "seed": config.seed + round_id}, config.training,
-            pretrained_model=parent_path, dataset=dataset, output_dir=run_dir / "spm",
+            SPMConfig,
+            {"resolution": resolution, "seed": config.seed + round_id},
+            config.training,
+            pretrained_model=parent_path,
+            dataset=dataset,
+            output_dir=run_dir / "spm",
         )
         spm_final = spm.main(spm_cfg)
         cfg = _recipe_config(
-            SPOConfig, spo_defaults, config.spo_training,
-            pretrained_model=parent_path, output_dir=run_dir / "spo", prompts=tuple(prompts),
+            SPOConfig,
+            spo_defaults,
+            config.spo_training,
+            pretrained_model=parent_path,
+            output_dir=run_dir / "spo",
+            prompts=tuple(prompts),
             scorer=f"spm:{spm_final}",
         )
         final = spo.main(cfg)
@@ -601,14 +706,21 @@ def _evaluation(store, round_id, parent, config, results, progress) -> dict:
         drawn = score_pipeline(pipe, scorer, prompts, config.eval_seeds, progress=progress, **sampling)
         return [s for _, _, s in drawn]
 
-    candidate = scores(load_pipeline(results["checkpoint"]["path"], device=default_device(), dtype=torch.float32))
+    candidate = scores(
+        load_pipeline(results["checkpoint"]["path"], device=default_device(), dtype=torch.float32)
+    )
     parent_scores = scores(load_model(store, parent))
     base_scores = parent_scores if base == parent else scores(load_model(store, base))
     return {
-        "prompts": len(prompts), "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
-        "seeds": list(config.eval_seeds), "scorer": config.eval_scorer, **sampling,
+        "prompts": len(prompts),
+        "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
+        "seeds": list(config.eval_seeds),
+        "scorer": config.eval_scorer,
+        **sampling,
         "base_model_id": base,
-        "candidate_mean": fmean(candidate), "parent_mean": fmean(parent_scores), "base_mean": fmean(base_scores),
+        "candidate_mean": fmean(candidate),
+        "parent_mean": fmean(parent_scores),
+        "base_mean": fmean(base_scores),
         "vs_parent": win_rate(candidate, parent_scores).summary(),
         "vs_base": win_rate(candidate, base_scores).summary(),
     }
@@ -618,10 +730,16 @@ def _register(store, round_id, parent, config, results, progress) -> dict:
     evaluation = results["evaluation"]
     with store.write() as con:
         model_id = register_model(
-            con, f"round-{round_id}", results["checkpoint"]["path"], kind="full", parent_id=parent,
-            round_id=round_id, dataset_version=results["dataset"]["id"],
+            con,
+            f"round-{round_id}",
+            results["checkpoint"]["path"],
+            kind="full",
+            parent_id=parent,
+            round_id=round_id,
+            dataset_version=results["dataset"]["id"],
             metadata={
-                "recipe": config.recipe, "run_dir": results["training"]["run_dir"],
+                "recipe": config.recipe,
+                "run_dir": results["training"]["run_dir"],
                 "trained_as": "lora" if results["training"]["lora"] else "full",
                 "lora": results["checkpoint"].get("lora"),
                 "dataset_hash": results["dataset"]["content_hash"],
