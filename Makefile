@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 HOME_DIR ?= $(if $(WORKBENCH_HOME),$(WORKBENCH_HOME),$(HOME)/.workbench)
 PYTEST_ARGS ?=
+# 127.0.0.1 serves this machine only; any other address (0.0.0.0) makes everyone sign in.
+ADDRESS ?= 127.0.0.1
 # The Label Studio server has its own virtualenv: its pins clash with ours.
 LS_VENV := .venv-labelstudio
 LS_STAMP := $(LS_VENV)/.installed
@@ -37,7 +39,7 @@ browser:
 run: setup
 	$(BIN)/workbench --home "$(HOME_DIR)" init
 	$(BIN)/workbench --home "$(HOME_DIR)" seed
-	WORKBENCH_HOME="$(HOME_DIR)" $(BIN)/streamlit run app.py --server.address 127.0.0.1 --server.headless true --browser.gatherUsageStats false
+	$(BIN)/workbench --home "$(HOME_DIR)" app --address "$(ADDRESS)"
 
 lint: setup
 	$(BIN)/ruff check .
