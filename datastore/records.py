@@ -71,7 +71,7 @@ def register_model(
     name: str,
     path: str,
     *,
-    kind: Literal["base", "lora", "full"] = "base",
+    kind: Literal["base", "lora", "full", "scorer"] = "base",
     parent_id: int | None = None,
     round_id: int | None = None,
     job_id: int | None = None,

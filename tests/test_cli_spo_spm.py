@@ -12,6 +12,8 @@ from tiny_clip import build_tiny_clip
 from tiny_models import build_tiny_sd15, write_snapshot
 from typer.testing import CliRunner
 
+from datastore.sql import first_row
+from datastore.store import Store
 from training.config import SPMConfig, SPOConfig
 from workbench.cli import app
 
@@ -37,34 +39,100 @@ def test_every_config_field_is_an_option_with_its_help(command, config_class):
 
 def test_spo_one_step_with_a_scorer_spec(models, tmp_path):
     sd, clip = models
-    args = ["--home", str(tmp_path / "home"), "train", "spo", "--pretrained-model", str(sd), "--scorer", f"clip:{clip}"]
-    args += ["--prompts", "a red circle", "--prompts", "a blue square", "--resolution", "16", "--max-steps", "1"]
-    args += ["--num-inference-steps", "8", "--warmup-steps", "2", "--prompts-per-step", "1", "--threshold", "0"]
+    args = [
+        "--home",
+        str(tmp_path / "home"),
+        "train",
+        "spo",
+        "--pretrained-model",
+        str(sd),
+        "--scorer",
+        f"clip:{clip}",
+    ]
+    args += [
+        "--prompts",
+        "a red circle",
+        "--prompts",
+        "a blue square",
+        "--resolution",
+        "16",
+        "--max-steps",
+        "1",
+    ]
+    args += [
+        "--num-inference-steps",
+        "8",
+        "--warmup-steps",
+        "2",
+        "--prompts-per-step",
+        "1",
+        "--threshold",
+        "0",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     (run,) = (tmp_path / "home" / "runs").iterdir()
     assert run.name.startswith("spo-")
     assert json.loads((run / "config.json").read_text())["prompts"] == ["a red circle", "a blue square"]
     assert (run / "final" / "pytorch_lora_weights.safetensors").is_file()
+    with Store.open(tmp_path / "home").read() as con:
+        kind, parent = first_row(
+            con, "SELECT m.kind, p.path FROM models m JOIN models p ON m.parent_id = p.id"
+        )
+    assert (kind, parent) == ("lora", str(sd))
 
 
 def test_spm_one_step(models, tmp_path):
     sd, clip = models
     snapshot = write_snapshot(tmp_path / "snapshot", n_pairs=4)
-    args = ["--home", str(tmp_path / "home"), "train", "spm", "--pretrained-model", str(sd), "--reward-model", str(clip)]
-    args += ["--dataset", str(snapshot), "--resolution", "16", "--batch-size", "2", "--max-steps", "1", "--eval-fraction", "0"]
+    args = [
+        "--home",
+        str(tmp_path / "home"),
+        "train",
+        "spm",
+        "--pretrained-model",
+        str(sd),
+        "--reward-model",
+        str(clip),
+    ]
+    args += [
+        "--dataset",
+        str(snapshot),
+        "--resolution",
+        "16",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "1",
+        "--eval-fraction",
+        "0",
+    ]
     args += ["--timestep-buckets", "0", "--timestep-buckets", "500", "--timestep-buckets", "1000"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     (run,) = (tmp_path / "home" / "runs").iterdir()
     assert (run / "final" / "step_aware.json").is_file()
+    with Store.open(tmp_path / "home").read() as con:
+        kind, parent = first_row(
+            con, "SELECT m.kind, p.path FROM models m JOIN models p ON m.parent_id = p.id"
+        )
+    assert (kind, parent) == ("scorer", str(clip))
     (record,) = pl.read_ndjson(run / "metrics.jsonl").to_dicts()
     assert set(record) >= {"loss", "train_accuracy"}
 
 
 def test_bad_values_are_one_line_errors(models, tmp_path):
     sd, _ = models
-    base = ["--home", str(tmp_path), "train", "spo", "--pretrained-model", str(sd), "--prompts", "a red circle"]
+    base = [
+        "--home",
+        str(tmp_path),
+        "train",
+        "spo",
+        "--pretrained-model",
+        str(sd),
+        "--prompts",
+        "a red circle",
+    ]
     result = runner.invoke(app, [*base, "--scorer", "clip", "--resolution", "16"])
     assert result.exit_code == 1
     assert "error: scorer spec 'clip' is not one of" in result.output

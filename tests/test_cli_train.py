@@ -9,6 +9,9 @@ import typer
 from tiny_models import build_tiny_sd15, write_snapshot
 from typer.testing import CliRunner
 
+from datastore.records import model_lineage
+from datastore.sql import scalar
+from datastore.store import Store
 from training.config import DPOConfig
 from workbench.cli import app
 
@@ -41,6 +44,10 @@ def test_one_step_run_into_the_home_runs_folder(tmp_path):
     assert config["lora_targets"] == ["to_q", "to_v"]
     assert config["random_flip"] is False
     assert (run / "final" / "pytorch_lora_weights.safetensors").exists()
+    with Store.open(tmp_path / "home").read() as con:
+        lineage = model_lineage(con, scalar(con, "SELECT id FROM models WHERE name = ?", [f"dpo-{run.name}"]))
+    assert [(m["kind"], m["path"]) for m in lineage] == [("lora", str(run / "final")), ("base", str(model))]
+    assert f"registered as model {lineage[0]['id']}" in result.output
 
 
 def test_bad_value_and_missing_model_are_one_line_errors(tmp_path):

@@ -15,10 +15,12 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import typer
 
+from datastore.store import Store
 from reward_models.base import ScorerError
 from training.config import ConfigError, DPOConfig, RecipeConfig, SPMConfig, SPOConfig
 from training.errors import TrainingError
 from workbench.cli.common import console, err_console
+from workbench.registry import register_run
 from workbench.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="Train Diffusion-DPO, the step-aware preference model and SPO.")
@@ -63,22 +65,10 @@ def config_options(config_class: type, overrides: dict[str, tuple[Any, str]]) ->
 
 def dpo(ctx: typer.Context, **options: Any) -> None:
     """Train with Diffusion-DPO (or its SFT baseline) on a dataset snapshot, resuming if the run folder has a checkpoint."""
-    settings: Settings = ctx.obj
-    if options["output_dir"] is None:
-        options["output_dir"] = settings.home / "runs" / datetime.now().strftime("dpo-%Y%m%d-%H%M%S")
-    try:
-        cfg = DPOConfig(**options)
-    except ConfigError as e:
-        raise typer.BadParameter(str(e)) from e
+    cfg = _config(DPOConfig, "dpo", ctx.obj, options)
     from training.dpo import main
 
-    console.print(f"run folder: {cfg.output_dir}")
-    try:
-        final = main(cfg)
-    except TrainingError as e:
-        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from e
-    console.print(f"weights: {final}")
+    _run(main, "dpo", cfg, ctx.obj)
 
 
 dpo.__signature__ = inspect.Signature(
@@ -98,7 +88,9 @@ dpo.__signature__ = inspect.Signature(
 app.command()(dpo)
 
 
-def _config(config_class: type[RecipeConfig], recipe: str, settings: Settings, options: dict[str, Any]) -> Any:
+def _config(
+    config_class: type[RecipeConfig], recipe: str, settings: Settings, options: dict[str, Any]
+) -> Any:
     """The recipe's config from the command's options; the run folder defaults to <home>/runs/<recipe>-<date>-<time>."""
     if options["output_dir"] is None:
         options["output_dir"] = settings.home / "runs" / datetime.now().strftime(f"{recipe}-%Y%m%d-%H%M%S")
@@ -108,15 +100,17 @@ def _config(config_class: type[RecipeConfig], recipe: str, settings: Settings, o
         raise typer.BadParameter(str(e)) from e
 
 
-def _run(main: Any, cfg: RecipeConfig) -> None:
-    """Runs a recipe's ``main(cfg)``, turning its expected errors into one line and exit code 1."""
+def _run(main: Any, recipe: str, cfg: RecipeConfig, settings: Settings) -> None:
+    """Runs a recipe's ``main(cfg)`` and registers the weights in the store; expected errors become one line and exit code 1."""
     console.print(f"run folder: {cfg.output_dir}")
     try:
         final = main(cfg)
     except (TrainingError, ScorerError) as e:
         err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from e
+    model_id = register_run(Store.open(settings.home), recipe, cfg, final)
     console.print(f"weights: {final}")
+    console.print(f"registered as model {model_id}")
 
 
 def spm(ctx: typer.Context, **options: Any) -> None:
@@ -124,7 +118,7 @@ def spm(ctx: typer.Context, **options: Any) -> None:
     cfg = _config(SPMConfig, "spm", ctx.obj, options)
     from training.spm import main
 
-    _run(main, cfg)
+    _run(main, "spm", cfg, ctx.obj)
 
 
 def spo(ctx: typer.Context, **options: Any) -> None:
@@ -132,7 +126,7 @@ def spo(ctx: typer.Context, **options: Any) -> None:
     cfg = _config(SPOConfig, "spo", ctx.obj, options)
     from training.spo import main
 
-    _run(main, cfg)
+    _run(main, "spo", cfg, ctx.obj)
 
 
 for _command, _config_class in ((spm, SPMConfig), (spo, SPOConfig)):
