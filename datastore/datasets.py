@@ -259,6 +259,12 @@ def content_hash(frame: pl.DataFrame) -> str:
     return digest.hexdigest()
 
 
+def check_dataset_name(name: str) -> None:
+    """Raise StoreError unless ``name`` is a plain identifier usable in a folder name."""
+    if not _NAME_RE.match(name):
+        raise StoreError(f"dataset name {name!r} must be letters, digits, '.', '_' or '-' (at most 64)")
+
+
 def create_dataset_version(
     store: Store,
     name: str,
@@ -281,8 +287,7 @@ def create_dataset_version(
         StoreError: the name is not a plain identifier, or no pair matches the filters.
     """
     filters = filters or DatasetFilters()
-    if not _NAME_RE.match(name):
-        raise StoreError(f"dataset name {name!r} must be letters, digits, '.', '_' or '-' (at most 64)")
+    check_dataset_name(name)
     frame = consensus_frame(store, filters, consensus)
     if frame.is_empty():
         raise StoreError(f"no judged pair matches the filters {asdict(filters)}")
