@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 from labeling_data import MadePair, add_shapes_pairs
+from typer.testing import CliRunner
 
 from datastore.datasets import DatasetFilters, judgments_frame, majority_consensus
 from datastore.media import encode_png
@@ -25,6 +26,7 @@ from datastore.records import (
     upsert_prompts,
 )
 from datastore.store import Store
+from labeling.agreement import krippendorff_alpha
 from labeling.curation import (
     Curation,
     CurationError,
@@ -38,6 +40,9 @@ from labeling.curation import (
     save_curation,
 )
 from reward_models.shapes import render
+from workbench.cli import app
+
+runner = CliRunner()
 
 OTHER = {"a": "b", "b": "a"}
 
@@ -277,3 +282,53 @@ def test_bad_curations_are_refused_and_change_nothing(store: Store, tmp_path: Pa
     with pytest.raises(CurationError, match="no judgment passes"):
         build_curation(store, "empty")
     assert list(store.datasets_dir.iterdir()) == []
+
+
+def test_cli_save_list_build_and_agreement(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    store = Store.open(home)
+    judged_home(store)
+    dup = near_duplicate_pair(store)
+    judge(store, [(dup, "ann", "a"), (dup, "bob", "b")])
+
+    def run(*args: str) -> str:
+        result = runner.invoke(app, ["--home", str(home), "curation", *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "saved curation people (dawid_skene)" in run(
+        "save",
+        "people",
+        "--method",
+        "dawid_skene",
+        "--annotators",
+        "human",
+        "--no-ties",
+        "--min-gold-accuracy",
+        "0.5",
+    )
+    bad = runner.invoke(app, ["--home", str(home), "curation", "save", "people"])
+    assert bad.exit_code == 1 and "exists" in bad.output
+    bad = runner.invoke(app, ["--home", str(home), "curation", "save", "x", "--min-agreement", "2"])
+    assert bad.exit_code == 1 and "min_agreement must be within [0, 1]" in bad.output
+    listed = run("list")
+    assert "people" in listed and "dawid_skene" in listed and "min_gold_accuracy=0.5" in listed
+
+    built = run("build", "people")
+    version = build_curation(store, "people")
+    assert f"dataset version {version.id}: {version.n_pairs} pairs" in built
+    assert f"content hash {version.content_hash}" in built
+
+    out = run("agreement", "--near-duplicates", "4")
+    assert "16 judgments of 5 pairs by 4 annotators" in out
+    assert f"Krippendorff's alpha: {krippendorff_alpha(judgments_frame(store)):.3f}" in out
+    for title in (
+        "Cohen's kappa",
+        "Annotator quality",
+        "Position bias",
+        "Human vs AI",
+        "Near-duplicate pairs",
+    ):
+        assert title in out
+    human_only = run("agreement", "--annotators", "human")
+    assert "14 judgments of 5 pairs by 3 annotators" in human_only
