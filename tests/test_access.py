@@ -75,7 +75,7 @@ def test_verify_refuses_wrong_password_and_unknown_name_alike(store: Store, user
                 verify(users, name, password)
             times.append(time.perf_counter() - start)
             messages[case] = str(e.value)
-        seconds[case] = sorted(times)[1]
+        seconds[case] = min(times)  # load on the machine only ever adds time
     assert messages == {"wrong": SIGN_IN_FAILED, "unknown": SIGN_IN_FAILED}
     # An unknown name costs a full scrypt hash too (a bare lookup would be ~1000x faster).
     assert seconds["unknown"] > 0.3 * seconds["wrong"], seconds
