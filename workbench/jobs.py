@@ -177,6 +177,7 @@ def launch_job(
     """
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / LOG_FILE).touch()  # readers may look before the supervisor writes
     key = key or launch_key(kind, command, run_dir)
     with store.write() as con:
         clash = first_row(
