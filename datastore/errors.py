@@ -29,3 +29,7 @@ class ImportFormatError(StoreError):
 
 class NotFoundError(StoreError):
     """A named item (dataset version, pair, model, ...) does not exist."""
+
+
+class DuplicateJudgmentError(StoreError):
+    """An annotator's answer to a pair was already accepted by the judgment inbox; nothing was added."""

@@ -4,7 +4,8 @@ Every process (the Streamlit server, CLI commands, syncs, jobs) goes through :cl
 which opens the DuckDB file only for one operation at a time behind a cross-process
 reader/writer lock (see :mod:`datastore.lock`). Callers never see DuckDB's own lock error, and
 every ``write()`` block is one transaction: it commits whole or not at all, also when the
-process is killed.
+process is killed. Single judgments go through :meth:`Store.record_judgment` into the judgment
+inbox (:mod:`datastore.inbox`), which the next ``read()`` or ``write()`` applies first.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from threading import Lock
 
 import duckdb
+import numpy as np
 
-from datastore.errors import StoreError
+from datastore.errors import NotFoundError, StoreError
+from datastore.inbox import INBOX_FILE, Inbox
 from datastore.lock import file_lock
 from datastore.media import MediaStore
+from datastore.records import NewJudgment, validate_judgment
 from datastore.schema import MIGRATIONS
 from datastore.sql import scalar
 
@@ -55,6 +60,9 @@ class Store:
         self.datasets_dir = home / "datasets"
         self.runs_dir = home / "runs"
         self.models_dir = home / "models"
+        self.inbox = Inbox(home / INBOX_FILE, busy_timeout_s=config.lock_timeout_s)
+        self._pairs = _KnownIds("pairs")
+        self._annotators = _KnownIds("annotators")
 
     @classmethod
     def open(cls, home: Path | str, config: StoreConfig | None = None) -> Store:
@@ -70,16 +78,46 @@ class Store:
         store._migrate()
         return store
 
+    def record_judgment(self, judgment: NewJudgment) -> int:
+        """Record one judgment through the inbox; returns its inbox row id once it is on disk.
+
+        Takes a few milliseconds and never waits for DuckDB: the judgment is applied by the next
+        ``read()`` or ``write()`` of any process, so every read started after this returns sees
+        it. It is checked in full first (fields, pair and annotator exist); a refused judgment
+        leaves the inbox unchanged. Bulk writers (imports, AI labelling, syncs) should instead
+        insert many judgments in one ``write()``.
+
+        Raises:
+            StoreError: a malformed field.
+            NotFoundError: the pair or the annotator does not exist.
+            DuplicateJudgmentError: this annotator's answer to this pair went through the inbox before.
+        """
+        validate_judgment(judgment)
+        for known, key in ((self._pairs, judgment.pair_id), (self._annotators, judgment.annotator_id)):
+            if not known.contains(key, self._read_without_drain):
+                raise NotFoundError(
+                    f"judgment of pair {judgment.pair_id}: {known.table[:-1]} {key} does not exist"
+                )
+        return self.inbox.append(judgment)
+
     @contextmanager
     def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-write connection inside one transaction, held alone across processes.
 
-        The block's statements commit together when it exits normally and roll back when it
-        raises. Keep the block short: every other process waits for it.
+        Pending inbox judgments are applied first, in a transaction of their own. The block's
+        statements commit together when it exits normally and roll back when it raises. Keep
+        the block short: every other process waits for it.
         """
+        with self._write(drain=True) as con:
+            yield con
+
+    @contextmanager
+    def _write(self, *, drain: bool) -> Iterator[duckdb.DuckDBPyConnection]:
         with file_lock(self.lock_path, exclusive=True, timeout_s=self.config.lock_timeout_s):
             con = self._connect(read_only=False)
             try:
+                if drain and self.inbox.has_pending():
+                    self._drain(con)
                 con.execute("BEGIN TRANSACTION")
                 try:
                     yield con
@@ -95,13 +133,53 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-only connection; many readers may hold one at once, never alongside a writer."""
+        """A read-only connection; many readers may hold one at once, never alongside a writer.
+
+        When inbox judgments are pending, a shared lock cannot apply them, so this reader takes
+        the write lock instead, applies them and reads on that same connection (one open, and
+        a transaction rolled back at the end): it sees every judgment acknowledged before.
+        """
+        if self.inbox.has_pending():
+            with file_lock(self.lock_path, exclusive=True, timeout_s=self.config.lock_timeout_s):
+                # Checked again under the lock: another process may have applied them meanwhile.
+                if self.inbox.has_pending():
+                    con = self._connect(read_only=False)
+                    try:
+                        self._drain(con)
+                        con.execute("BEGIN TRANSACTION")
+                        try:
+                            yield con
+                        finally:
+                            con.execute("ROLLBACK")
+                    finally:
+                        con.close()
+                    return
+        with self._read_without_drain() as con:
+            yield con
+
+    @contextmanager
+    def _read_without_drain(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with file_lock(self.lock_path, exclusive=False, timeout_s=self.config.lock_timeout_s):
             con = self._connect(read_only=True)
             try:
                 yield con
             finally:
                 con.close()
+
+    def _drain(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Apply the pending inbox judgments in one transaction; the caller holds the write lock."""
+        con.execute("BEGIN TRANSACTION")
+        try:
+            through = self.inbox.apply(con)
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        try:
+            con.execute("COMMIT")
+        except duckdb.Error as e:
+            raise StoreError(f"could not apply the judgment inbox to {self.db_path}: {e}") from e
+        # Only now: a crash before this line leaves rows that the next drain skips by the mark.
+        self.inbox.forget_through(through)
 
     def _connect(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
         try:
@@ -110,7 +188,7 @@ class Store:
             raise StoreError(f"cannot open the store database {self.db_path}: {e}") from e
 
     def _migrate(self) -> None:
-        with self.write() as con:
+        with self._write(drain=False) as con:
             con.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 "version INTEGER PRIMARY KEY, applied_at TIMESTAMP DEFAULT current_timestamp)"
@@ -126,3 +204,33 @@ class Store:
         """The highest migration applied to this store."""
         with self.read() as con:
             return scalar(con, "SELECT max(version) FROM schema_migrations")
+
+
+class _KnownIds:
+    """Ids known to exist in a table whose rows are never deleted (pairs, annotators).
+
+    Filled from one read and extended on a miss. Ids come from a sequence and every insert runs
+    under the store's write lock, so each miss asks only for the ids above the largest known one
+    (and the id itself).
+    """
+
+    def __init__(self, table: str):
+        self.table = table
+        self._lock = Lock()
+        self._known = np.zeros(0, dtype=bool)
+
+    def contains(self, key: int, read) -> bool:
+        """Whether id ``key`` exists; ``read`` opens a read connection on a miss."""
+        with self._lock:
+            if 0 <= key < len(self._known) and self._known[key]:
+                return True
+            with read() as con:
+                ids = con.execute(
+                    f"SELECT id FROM {self.table} WHERE id >= ? OR id = ?", [len(self._known), key]
+                ).fetchnumpy()["id"]
+            if len(ids):
+                grown = np.zeros(max(len(self._known), int(ids.max()) + 1), dtype=bool)
+                grown[: len(self._known)] = self._known
+                grown[ids] = True
+                self._known = grown
+            return 0 <= key < len(self._known) and bool(self._known[key])

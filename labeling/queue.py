@@ -27,9 +27,9 @@ from typing import Literal
 import duckdb
 from PIL import Image
 
-from datastore.errors import StoreError
+from datastore.errors import DuplicateJudgmentError, StoreError
 from datastore.media import encode_png
-from datastore.records import PAIR_KINDS, NewJudgment, ensure_annotator, insert_judgments
+from datastore.records import PAIR_KINDS, NewJudgment, ensure_annotator
 from datastore.sql import first_row, scalar
 from datastore.store import Store
 from labeling.errors import AlreadyJudgedError, LabelingError
@@ -293,22 +293,34 @@ def progress(
 
 def record_answer(
     store: Store, item: QueueItem, annotator_id: int, side: Side, *, answered_at: datetime | None = None
-) -> int:
+) -> None:
     """Record an annotator's answer to a shown pair as a judgment (source ``app``).
+
+    The judgment goes through the store's inbox: it is on disk when this returns (a few ms, no
+    DuckDB open) and every read of the store from then on sees it.
 
     Args:
         item: the pair as shown (its ``left_image`` turns the side into an outcome).
         side: the button pressed: ``left``, ``right``, ``tie`` or ``both_bad``.
         answered_at: when the answer was given; now by default.
 
-    Returns:
-        The judgment's id.
-
     Raises:
-        AlreadyJudgedError: the annotator already judged this pair; nothing is written.
+        AlreadyJudgedError: the annotator already answered this pair; nothing is written.
     """
-    with store.write() as con:
-        return _record(con, item, annotator_id, side, answered_at or now())
+    judgment = NewJudgment(
+        pair_id=item.pair_id,
+        annotator_id=annotator_id,
+        source="app",
+        outcome=item.outcome(side),
+        left_image=item.left_image,
+        shown_at=item.shown_at,
+        answered_at=answered_at or now(),
+        is_gold=item.gold_outcome is not None,
+    )
+    try:
+        store.record_judgment(judgment)
+    except DuplicateJudgmentError as e:
+        raise AlreadyJudgedError(str(e)) from e
 
 
 def answer_and_next(
@@ -321,38 +333,13 @@ def answer_and_next(
     config: QueueConfig | None = None,
     exclude: tuple[int, ...] = (),
 ) -> tuple[QueueItem | None, Progress]:
-    """:func:`record_answer` then :func:`next_pair` in one transaction: one store round trip per answer.
+    """:func:`record_answer` then :func:`next_pair`, whose read applies the answer to the store first.
 
     Raises:
-        AlreadyJudgedError: the annotator already judged this pair; nothing is written.
+        AlreadyJudgedError: the annotator already answered this pair; nothing is written.
     """
-    answered_at = now()
-    with store.write() as con:
-        _record(con, item, annotator_id, side, answered_at)
-        return _next(con, annotator_id, kinds, config or QueueConfig(), exclude)
-
-
-def _record(
-    con: duckdb.DuckDBPyConnection, item: QueueItem, annotator_id: int, side: Side, answered_at: datetime
-) -> int:
-    judgment = NewJudgment(
-        pair_id=item.pair_id,
-        annotator_id=annotator_id,
-        source="app",
-        outcome=item.outcome(side),
-        left_image=item.left_image,
-        shown_at=item.shown_at,
-        answered_at=answered_at,
-        is_gold=item.gold_outcome is not None,
-    )
-    seen = scalar(
-        con,
-        "SELECT count(*) FROM judgments WHERE pair_id = ? AND annotator_id = ? AND NOT withdrawn",
-        [item.pair_id, annotator_id],
-    )
-    if seen:
-        raise AlreadyJudgedError(f"annotator {annotator_id} already judged pair {item.pair_id}")
-    return insert_judgments(con, [judgment])[0]
+    record_answer(store, item, annotator_id, side)
+    return next_pair(store, annotator_id, kinds=kinds, config=config, exclude=exclude)
 
 
 @dataclass(frozen=True)
