@@ -56,13 +56,15 @@ st.subheader("Annotator quality")
 st.caption("Gold accuracy, and agreement with the majority vote on pairs with two or more judgments.")
 st.dataframe(report.quality, hide_index=True, width="stretch", key="data_quality")
 if report.quality["consensus_agreement"].drop_nulls().len():
-    st.bar_chart(report.quality.drop_nulls("consensus_agreement"), x="annotator", y="consensus_agreement")
+    st.bar_chart(
+        report.quality.drop_nulls("consensus_agreement"), x="annotator", y="consensus_agreement", height=220
+    )
 
 st.subheader("Position bias")
 st.caption("Share of each annotator's decisive picks that were the image shown on the left (0.5 = none).")
 st.dataframe(report.position_bias, hide_index=True, width="stretch", key="data_bias")
 if report.position_bias.height:
-    st.bar_chart(report.position_bias, x="annotator", y="left_share")
+    st.bar_chart(report.position_bias, x="annotator", y="left_share", height=220)
 
 left, right = st.columns(2)
 left.subheader("Human vs AI")
@@ -74,7 +76,7 @@ right.dataframe(report.outcome_rates, hide_index=True, width="stretch", key="dat
 st.subheader("Agreement by timestep")
 if report.by_timestep.height:
     st.dataframe(report.by_timestep, hide_index=True, width="stretch", key="data_timestep")
-    st.line_chart(report.by_timestep, x="low", y="pairwise_agreement")
+    st.line_chart(report.by_timestep, x="low", y="pairwise_agreement", height=220)
 else:
     st.caption("No judged step pairs.")
 
