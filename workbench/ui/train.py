@@ -42,7 +42,7 @@ def jobs_panel(launched_id: int | None) -> None:
     chosen = st.selectbox(
         "Job",
         list(by_id),
-        format_func=lambda i: f"{i} · {by_id[i].kind} · {by_id[i].status}",
+        format_func=lambda i: f"{i} · {by_id[i].kind} · {by_id[i].run_dir.name}",
         key="train_job",
     )
     job = by_id[chosen]
