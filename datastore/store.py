@@ -63,6 +63,7 @@ class Store:
         self.inbox = Inbox(home / INBOX_FILE, busy_timeout_s=config.lock_timeout_s)
         self._pairs = _KnownIds("pairs")
         self._annotators = _KnownIds("annotators")
+        self._known_lock = Lock()
 
     @classmethod
     def open(cls, home: Path | str, config: StoreConfig | None = None) -> Store:
@@ -93,8 +94,15 @@ class Store:
             DuplicateJudgmentError: this annotator's answer to this pair went through the inbox before.
         """
         validate_judgment(judgment)
-        for known, key in ((self._pairs, judgment.pair_id), (self._annotators, judgment.annotator_id)):
-            if not known.contains(key, self._read_without_drain):
+        checks = ((self._pairs, judgment.pair_id), (self._annotators, judgment.annotator_id))
+        with self._known_lock:
+            if not all(known.has(key) for known, key in checks):
+                # Filled on a process's first judgment, then only on a miss: one read for both.
+                with self._read_without_drain() as con:
+                    for known, key in checks:
+                        known.refresh(con, key)
+        for known, key in checks:
+            if not known.has(key):
                 raise NotFoundError(
                     f"judgment of pair {judgment.pair_id}: {known.table[:-1]} {key} does not exist"
                 )
@@ -209,28 +217,25 @@ class Store:
 class _KnownIds:
     """Ids known to exist in a table whose rows are never deleted (pairs, annotators).
 
-    Filled from one read and extended on a miss. Ids come from a sequence and every insert runs
-    under the store's write lock, so each miss asks only for the ids above the largest known one
-    (and the id itself).
+    Ids come from a sequence and every insert runs under the store's write lock, so a refresh
+    asks only for the ids above the largest known one (and the id that missed).
     """
 
     def __init__(self, table: str):
         self.table = table
-        self._lock = Lock()
         self._known = np.zeros(0, dtype=bool)
 
-    def contains(self, key: int, read) -> bool:
-        """Whether id ``key`` exists; ``read`` opens a read connection on a miss."""
-        with self._lock:
-            if 0 <= key < len(self._known) and self._known[key]:
-                return True
-            with read() as con:
-                ids = con.execute(
-                    f"SELECT id FROM {self.table} WHERE id >= ? OR id = ?", [len(self._known), key]
-                ).fetchnumpy()["id"]
-            if len(ids):
-                grown = np.zeros(max(len(self._known), int(ids.max()) + 1), dtype=bool)
-                grown[: len(self._known)] = self._known
-                grown[ids] = True
-                self._known = grown
-            return 0 <= key < len(self._known) and bool(self._known[key])
+    def has(self, key: int) -> bool:
+        """Whether ``key`` was seen in the table by the last refresh."""
+        return 0 <= key < len(self._known) and bool(self._known[key])
+
+    def refresh(self, con: duckdb.DuckDBPyConnection, key: int) -> None:
+        """Learn the ids added since the last refresh, and whether ``key`` exists."""
+        ids = con.execute(
+            f"SELECT id FROM {self.table} WHERE id >= ? OR id = ?", [len(self._known), key]
+        ).fetchnumpy()["id"]
+        if len(ids):
+            grown = np.zeros(max(len(self._known), int(ids.max()) + 1), dtype=bool)
+            grown[: len(self._known)] = self._known
+            grown[ids] = True
+            self._known = grown
