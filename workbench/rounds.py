@@ -30,9 +30,11 @@ import hashlib
 import json
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
 from pathlib import Path
 from statistics import fmean
 from typing import Any, Literal
@@ -51,8 +53,9 @@ from reward_models.shapes import held_out_captions, train_captions
 from reward_models.spec import scorer_from_spec
 from training.config import ConfigError, DPOConfig, SPMConfig, SPOConfig
 from workbench.errors import WorkbenchError
-from workbench.evaluation import DEFAULT_GUIDANCE, score_pipeline, win_rate
+from workbench.evaluation import DEFAULT_GUIDANCE, sample_images, score_pipeline, win_rate
 from workbench.generation import GenerationConfig, generate_pairs, generate_step_pools, read_prompts
+from workbench.jobs import Job, launch_job
 from workbench.pipelines import SDPipeline, default_device, load_pipeline
 from workbench.toy import TOY_MODEL_DIR
 
@@ -111,7 +114,10 @@ class RoundConfig:
     step_pools: bool = option(False, help="Generate SPO step pools and pair their candidates.")
     pool_k: int = option(4, help="Candidates per step pool.")
     num_inference_steps: int = option(20, help="DDIM steps when generating candidates.")
-    guidance_scale: float = option(5.0, help="Classifier-free guidance when generating candidates.")
+    guidance_scale: float = option(
+        DEFAULT_GUIDANCE,
+        help="Classifier-free guidance when generating candidates (the evaluation's, so data is on-policy).",
+    )
     seed: int = option(0, help="Base seed: round r samples prompts and candidates with seed + r.")
     feedback: Feedback = option(
         "ai", help="Who judges: ai (the scorer, no person), human (the round waits for people) or both."
@@ -766,3 +772,95 @@ _STAGE_FUNCTIONS = {
     "evaluation": _evaluation,
     "register": _register,
 }
+
+
+DEMO_DPO: dict[str, Any] = {**DPO_DEFAULTS}
+"""DPO settings of `workbench demo` (LoRA on the toy model)."""
+
+DEMO = RoundConfig(num_prompts=32, per_prompt=4, eval_prompts=48, eval_seeds=(0, 1))
+"""The settings of `workbench demo` other than training: oracle feedback on the shapes world."""
+
+
+def demo_config(
+    *,
+    prompts: int = DEMO.num_prompts,
+    train_steps: int = DEMO_DPO["max_steps"],
+    eval_prompts: int = DEMO.eval_prompts,
+    eval_seeds: int = len(DEMO.eval_seeds),
+    steps: int = DEMO.num_inference_steps,
+) -> RoundConfig:
+    """The demo's round config with the given sizes (smaller ones make a quick smoke run)."""
+    training = {**DEMO_DPO, "max_steps": train_steps}
+    return RoundConfig(
+        **{
+            **DEMO.to_dict(),
+            "num_prompts": prompts,
+            "num_inference_steps": steps,
+            "eval_steps": steps,
+            "eval_prompts": eval_prompts,
+            "eval_seeds": tuple(range(eval_seeds)),
+            "training": tuple(f"{k}={json.dumps(v)}" for k, v in training.items()),
+        }
+    )
+
+
+def training_metrics(summary: RoundSummary) -> pl.DataFrame:
+    """The round's per-step training metrics (``metrics.jsonl`` of its run), empty before training."""
+    path = summary.results.get("training", {}).get("metrics_file")
+    if not path or not Path(path).is_file():
+        return pl.DataFrame()
+    return pl.DataFrame([json.loads(line) for line in Path(path).read_text().splitlines() if line])
+
+
+def grid_images(
+    store: Store, model_ids: list[int], prompts: list[str], seed: int = 0, steps: int = 20
+) -> dict[int, list[Path]]:
+    """One image per model and prompt from the same seed, for a before/after comparison.
+
+    Images are drawn on first use and kept as ``<home>/rounds/grid/<model id>/<key>.png`` (the
+    key hashes prompt, seed, steps and guidance), so a page shows them again without sampling.
+
+    Returns:
+        Per model id, the image files in prompt order.
+    """
+    grid: dict[int, list[Path]] = {}
+    for model_id in model_ids:
+        folder = store.home / "rounds" / "grid" / str(model_id)
+        files = [
+            folder
+            / f"{hashlib.sha256(f'{p}|{seed}|{steps}|{DEFAULT_GUIDANCE}'.encode()).hexdigest()[:16]}.png"
+            for p in prompts
+        ]
+        todo = [p for p, f in zip(prompts, files, strict=True) if not f.is_file()]
+        if todo:
+            folder.mkdir(parents=True, exist_ok=True)
+            pipe = load_model(store, model_id)
+            drawn = sample_images(
+                pipe, todo, (seed,), num_inference_steps=steps, guidance_scale=DEFAULT_GUIDANCE
+            )
+            for prompt, _, image in drawn:
+                target = files[prompts.index(prompt)]
+                image.save(target.with_suffix(".tmp.png"))
+                target.with_suffix(".tmp.png").replace(target)
+        grid[model_id] = files
+    return grid
+
+
+def launch_round(
+    store: Store, config: RoundConfig, parent_model_id: int | None = None, rounds: int = 1
+) -> Job:
+    """Runs `workbench round run` with this config as a background job (see `workbench.jobs`)."""
+    run_dir = store.runs_dir / datetime.now().strftime("round-job-%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = run_dir / "round_config.json"
+    config_file.write_text(json.dumps(config.to_dict(), indent=2))
+    command = [str(Path(sys.executable).with_name("workbench")), "--home", str(store.home), "round", "run"]
+    command += ["--config", str(config_file), "--threads", "1"]
+    if parent_model_id is not None:
+        command += ["--parent", str(parent_model_id)]
+    if rounds > 1:
+        command += ["--auto", "--rounds", str(rounds)]
+    key = hashlib.sha256(
+        json.dumps([config.to_dict(), parent_model_id, rounds], sort_keys=True).encode()
+    ).hexdigest()
+    return launch_job(store, "round", command, run_dir, config=config.to_dict(), key=key)

@@ -1,5 +1,97 @@
-"""Rounds page (being built)."""
+"""Rounds: the timeline of closed rounds, their metrics, a before/after grid, and a launch button."""
 
+import polars as pl
 import streamlit as st
 
+from reward_models.shapes import held_out_captions
+from workbench import rounds
+from workbench.jobs import JobError, list_jobs
+from workbench.ui.state import require_admin, store
+
+require_admin()
 st.title("Rounds")
+summaries = rounds.list_rounds(store())
+
+st.subheader("Timeline")
+if summaries:
+    table = rounds.rounds_table(summaries).with_columns(
+        pl.format("{} -> {}", "parent", pl.col("model").cast(pl.String).fill_null("?")).alias(
+            "parent -> model"
+        )
+    )
+    versions = {s.id: s.dataset_version for s in summaries}
+    table = table.with_columns(
+        pl.col("round").replace_strict(versions, default=None).alias("dataset version")
+    )
+    st.dataframe(
+        table.select("round", "status", "parent -> model", "dataset version", "pairs", "judgments",
+                     "dataset_pairs", "train_s", "win_vs_parent", "win_vs_base", "score"),
+        hide_index=True, width="stretch",
+    )  # fmt: skip
+    finished = table.filter(pl.col("win_vs_parent").is_not_null())
+    if finished.height:
+        st.caption("Oracle win rate of each round's model against its parent and against the base model")
+        st.line_chart(finished.select("round", "win_vs_parent", "win_vs_base"), x="round")
+    waiting = [s for s in summaries if s.status in ("awaiting_judgments", "failed")]
+    for s in waiting:
+        st.warning(f"Round {s.id} is {s.status.replace('_', ' ')}{': ' + s.error if s.error else ''}")
+else:
+    st.info("No rounds yet: run `workbench round run`, `workbench demo`, or launch one below.")
+
+if summaries:
+    st.subheader("Round metrics")
+    chosen = st.selectbox("Round", [s.id for s in summaries], index=len(summaries) - 1, key="round_metrics")
+    metrics = rounds.training_metrics(next(s for s in summaries if s.id == chosen))
+    if metrics.is_empty():
+        st.caption("This round has not trained yet.")
+    else:
+        left, right = st.columns(2)
+        left.caption("Training loss")
+        left.line_chart(metrics.select("step", "loss"), x="step")
+        accuracy = [c for c in ("implicit_accuracy", "pairs_kept") if c in metrics.columns]
+        right.caption("Implicit accuracy" if accuracy[:1] == ["implicit_accuracy"] else "Pairs kept per step")
+        right.line_chart(metrics.select("step", *accuracy[:1]), x="step")
+
+models = [(s.parent_model_id, "parent of round 1") for s in summaries[:1]]
+models += [(s.model_id, f"round {s.id}") for s in summaries if s.model_id is not None]
+if len(models) > 1:
+    st.subheader("Before and after")
+    n = st.number_input("Held-out captions", min_value=1, max_value=12, value=4, key="grid_prompts")
+    seed = st.number_input("Seed", min_value=0, value=0, key="grid_seed")
+    if st.button("Draw the grid", key="grid_draw"):
+        st.session_state["grid"] = (int(n), int(seed))
+    if "grid" in st.session_state:
+        n, seed = st.session_state["grid"]
+        prompts = list(held_out_captions()[: int(n)])
+        with st.spinner("Drawing (once per model, then cached)"):
+            grid = rounds.grid_images(store(), [m for m, _ in models], prompts, seed=seed)
+        for prompt_index, prompt in enumerate(prompts):
+            st.caption(prompt)
+            for col, (model_id, label) in zip(st.columns(len(models)), models, strict=True):
+                col.image(str(grid[model_id][prompt_index]), caption=label, width=96)
+
+st.subheader("Launch")
+with st.form("launch_round"):
+    n_rounds = st.number_input("Rounds (AI feedback, each from the last one's model)", 1, 10, 1)
+    num_prompts = st.number_input("Prompts per round", 1, 432, rounds.DEMO.num_prompts)
+    train_steps = st.number_input("DPO steps per round", 1, 5000, int(rounds.DEMO_DPO["max_steps"]))
+    parent = st.selectbox(
+        "Parent",
+        [m for m, _ in models[-1:]] + [None],
+        format_func=lambda m: "base model" if m is None else f"model {m}",
+    )
+    if st.form_submit_button("Launch in the background"):
+        config = rounds.demo_config(prompts=int(num_prompts), train_steps=int(train_steps))
+        try:
+            job = rounds.launch_round(store(), config, parent, int(n_rounds))
+            st.success(f"Launched job {job.id}; `workbench jobs show {job.id}` follows it.")
+        except JobError as e:
+            st.error(str(e))
+jobs = list_jobs(store(), kind="round")
+if jobs:
+    st.dataframe(
+        pl.DataFrame(
+            [{"job": j.id, "status": j.status, "started": j.started_at, "error": j.error} for j in jobs]
+        ),
+        hide_index=True,
+    )

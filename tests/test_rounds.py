@@ -1,0 +1,216 @@
+"""Closed rounds on the shipped toy model with tiny settings: records, lineage, human waits, the demo CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from typer.testing import CliRunner
+
+from datastore.records import NewJudgment, ensure_annotator, insert_judgments, model_lineage
+from datastore.store import Store
+from workbench.cli import app
+from workbench.rounds import (
+    RoundConfig,
+    RoundError,
+    RoundWaiting,
+    ensure_base_model,
+    get_round,
+    list_rounds,
+    resume_round,
+    run_round,
+)
+from workbench.toy import TOY_MODEL_DIR
+
+TINY = {
+    "num_prompts": 3,
+    "per_prompt": 2,
+    "num_inference_steps": 4,
+    "eval_prompts": 3,
+    "eval_seeds": (0, 1),
+    "eval_steps": 4,
+    "training": ("max_steps=2", "batch_size=2"),
+}
+"""3 prompts x 1 pair, 2 DPO steps, 3 held-out captions x 2 seeds at 4 DDIM steps."""
+
+DEMO_ARGS = ["demo", "--rounds", "2", "--prompts", "3", "--train-steps", "2", "--eval-prompts", "3"]
+DEMO_ARGS += ["--eval-seeds", "2", "--steps", "4"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A home after `workbench demo` with tiny settings (two rounds), and what the command printed."""
+    home = tmp_path_factory.mktemp("demo")
+    result = CliRunner().invoke(app, ["--home", str(home), *DEMO_ARGS])
+    assert result.exit_code == 0, result.output
+    return home, result.output
+
+
+def rows(store: Store, sql: str, params: list | None = None) -> list[tuple]:
+    with store.read() as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+def test_demo_prints_one_row_per_round(demo) -> None:
+    _, output = demo
+    assert "win vs parent" in output and "win vs base" in output
+    table = [line.split() for line in output.splitlines() if line.split()[:1] in (["1"], ["2"])]
+    assert [(r[0], r[1], r[2], r[4]) for r in table] == [
+        ("1", "finished", "1", "2"),
+        ("2", "finished", "2", "3"),
+    ]
+    # 3 prompts x 6 pairs (every two of 4 candidates), each judged once by the oracle
+    assert all(r[5] == "18" and r[6] == "18" for r in table)
+
+
+def test_a_round_records_every_stage(demo) -> None:
+    home, _ = demo
+    store = Store.open(home)
+    first = get_round(store, 1)
+    r = first.results
+    assert first.status == "finished" and first.parent_model_id == 1 and first.model_id == 2
+    # Generation: 3 prompts x 4 candidates, every two paired; the pairs carry the round id.
+    assert r["generation"]["images"] == 12 and len(r["generation"]["prompts"]) == 3
+    assert rows(store, "SELECT count(*) FROM pairs WHERE round_id = 1") == [(18,)]
+    drawn_by = rows(
+        store,
+        "SELECT DISTINCT g.model_id FROM pairs p JOIN images i ON i.id IN (p.image_a, p.image_b) "
+        "JOIN generations g ON g.id = i.generation_id WHERE p.round_id = 1",
+    )
+    assert drawn_by == [(1,)]
+    # Judgments: the oracle judged each of them once.
+    assert r["judgments"] == {"annotator": "shapes-oracle@1", "ai": 18, "human": 0, "total": 18}
+    assert rows(
+        store, "SELECT count(*) FROM judgments j JOIN pairs p ON p.id = j.pair_id WHERE p.round_id = 1"
+    ) == [(18,)]
+    # Dataset version: recorded with its hash; only the round's decided pairs.
+    version = rows(
+        store, "SELECT id, content_hash, n_pairs FROM dataset_versions WHERE id = ?", [first.dataset_version]
+    )
+    assert version == [(r["dataset"]["id"], r["dataset"]["content_hash"], r["dataset"]["n_pairs"])]
+    manifest = json.loads((Path(r["dataset"]["path"]) / "manifest.json").read_text())
+    assert manifest["content_hash"] == r["dataset"]["content_hash"] and manifest["curation"]["round"] == 1
+    decided = rows(
+        store,
+        "SELECT count(*) FROM judgments j JOIN pairs p ON p.id = j.pair_id WHERE p.round_id = 1 AND outcome <> 'tie'",
+    )[0][0]
+    assert r["dataset"]["n_pairs"] == decided
+    # Training: the run folder with 2 logged steps and its config.
+    run_dir = Path(first.run_dir)
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    assert json.loads((run_dir / "config.json").read_text()) == r["training"]["config"]
+    assert r["training"]["config"]["pretrained_model"] == str(TOY_MODEL_DIR)
+    assert r["training"]["config"]["resolution"] == 32 and r["training"]["config"]["mode"] == "lora"
+    # Evaluation: 3 captions x 2 seeds; round 1's parent is the base, so both comparisons agree.
+    vs_parent = r["evaluation"]["vs_parent"]
+    assert vs_parent["wins"] + vs_parent["ties"] + vs_parent["losses"] == 6
+    assert vs_parent["win_rate"] == pytest.approx((vs_parent["wins"] + 0.5 * vs_parent["ties"]) / 6)
+    assert r["evaluation"]["vs_base"] == vs_parent
+    # The registered checkpoint: parent, round, dataset version; a full pipeline folder that loads.
+    model = rows(
+        store, "SELECT name, kind, parent_id, round_id, dataset_version, path FROM models WHERE id = 2"
+    )
+    assert model[0][:5] == ("round-1", "full", 1, 1, first.dataset_version)
+    metrics = rows(store, "SELECT name, value FROM metrics WHERE round_id = 1 ORDER BY name")
+    assert dict(metrics)["win_rate_vs_parent"] == pytest.approx(vs_parent["win_rate"])
+    tuned = StableDiffusionPipeline.from_pretrained(model[0][5]).unet.state_dict()
+    base = StableDiffusionPipeline.from_pretrained(TOY_MODEL_DIR, torch_dtype=torch.float32).unet.state_dict()
+    changed = [k for k in base if "attn" in k and not torch.equal(base[k], tuned[k])]
+    assert changed, "the fused LoRA left every attention weight as it was"
+
+
+def test_auto_rounds_chain_each_model_to_the_next(demo) -> None:
+    home, _ = demo
+    store = Store.open(home)
+    first, second = list_rounds(store)
+    assert second.parent_model_id == first.model_id
+    with store.read() as con:
+        lineage = model_lineage(con, second.model_id)
+    assert [m["name"] for m in lineage] == ["round-2", "round-1", "toy"]
+    # Round 2 generated from round 1's checkpoint, trained on top of it and compared with both.
+    drawn_by = rows(
+        store,
+        "SELECT DISTINCT g.model_id FROM pairs p JOIN images i ON i.id = p.image_a "
+        "JOIN generations g ON g.id = i.generation_id WHERE p.round_id = 2",
+    )
+    assert drawn_by == [(first.model_id,)]
+    assert second.results["training"]["config"]["pretrained_model"] == first.results["checkpoint"]["path"]
+    assert second.results["evaluation"]["base_model_id"] == 1
+    assert second.results["generation"]["seed"] == 2 and first.results["generation"]["seed"] == 1
+
+
+def test_round_list_and_show(demo) -> None:
+    home, _ = demo
+    listed = CliRunner().invoke(app, ["--home", str(home), "round", "list"])
+    assert listed.exit_code == 0 and "1 -> 2" in listed.output and "2 -> 3" in listed.output
+    shown = CliRunner().invoke(app, ["--home", str(home), "round", "show", "2"])
+    assert shown.exit_code == 0 and '"dataset_version": "round-2-' in shown.output
+    missing = CliRunner().invoke(app, ["--home", str(home), "round", "show", "9"])
+    assert missing.exit_code == 1 and "round 9 does not exist" in missing.output
+
+
+def test_a_human_round_waits_for_judgments_and_continues_without_regenerating(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "home")
+    config = RoundConfig(**{**TINY, "feedback": "human", "human_judgments_per_pair": 2})
+    with pytest.raises(RoundWaiting) as waiting:
+        run_round(store, config)
+    assert (waiting.value.missing, waiting.value.pairs) == (6, 3)  # 3 pairs x 2 judgments
+    assert get_round(store, 1).status == "awaiting_judgments"
+    before = rows(store, "SELECT count(*) FROM images UNION ALL SELECT count(*) FROM generations")
+    pairs = [r[0] for r in rows(store, "SELECT id FROM pairs WHERE round_id = 1 ORDER BY id")]
+    with store.write() as con:
+        ada, bob = ensure_annotator(con, "ada"), ensure_annotator(con, "bob")
+        insert_judgments(
+            con, [NewJudgment(pair_id=p, annotator_id=ada, source="app", outcome="a") for p in pairs]
+        )
+        insert_judgments(con, [NewJudgment(pair_id=pairs[0], annotator_id=bob, source="app", outcome="a")])
+    with pytest.raises(RoundWaiting, match="waits for 2 human judgments on 2 pairs") as waiting:
+        resume_round(store, 1)
+    with store.write() as con:
+        insert_judgments(
+            con, [NewJudgment(pair_id=p, annotator_id=bob, source="app", outcome="b") for p in pairs[1:]]
+        )
+    done = resume_round(store, 1)
+    assert done.status == "finished" and done.results["judgments"]["human"] == 6
+    assert rows(store, "SELECT count(*) FROM images UNION ALL SELECT count(*) FROM generations") == before
+    # Pair 1: a, a -> a; pairs 2 and 3: a, b -> ties, left out.
+    assert done.results["dataset"]["n_pairs"] == 1
+    assert resume_round(store, 1) == done  # a finished round is returned as it is
+
+
+def test_bad_settings_and_unknown_parent_are_refused_before_anything_runs(tmp_path: Path) -> None:
+    with pytest.raises(RoundError, match="per_prompt must be >= 2"):
+        RoundConfig(per_prompt=1)
+    with pytest.raises(RoundError, match="recipe must be one of dpo, spo, spm"):
+        RoundConfig(recipe="ppo")
+    with pytest.raises(RoundError, match="KEY=VALUE"):
+        RoundConfig(training=("beta",))
+    store = Store.open(tmp_path / "home")
+    with pytest.raises(RoundError, match="parent model 7 is not registered"):
+        run_round(store, RoundConfig(**TINY), parent_model_id=7)
+    assert rows(store, "SELECT count(*) FROM rounds") == [(0,)]
+    assert ensure_base_model(store) == ensure_base_model(store) == 1
+
+
+def test_a_failed_stage_marks_the_round_failed_and_keeps_the_stages_done(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "home")
+    with pytest.raises(RoundError, match="learning_rate must be > 0"):
+        run_round(store, RoundConfig(**{**TINY, "include_ties": True, "training": ("learning_rate=-1",)}))
+    failed = get_round(store, 1)
+    assert failed.status == "failed" and "learning_rate must be > 0" in failed.error
+    assert set(failed.results) == {"generation", "judgments", "dataset", "seconds"}
+    images = rows(store, "SELECT count(*) FROM images")
+    with pytest.raises(RoundError, match="learning_rate must be > 0"):
+        resume_round(store, 1)  # retried from the training stage: nothing drawn again
+    assert rows(store, "SELECT count(*) FROM images") == images
