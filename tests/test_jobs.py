@@ -89,7 +89,7 @@ def test_dpo_job_finishes_with_metrics_and_an_identical_launch_is_refused(tiny, 
     assert jobs.job_progress(job) == jobs.Progress(step=2, max_steps=2)
     assert (job.run_dir / LORA_FILE).exists() and "lora: 100%" in job.log_path.read_text()
     assert len(jobs.list_jobs(store)) == 1  # the refused launch left no row
-    # Finished, the same launch is allowed again (it resumes the finished run folder).
+    # Only failed and stopped jobs are resumed.
     with pytest.raises(jobs.JobError, match="is finished; only a failed or stopped job"):
         jobs.resume_job(store, job.id)
 
@@ -119,9 +119,7 @@ def test_killed_job_shows_failed_and_resume_ends_with_the_uninterrupted_weights(
     assert "job 1: running" in cli(home, "jobs", "launch", "dpo", "--config", str(tmp_path / "killed.json"))
     store = Store.open(home)
     job = jobs.get_job(store, 1)
-    wait_until(
-        lambda: (cfg.output_dir / "checkpoints" / "step-00000005").exists(), what="the first checkpoint"
-    )
+    wait_until(lambda: any((cfg.output_dir / "checkpoints").glob("step-*")), what="the first checkpoint")
     os.killpg(job.pid, signal.SIGKILL)  # supervisor and training die together: nobody records the end
     wait_until(lambda: group_gone(job.pid), what="the killed group to go")
     assert not (cfg.output_dir / "final").exists()
