@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from tiny_clip import build_tiny_clip
 from typer.testing import CliRunner
 
 from datastore.records import NewJudgment, ensure_annotator, insert_judgments, model_lineage
@@ -214,3 +215,36 @@ def test_a_failed_stage_marks_the_round_failed_and_keeps_the_stages_done(tmp_pat
     with pytest.raises(RoundError, match="learning_rate must be > 0"):
         resume_round(store, 1)  # retried from the training stage: nothing drawn again
     assert rows(store, "SELECT count(*) FROM images") == images
+
+
+def test_spo_and_spm_rounds_train_and_chain(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "home")
+    clip = build_tiny_clip(tmp_path / "clip")
+    base = {**TINY, "num_prompts": 2, "eval_prompts": 2, "include_ties": True}
+    spo_steps = ("max_steps=1", "prompts_per_step=1", "num_inference_steps=6", "warmup_steps=1")
+    spo = run_round(store, RoundConfig(**{**base, "recipe": "spo", "training": spo_steps}))
+    assert spo.status == "finished" and spo.results["training"]["config"]["scorer"] == "shapes-oracle"
+    assert spo.results["training"]["config"]["prompts"] == spo.results["generation"]["prompts"]
+    spm_steps = ("max_steps=1", "batch_size=2", f'reward_model="{clip}"', "eval_fraction=0")
+    spm = run_round(
+        store,
+        RoundConfig(
+            **{
+                **base,
+                "recipe": "spm",
+                "step_pools": True,
+                "pool_k": 2,
+                "training": spm_steps,
+                "spo_training": spo_steps,
+            }
+        ),
+        spo.model_id,
+    )
+    training = spm.results["training"]
+    # The SPM learns from the round's final and step pairs, then scores SPO's candidates.
+    assert training["spm_config"]["dataset"] == spm.results["dataset"]["path"]
+    assert spm.results["dataset"]["counts"]["step"] > 0
+    assert training["config"]["scorer"] == f"spm:{Path(spm.run_dir) / 'spm' / 'final'}"
+    assert len((Path(spm.run_dir) / "spo" / "metrics.jsonl").read_text().splitlines()) == 1
+    with store.read() as con:
+        assert [m["name"] for m in model_lineage(con, spm.model_id)] == ["round-2", "round-1", "toy"]
