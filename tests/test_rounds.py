@@ -248,3 +248,21 @@ def test_spo_and_spm_rounds_train_and_chain(tmp_path: Path) -> None:
     assert len((Path(spm.run_dir) / "spo" / "metrics.jsonl").read_text().splitlines()) == 1
     with store.read() as con:
         assert [m["name"] for m in model_lineage(con, spm.model_id)] == ["round-2", "round-1", "toy"]
+
+
+def test_the_same_config_from_the_same_parent_reproduces_a_round_in_another_home(tmp_path: Path) -> None:
+    config = RoundConfig(**{**TINY, "num_prompts": 2, "per_prompt": 4, "eval_prompts": 2})
+    first, second = (run_round(Store.open(tmp_path / name), config) for name in ("a", "b"))
+    for key in ("generation", "judgments", "evaluation"):
+        assert first.results[key] == second.results[key]
+    assert first.results["dataset"]["content_hash"] == second.results["dataset"]["content_hash"]
+    weights = [
+        StableDiffusionPipeline.from_pretrained(r.results["checkpoint"]["path"]).unet.state_dict()
+        for r in (first, second)
+    ]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # In the same home the same candidates exist already: the round says so instead of training on nothing.
+    store = Store.open(tmp_path / "a")
+    with pytest.raises(RoundError, match="drew no new pair"):
+        run_round(store, config)
+    assert get_round(store, 2).status == "failed"

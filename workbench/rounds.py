@@ -118,7 +118,10 @@ class RoundConfig:
         DEFAULT_GUIDANCE,
         help="Classifier-free guidance when generating candidates (the evaluation's, so data is on-policy).",
     )
-    seed: int = option(0, help="Base seed: round r samples prompts and candidates with seed + r.")
+    seed: int = option(
+        0,
+        help="Base seed: a round r models away from the base draws prompts, candidates and training noise with seed + r.",
+    )
     feedback: Feedback = option(
         "ai", help="Who judges: ai (the scorer, no person), human (the round waits for people) or both."
     )
@@ -452,10 +455,18 @@ def rounds_table(summaries: list[RoundSummary]) -> pl.DataFrame:
 # returns the JSON-ready record of what it did.
 
 
-def round_prompts(config: RoundConfig, round_id: int) -> list[str]:
+def round_seed(store: Store, config: RoundConfig, parent_model_id: int) -> int:
+    """The seed of a round's prompts, candidates and training: ``config.seed`` plus the round's
+    depth in its lineage (1 from the base model), so the same config from the same parent
+    reproduces the round in any home, and successive rounds draw different prompts."""
+    with store.read() as con:
+        return config.seed + len(model_lineage(con, parent_model_id))
+
+
+def round_prompts(config: RoundConfig, seed: int) -> list[str]:
     """The prompts a round generates for: a seeded draw of ``num_prompts`` from the prompt set."""
     pool = read_prompts(config.prompts_file) if config.prompts_file else list(train_captions())
-    return random.Random(config.seed + round_id).sample(pool, min(config.num_prompts, len(pool)))
+    return random.Random(seed).sample(pool, min(config.num_prompts, len(pool)))
 
 
 def _model_row(store: Store, model_id: int) -> tuple[str, str, str]:
@@ -467,8 +478,8 @@ def _model_row(store: Store, model_id: int) -> tuple[str, str, str]:
 
 
 def _generation(store, round_id, parent, config, results, progress) -> dict:
-    prompts = round_prompts(config, round_id)
-    seed = config.seed + round_id
+    seed = round_seed(store, config, parent)
+    prompts = round_prompts(config, seed)
     name, _, _ = _model_row(store, parent)
     pipe = load_model(store, parent)
     gen = GenerationConfig(
@@ -499,6 +510,11 @@ def _generation(store, round_id, parent, config, results, progress) -> dict:
             [round_id, parent, seed],
         )
         record["pairs"] = scalar(con, "SELECT count(*) FROM pairs WHERE round_id = ?", [round_id])
+    if not record["pairs"]:
+        raise RoundError(
+            f"round {round_id} drew no new pair: an earlier round of this home drew the same candidates "
+            f"(model {parent}, seed {seed}); give the round another seed"
+        )
     return record
 
 
@@ -506,6 +522,7 @@ def _judgments(store, round_id, parent, config, results, progress) -> dict:
     kinds = _round_kinds(config)
     record: dict[str, Any] = {}
     if config.feedback in ("ai", "both"):
+        # Judges every pair this scorer version has not judged yet, the round's and any other.
         report = label_with_scorer(
             store,
             scorer_from_spec(config.scorer),
@@ -618,14 +635,14 @@ def _training(store, round_id, parent, config, results, progress) -> dict:
         con.execute("UPDATE rounds SET run_dir = ? WHERE id = ?", [str(run_dir), round_id])
     started = time.perf_counter()
     record: dict[str, Any] = {"recipe": config.recipe, "run_dir": str(run_dir)}
-    spo_defaults = {**SPO_DEFAULTS, "resolution": resolution, "seed": config.seed + round_id}
+    spo_defaults = {**SPO_DEFAULTS, "resolution": resolution, "seed": results["generation"]["seed"]}
     if config.recipe == "dpo":
         cfg = _recipe_config(
             DPOConfig,
             {
                 **DPO_DEFAULTS,
                 "resolution": resolution,
-                "seed": config.seed + round_id,
+                "seed": results["generation"]["seed"],
                 "checkpoint_every": 10_000,
             },
             config.training,
@@ -651,7 +668,7 @@ def _training(store, round_id, parent, config, results, progress) -> dict:
     else:
         spm_cfg = _recipe_config(
             SPMConfig,
-            {"resolution": resolution, "seed": config.seed + round_id},
+            {"resolution": resolution, "seed": results["generation"]["seed"]},
             config.training,
             pretrained_model=parent_path,
             dataset=dataset,
