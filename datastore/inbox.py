@@ -65,10 +65,13 @@ class Inbox:
         self._pid = -1
         with self._lock:
             con = self._connection()
-            with con:
-                con.executescript(_SCHEMA)
-                con.execute("INSERT OR IGNORE INTO meta VALUES ('inbox_id', ?)", [uuid.uuid4().hex])
-            self.inbox_id = con.execute("SELECT value FROM meta WHERE key = 'inbox_id'").fetchall()[0][0]
+            try:
+                with con:
+                    con.executescript(_SCHEMA)
+                    con.execute("INSERT OR IGNORE INTO meta VALUES ('inbox_id', ?)", [uuid.uuid4().hex])
+                self.inbox_id = con.execute("SELECT value FROM meta WHERE key = 'inbox_id'").fetchall()[0][0]
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot set up the judgment inbox {path}: {e}") from e
 
     def _connection(self) -> sqlite3.Connection:
         # A connection must not cross a fork: a child process opens its own.
@@ -77,7 +80,9 @@ class Inbox:
                 con = sqlite3.connect(
                     self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
                 )
-                con.execute("PRAGMA journal_mode=WAL")
+                # WAL persists in the file; switching needs a lock, so only the creator does it.
+                if con.execute("PRAGMA journal_mode").fetchall()[0][0] != "wal":
+                    con.execute("PRAGMA journal_mode=WAL")
                 # FULL: a judgment is on disk when append() returns, also across a power cut.
                 con.execute("PRAGMA synchronous=FULL")
             except sqlite3.Error as e:
