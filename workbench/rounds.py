@@ -711,7 +711,7 @@ def _checkpoint(store, round_id, parent, config, results, progress) -> dict:
     return {"path": str(folder), "fused": True, "lora": training["final"]}
 
 
-def eval_prompts(config: RoundConfig) -> list[str]:
+def evaluation_prompts(config: RoundConfig) -> list[str]:
     """``eval_prompts`` prompts evenly spaced over the held-out set (the same every round)."""
     pool = read_prompts(config.eval_prompts_file) if config.eval_prompts_file else list(held_out_captions())
     n = min(config.eval_prompts, len(pool))
@@ -719,7 +719,7 @@ def eval_prompts(config: RoundConfig) -> list[str]:
 
 
 def _evaluation(store, round_id, parent, config, results, progress) -> dict:
-    prompts = eval_prompts(config)
+    prompts = evaluation_prompts(config)
     scorer = scorer_from_spec(config.eval_scorer)
     with store.read() as con:
         base = model_lineage(con, parent)[-1]["id"]

@@ -3,7 +3,6 @@
 import polars as pl
 import streamlit as st
 
-from reward_models.shapes import held_out_captions
 from workbench import rounds
 from workbench.jobs import JobError, list_jobs
 from workbench.ui.state import require_admin, store
@@ -36,7 +35,7 @@ if summaries:
     for s in waiting:
         st.warning(f"Round {s.id} is {s.status.replace('_', ' ')}{': ' + s.error if s.error else ''}")
 else:
-    st.info("No rounds yet: run `workbench round run`, `workbench demo`, or launch one below.")
+    st.info("No rounds yet: run `workbench round run` or `workbench demo`, or launch one below.")
 
 if summaries:
     st.subheader("Round metrics")
@@ -52,8 +51,8 @@ if summaries:
         right.caption("Implicit accuracy" if accuracy[:1] == ["implicit_accuracy"] else "Pairs kept per step")
         right.line_chart(metrics.select("step", *accuracy[:1]), x="step")
 
-models = [(s.parent_model_id, "parent of round 1") for s in summaries[:1]]
-models += [(s.model_id, f"round {s.id}") for s in summaries if s.model_id is not None]
+models = [(s.parent_model_id, f"model {s.parent_model_id} (before)") for s in summaries[:1]]
+models += [(s.model_id, f"round {s.id} (model {s.model_id})") for s in summaries if s.model_id is not None]
 if len(models) > 1:
     st.subheader("Before and after")
     n = st.number_input("Held-out captions", min_value=1, max_value=12, value=4, key="grid_prompts")
@@ -62,7 +61,7 @@ if len(models) > 1:
         st.session_state["grid"] = (int(n), int(seed))
     if "grid" in st.session_state:
         n, seed = st.session_state["grid"]
-        prompts = list(held_out_captions()[: int(n)])
+        prompts = rounds.evaluation_prompts(rounds.RoundConfig(eval_prompts=int(n)))
         with st.spinner("Drawing (once per model, then cached)"):
             grid = rounds.grid_images(store(), [m for m, _ in models], prompts, seed=seed)
         for prompt_index, prompt in enumerate(prompts):
