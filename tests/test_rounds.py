@@ -11,7 +11,7 @@ from diffusers import StableDiffusionPipeline
 from tiny_clip import build_tiny_clip
 from typer.testing import CliRunner
 
-from datastore.records import NewJudgment, ensure_annotator, insert_judgments, model_lineage
+from datastore.records import NewJudgment, ensure_annotator, insert_judgments, model_lineage, register_model
 from datastore.store import Store
 from workbench.cli import app
 from workbench.rounds import (
@@ -198,7 +198,7 @@ def test_bad_settings_and_unknown_parent_are_refused_before_anything_runs(tmp_pa
     with pytest.raises(RoundError, match="KEY=VALUE"):
         RoundConfig(training=("beta",))
     store = Store.open(tmp_path / "home")
-    with pytest.raises(RoundError, match="parent model 7 is not registered"):
+    with pytest.raises(RoundError, match="parent model 7 is not a text-to-image checkpoint registered"):
         run_round(store, RoundConfig(**TINY), parent_model_id=7)
     assert rows(store, "SELECT count(*) FROM rounds") == [(0,)]
     assert ensure_base_model(store) == ensure_base_model(store) == 1
@@ -266,3 +266,20 @@ def test_the_same_config_from_the_same_parent_reproduces_a_round_in_another_home
     with pytest.raises(RoundError, match="drew no new pair"):
         run_round(store, config)
     assert get_round(store, 2).status == "failed"
+
+
+def test_a_round_from_a_lora_model_trains_on_it_fused(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "home")
+    config = RoundConfig(**{**TINY, "num_prompts": 2, "per_prompt": 4, "eval_prompts": 2})
+    first = run_round(store, config)
+    with store.write() as con:  # what `workbench train dpo` registers: the LoRA folder on the base
+        lora = register_model(con, "dpo-lora", first.results["training"]["final"], kind="lora", parent_id=1)
+    second = run_round(store, config, lora)
+    fused = second.results["training"]["config"]["pretrained_model"]
+    assert fused == str(store.models_dir / f"fused-{lora}")
+    # The LoRA fused into the base is the checkpoint round 1 registered.
+    ours = StableDiffusionPipeline.from_pretrained(fused).unet.state_dict()
+    theirs = StableDiffusionPipeline.from_pretrained(first.results["checkpoint"]["path"]).unet.state_dict()
+    assert all(torch.allclose(ours[k], theirs[k], atol=1e-6) for k in theirs)
+    with store.read() as con:
+        assert [m["name"] for m in model_lineage(con, second.model_id)] == ["round-2", "dpo-lora", "toy"]

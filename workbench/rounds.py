@@ -285,7 +285,25 @@ class RoundSummary:
 def ensure_base_model(store: Store) -> int:
     """The id of the home's base model: the shipped toy model, registered as ``toy`` if missing."""
     with store.write() as con:
-        return register_model(con, BASE_MODEL_NAME, str(TOY_MODEL_DIR), kind="base")
+        known = scalar(
+            con, "SELECT min(id) FROM models WHERE path = ? AND kind = 'base'", [str(TOY_MODEL_DIR)]
+        )
+        return known or register_model(con, BASE_MODEL_NAME, str(TOY_MODEL_DIR), kind="base")
+
+
+def checkpoint_folder(store: Store, model_id: int) -> str:
+    """A ``from_pretrained`` folder (or hub id) of a registered model; a LoRA model is fused into
+    its ancestors once and kept as ``models/fused-<id>/``."""
+    _, path, kind = _model_row(store, model_id)
+    if kind != "lora":
+        return path
+    folder = store.models_dir / f"fused-{model_id}"
+    if not folder.exists():
+        tmp = store.models_dir / f".tmp-fused-{model_id}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        load_model(store, model_id, device="cpu").save_pretrained(tmp)
+        tmp.rename(folder)
+    return str(folder)
 
 
 def load_model(store: Store, model_id: int, device: str | torch.device | None = None) -> SDPipeline:
@@ -319,8 +337,12 @@ def run_round(
     """
     parent = ensure_base_model(store) if parent_model_id is None else parent_model_id
     with store.write() as con:
-        if first_row(con, "SELECT id FROM models WHERE id = ?", [parent]) is None:
-            raise RoundError(f"parent model {parent} is not registered in this home")
+        kind = scalar(con, "SELECT kind FROM models WHERE id = ?", [parent])
+        if kind not in ("base", "full", "lora"):
+            raise RoundError(
+                f"parent model {parent} is not a text-to-image checkpoint registered in this home"
+                + (f" (it is a {kind})" if kind else "")
+            )
         round_id = scalar(
             con,
             "INSERT INTO rounds (parent_model_id, status, config, results) VALUES (?, 'created', ?, '{}') RETURNING id",
@@ -622,11 +644,7 @@ def _recipe_config(config_class: type, defaults: dict, overrides: tuple[str, ...
 def _training(store, round_id, parent, config, results, progress) -> dict:
     from training import dpo, spm, spo
 
-    _, parent_path, parent_kind = _model_row(store, parent)
-    if parent_kind == "lora":
-        raise RoundError(
-            f"model {parent} is a LoRA: rounds train on full checkpoints (rounds register fused ones)"
-        )
+    parent_path = checkpoint_folder(store, parent)
     run_dir = store.runs_dir / f"round-{round_id}-{config.recipe}"
     resolution = _native_resolution(parent_path) if Path(parent_path).is_dir() else 512
     prompts = results["generation"]["prompts"]
