@@ -13,13 +13,17 @@ from typer.testing import CliRunner
 
 from datastore.records import NewJudgment, ensure_annotator, insert_judgments, model_lineage, register_model
 from datastore.store import Store
+from reward_models.shapes import held_out_captions
 from workbench.cli import app
+from workbench.generation import GenerationConfig, generate_pairs
+from workbench.pipelines import load_pipeline
 from workbench.rounds import (
     RoundConfig,
     RoundError,
     RoundWaiting,
     ensure_base_model,
     get_round,
+    held_out_human_accuracy,
     list_rounds,
     resume_round,
     run_round,
@@ -168,6 +172,7 @@ def test_a_human_round_waits_for_judgments_and_continues_without_regenerating(tm
         run_round(store, config)
     assert (waiting.value.missing, waiting.value.pairs) == (6, 3)  # 3 pairs x 2 judgments
     assert get_round(store, 1).status == "awaiting_judgments"
+    held_out = add_held_out_human_pairs(store, ["a", "b"])  # judged pairs outside the round
     before = rows(store, "SELECT count(*) FROM images UNION ALL SELECT count(*) FROM generations")
     pairs = [r[0] for r in rows(store, "SELECT id FROM pairs WHERE round_id = 1 ORDER BY id")]
     with store.write() as con:
@@ -184,6 +189,9 @@ def test_a_human_round_waits_for_judgments_and_continues_without_regenerating(tm
         )
     done = resume_round(store, 1)
     assert done.status == "finished" and done.results["judgments"]["human"] == 6
+    # Only the held-out pairs score the implicit preference: 2 pairs x 4 draws.
+    assert done.results["evaluation"]["human"]["pairs"] == len(held_out) == 2
+    assert done.results["evaluation"]["human"]["draws"] == 8
     assert rows(store, "SELECT count(*) FROM images UNION ALL SELECT count(*) FROM generations") == before
     # Pair 1: a, a -> a; pairs 2 and 3: a, b -> ties, left out.
     assert done.results["dataset"]["n_pairs"] == 1
@@ -283,3 +291,54 @@ def test_a_round_from_a_lora_model_trains_on_it_fused(tmp_path: Path) -> None:
     assert all(torch.allclose(ours[k], theirs[k], atol=1e-6) for k in theirs)
     with store.read() as con:
         assert [m["name"] for m in model_lineage(con, second.model_id)] == ["round-2", "dpo-lora", "toy"]
+
+
+def add_held_out_human_pairs(store: Store, outcomes: list[str], annotator: str = "cy") -> list[int]:
+    """Toy-model pairs on held-out captions (one per outcome), judged by a person."""
+    captions = list(held_out_captions()[: len(outcomes)])
+    cfg = GenerationConfig(per_prompt=2, num_inference_steps=4, seed=99)
+    generate_pairs(
+        store, load_pipeline(TOY_MODEL_DIR, dtype=torch.float32), "toy", captions, cfg, progress=False
+    )
+    with store.write() as con:
+        pairs = [
+            r[0]
+            for r in con.execute(
+                "SELECT p.id FROM pairs p JOIN prompts pr ON pr.id = p.prompt_id WHERE list_contains(?, pr.text) "
+                "ORDER BY p.id",
+                [captions],
+            ).fetchall()
+        ]
+        person = ensure_annotator(con, annotator)
+        judgments = [
+            NewJudgment(pair_id=p, annotator_id=person, source="app", outcome=o)
+            for p, o in zip(pairs, outcomes, strict=True)
+        ]
+        insert_judgments(con, judgments)
+    return pairs
+
+
+def test_held_out_human_accuracy_is_a_half_for_the_same_model_and_flips_with_the_votes(
+    demo, tmp_path: Path
+) -> None:
+    home, _ = demo
+    tuned = get_round(Store.open(home), 1).results["checkpoint"]["path"]
+    store = Store.open(tmp_path / "home")
+    config = RoundConfig(human_eval_pairs=3)
+    assert held_out_human_accuracy(store, tuned, str(TOY_MODEL_DIR), config, seed=0) == {"pairs": 0}
+    pairs = add_held_out_human_pairs(store, ["a", "b", "a", "tie"])
+    # Identical models: every DPO margin is exactly 0, which counts half.
+    same = held_out_human_accuracy(store, tuned, tuned, config, seed=0)
+    assert same == {"pairs": 3, "draws": 12, "accuracy": 0.5}  # the tie is not a held-out decision
+    before = held_out_human_accuracy(store, tuned, str(TOY_MODEL_DIR), config, seed=0)
+    # Two more people reverse every decided vote; the same draws then agree exactly when they disagreed.
+    with store.write() as con:
+        for name in ("dee", "eve"):
+            person = ensure_annotator(con, name)
+            flipped = [
+                NewJudgment(pair_id=p, annotator_id=person, source="app", outcome={"a": "b", "b": "a"}[o])
+                for p, o in zip(pairs[:3], ["a", "b", "a"], strict=True)
+            ]
+            insert_judgments(con, flipped)
+    after = held_out_human_accuracy(store, tuned, str(TOY_MODEL_DIR), config, seed=0)
+    assert after["accuracy"] == pytest.approx(1 - before["accuracy"])

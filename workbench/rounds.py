@@ -42,7 +42,7 @@ from typing import Any, Literal
 import polars as pl
 import torch
 
-from datastore.datasets import DatasetFilters, create_dataset_version
+from datastore.datasets import DatasetFilters, create_dataset_version, judgments_frame, majority_consensus
 from datastore.errors import NotFoundError
 from datastore.records import model_lineage, register_model
 from datastore.sql import first_row, scalar
@@ -160,6 +160,11 @@ class RoundConfig:
     eval_seeds: tuple[int, ...] = option((0, 1), help="Seeds every evaluation prompt is drawn with.")
     eval_scorer: str = option("shapes-oracle", help="Scorer spec that decides evaluation wins.")
     eval_steps: int = option(20, help="DDIM steps of evaluation images.")
+    human_eval_pairs: int = option(
+        256,
+        help="At most this many human-judged pairs on held-out prompts score the new model's implicit "
+        "preference against its parent's (0: skip).",
+    )
 
     def __post_init__(self) -> None:
         self.prompts_file = None if self.prompts_file is None else Path(self.prompts_file)
@@ -175,6 +180,8 @@ class RoundConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise RoundError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.human_eval_pairs < 0:
+            raise RoundError(f"human_eval_pairs must be >= 0, got {self.human_eval_pairs}")
         for name in (
             "num_prompts",
             "num_inference_steps",
@@ -279,6 +286,7 @@ class RoundSummary:
             "win_vs_parent": evaluation.get("vs_parent", {}).get("win_rate"),
             "win_vs_base": evaluation.get("vs_base", {}).get("win_rate"),
             "score": evaluation.get("candidate_mean"),
+            "human_accuracy": evaluation.get("human", {}).get("accuracy"),
         }
 
 
@@ -469,6 +477,7 @@ def rounds_table(summaries: list[RoundSummary]) -> pl.DataFrame:
         "win_vs_parent": pl.Float64,
         "win_vs_base": pl.Float64,
         "score": pl.Float64,
+        "human_accuracy": pl.Float64,
     }
     return pl.DataFrame([s.row() for s in summaries], schema=schema)
 
@@ -729,9 +738,14 @@ def _checkpoint(store, round_id, parent, config, results, progress) -> dict:
     return {"path": str(folder), "fused": True, "lora": training["final"]}
 
 
+def held_out_prompts(config: RoundConfig) -> list[str]:
+    """The held-out prompt set: ``eval_prompts_file``, else the shapes world's held-out captions."""
+    return read_prompts(config.eval_prompts_file) if config.eval_prompts_file else list(held_out_captions())
+
+
 def evaluation_prompts(config: RoundConfig) -> list[str]:
     """``eval_prompts`` prompts evenly spaced over the held-out set (the same every round)."""
-    pool = read_prompts(config.eval_prompts_file) if config.eval_prompts_file else list(held_out_captions())
+    pool = held_out_prompts(config)
     n = min(config.eval_prompts, len(pool))
     return [pool[i * len(pool) // n] for i in range(n)]
 
@@ -752,7 +766,15 @@ def _evaluation(store, round_id, parent, config, results, progress) -> dict:
     )
     parent_scores = scores(load_model(store, parent))
     base_scores = parent_scores if base == parent else scores(load_model(store, base))
+    human = held_out_human_accuracy(
+        store,
+        results["checkpoint"]["path"],
+        checkpoint_folder(store, parent),
+        config,
+        results["generation"]["seed"],
+    )
     return {
+        "human": human,
         "prompts": len(prompts),
         "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
         "seeds": list(config.eval_seeds),
@@ -765,6 +787,75 @@ def _evaluation(store, round_id, parent, config, results, progress) -> dict:
         "vs_parent": win_rate(candidate, parent_scores).summary(),
         "vs_base": win_rate(candidate, base_scores).summary(),
     }
+
+
+def held_out_human_accuracy(
+    store: Store, candidate: str, reference: str, config: RoundConfig, seed: int, repeats: int = 4
+) -> dict[str, Any]:
+    """How often the candidate's implicit DPO preference agrees with people on held-out pairs.
+
+    The pairs are final pairs on held-out prompts whose human majority vote picked a side (at
+    most ``config.human_eval_pairs``, lowest ids first). For each, at ``repeats`` seeded
+    (timestep, noise) draws shared by both images, the candidate prefers the image whose
+    denoising error it lowered more relative to the reference (the sign of the Diffusion-DPO
+    margin); accuracy is the share of draws where that is the people's winner (0.5: no signal).
+    """
+    if not config.human_eval_pairs:
+        return {"pairs": 0}
+    from accelerate import Accelerator
+    from diffusers import UNet2DConditionModel
+
+    from training.data import PreferencePair
+    from training.dpo import Features, load_parts, make_batch, pair_losses
+
+    held_out = set(held_out_prompts(config))
+    votes = majority_consensus(
+        judgments_frame(store, DatasetFilters(kinds=("final",), annotator_kinds=("human",)))
+    )
+    decided = votes.filter(pl.col("consensus") != "tie")
+    with store.read() as con:
+        rows = con.execute(
+            "SELECT p.id, pr.text, ia.path, ib.path FROM pairs p JOIN prompts pr ON pr.id = p.prompt_id "
+            "JOIN images ia ON ia.id = p.image_a JOIN images ib ON ib.id = p.image_b "
+            "WHERE list_contains(?, p.id) ORDER BY p.id",
+            [decided["pair_id"].to_list()],
+        ).fetchall()
+    winner = dict(decided.select("pair_id", "consensus").iter_rows())
+    pairs = [
+        PreferencePair(
+            pair_id=pid,
+            prompt=prompt,
+            winner=store.media.resolve(a if winner[pid] == "a" else b),
+            loser=store.media.resolve(b if winner[pid] == "a" else a),
+        )
+        for pid, prompt, a, b in rows
+        if prompt in held_out
+    ][: config.human_eval_pairs]
+    if not pairs:
+        return {"pairs": 0}
+    cfg = DPOConfig(
+        pretrained_model=candidate, dataset=Path("."), output_dir=Path("."), mode="full", random_flip=False,
+        empty_prompt_dropout=0.0, resolution=_native_resolution(candidate), seed=seed, batch_size=8,
+    )  # fmt: skip
+    accelerator, device = Accelerator(), default_device()
+    parts = load_parts(candidate)
+    for module in (parts.unet, parts.vae, parts.text_encoder, parts.text_encoder_2):
+        if module is not None:
+            module.to(device, torch.float32).eval()
+    ref_unet = (
+        UNet2DConditionModel.from_pretrained(reference, subfolder="unet").to(device, torch.float32).eval()
+    )
+    features, agree, total = Features(parts, cfg.resolution, device), 0.0, 0
+    with torch.no_grad():
+        for start in range(0, repeats * len(pairs), cfg.batch_size):
+            positions = range(start, min(start + cfg.batch_size, repeats * len(pairs)))
+            batch = make_batch(pairs, features, parts.noise_scheduler, cfg, positions)
+            _, metrics = pair_losses(
+                batch, parts.unet, parts.unet, ref_unet, parts.noise_scheduler, cfg, accelerator
+            )
+            agree += float(metrics["implicit_accuracy"]) * len(positions)
+            total += len(positions)
+    return {"pairs": len(pairs), "draws": total, "accuracy": agree / total}
 
 
 def _register(store, round_id, parent, config, results, progress) -> dict:

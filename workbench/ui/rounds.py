@@ -24,7 +24,7 @@ if summaries:
     )
     st.dataframe(
         table.select("round", "status", "parent -> model", "dataset version", "pairs", "judgments",
-                     "dataset_pairs", "train_s", "win_vs_parent", "win_vs_base", "score"),
+                     "dataset_pairs", "train_s", "win_vs_parent", "win_vs_base", "score", "human_accuracy"),
         hide_index=True, width="stretch",
     )  # fmt: skip
     finished = table.filter(pl.col("win_vs_parent").is_not_null())
