@@ -20,6 +20,7 @@ import os
 import sqlite3
 import threading
 import uuid
+from contextlib import AbstractContextManager
 from dataclasses import asdict, fields
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from pathlib import Path
 import duckdb
 
 from datastore.errors import DuplicateJudgmentError, StoreError
+from datastore.lock import file_lock
 from datastore.records import NewJudgment, insert_judgments
 from datastore.sql import scalar
 
@@ -59,6 +61,7 @@ class Inbox:
 
     def __init__(self, path: Path, *, busy_timeout_s: float):
         self.path = path
+        self.lock_path = path.with_name(f".{path.name}.lock")
         self.busy_timeout_s = busy_timeout_s
         self._lock = threading.Lock()
         self._con: sqlite3.Connection | None = None
@@ -72,6 +75,12 @@ class Inbox:
                 self.inbox_id = con.execute("SELECT value FROM meta WHERE key = 'inbox_id'").fetchall()[0][0]
             except sqlite3.Error as e:
                 raise StoreError(f"cannot set up the judgment inbox {path}: {e}") from e
+
+    def _write_lock(self) -> AbstractContextManager[None]:
+        # SQLite's own busy handler sleeps up to 100 ms between tries, so under a stream of
+        # writers an unlucky one can wait seconds; the store's flock lock polls every few ms
+        # and leaves a window for waiters after each release, which bounds the tail.
+        return file_lock(self.lock_path, exclusive=True, timeout_s=self.busy_timeout_s)
 
     def _connection(self) -> sqlite3.Connection:
         # A connection must not cross a fork: a child process opens its own.
@@ -99,7 +108,7 @@ class Inbox:
         row = asdict(judgment)
         for key in _TIMES:
             row[key] = row[key].isoformat() if row[key] is not None else None
-        with self._lock:
+        with self._lock, self._write_lock():
             con = self._connection()
             try:
                 with con:
@@ -143,7 +152,7 @@ class Inbox:
 
     def forget_through(self, inbox_id: int) -> None:
         """Delete the pending rows up to ``inbox_id`` (call only after they are committed to DuckDB)."""
-        with self._lock:
+        with self._lock, self._write_lock():
             con = self._connection()
             with con:
                 con.execute("DELETE FROM pending WHERE id <= ?", [inbox_id])
