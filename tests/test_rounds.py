@@ -117,6 +117,7 @@ def test_a_round_records_every_stage(demo) -> None:
     assert json.loads((run_dir / "config.json").read_text()) == r["training"]["config"]
     assert r["training"]["config"]["pretrained_model"] == str(TOY_MODEL_DIR)
     assert r["training"]["config"]["resolution"] == 32 and r["training"]["config"]["mode"] == "lora"
+    assert r["training"]["config"]["random_flip"] is False  # captions name positions
     # Evaluation: 3 captions x 2 seeds; round 1's parent is the base, so both comparisons agree.
     vs_parent = r["evaluation"]["vs_parent"]
     assert vs_parent["wins"] + vs_parent["ties"] + vs_parent["losses"] == 6

@@ -243,14 +243,16 @@ def parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
 
 DPO_DEFAULTS: dict[str, Any] = {
     "mode": "lora",
-    "learning_rate": 2e-4,
+    "learning_rate": 1e-3,
     "beta": 5000.0,
-    "batch_size": 8,
-    "max_steps": 200,
+    "batch_size": 16,
+    "max_steps": 300,
     "warmup_fraction": 0.1,
+    "random_flip": False,
     "cache_latents": True,
 }
-"""DPO settings of a round where the round's ``training`` overrides say nothing (tuned on the toy model)."""
+"""DPO settings of a round where its ``training`` overrides say nothing (measured on the toy model).
+No mirroring: captions name positions, and a mirrored winner no longer matches its caption."""
 
 SPO_DEFAULTS: dict[str, Any] = {"max_steps": 20, "prompts_per_step": 2, "score_scale": 10.0}
 """SPO settings of a round where its overrides say nothing; score_scale 10 suits scores in [0, 1]."""
@@ -903,7 +905,7 @@ _STAGE_FUNCTIONS = {
 DEMO_DPO: dict[str, Any] = {**DPO_DEFAULTS}
 """DPO settings of `workbench demo` (LoRA on the toy model)."""
 
-DEMO = RoundConfig(num_prompts=32, per_prompt=4, eval_prompts=48, eval_seeds=(0, 1))
+DEMO = RoundConfig(num_prompts=96, per_prompt=4, eval_prompts=64, eval_seeds=(0, 1))
 """The settings of `workbench demo` other than training: oracle feedback on the shapes world."""
 
 
