@@ -343,3 +343,12 @@ def test_held_out_human_accuracy_is_a_half_for_the_same_model_and_flips_with_the
             insert_judgments(con, flipped)
     after = held_out_human_accuracy(store, tuned, str(TOY_MODEL_DIR), config, seed=0)
     assert after["accuracy"] == pytest.approx(1 - before["accuracy"])
+
+
+def test_a_repeated_demo_draws_new_candidates(tmp_path: Path) -> None:
+    args = ["--home", str(tmp_path / "home"), *DEMO_ARGS[:1], "--rounds", "1", *DEMO_ARGS[3:]]
+    outputs = [CliRunner().invoke(app, args) for _ in range(2)]
+    assert [r.exit_code for r in outputs] == [0, 0], outputs[-1].output
+    assert "1 rounds, seed 0" in outputs[0].output and "1 rounds, seed 1" in outputs[1].output
+    seeds = [r.results["generation"]["seed"] for r in list_rounds(Store.open(tmp_path / "home"))]
+    assert seeds == [1, 2]  # base seed + depth 1 from the base model

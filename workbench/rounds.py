@@ -916,6 +916,7 @@ def demo_config(
     eval_prompts: int = DEMO.eval_prompts,
     eval_seeds: int = len(DEMO.eval_seeds),
     steps: int = DEMO.num_inference_steps,
+    seed: int = DEMO.seed,
 ) -> RoundConfig:
     """The demo's round config with the given sizes (smaller ones make a quick smoke run)."""
     training = {**DEMO_DPO, "max_steps": train_steps}
@@ -923,6 +924,7 @@ def demo_config(
         **{
             **DEMO.to_dict(),
             "num_prompts": prompts,
+            "seed": seed,
             "num_inference_steps": steps,
             "eval_steps": steps,
             "eval_prompts": eval_prompts,

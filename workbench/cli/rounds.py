@@ -150,22 +150,27 @@ def demo(
         rounds.DEMO.num_inference_steps, "--steps", help="DDIM steps of generation and evaluation."
     ),
     threads: int = typer.Option(1, "--threads", help="CPU threads for torch."),
+    seed: int | None = typer.Option(
+        None,
+        "--seed",
+        help="Base seed (default: the number of rounds the home has, so a repeated demo draws new candidates).",
+    ),
 ) -> None:
     """The closed loop on the shapes world, headless: toy model -> oracle feedback -> DPO -> evaluation, N times."""
     torch.set_num_threads(threads)
-    with user_errors():
+
+    def work(store):
         config = rounds.demo_config(
             prompts=prompts,
             train_steps=train_steps,
             eval_prompts=eval_prompts,
             eval_seeds=eval_seeds,
             steps=steps,
+            seed=len(rounds.list_rounds(store)) if seed is None else seed,
         )
-
-    def work(store):
         base = rounds.ensure_base_model(store)
         console.print(
-            f"home: {store.home}; base model {base} (the shipped toy model); {n_rounds} rounds",
+            f"home: {store.home}; base model {base} (the shipped toy model); {n_rounds} rounds, seed {config.seed}",
             highlight=False,
         )
         return rounds.run_auto(store, config, n_rounds, base)
