@@ -18,7 +18,7 @@ MIGRATIONS: list[tuple[int, str]] = [
             id BIGINT PRIMARY KEY DEFAULT nextval('model_ids'),
             name VARCHAR NOT NULL UNIQUE,
             path VARCHAR NOT NULL,                             -- local folder or hub id
-            kind VARCHAR NOT NULL,                             -- base | lora | full
+            kind VARCHAR NOT NULL,                             -- base | lora | full | scorer (a trained SPM)
             parent_id BIGINT,                                  -- lineage: the model this one was trained from
             round_id BIGINT,
             job_id BIGINT,
