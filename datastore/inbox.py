@@ -78,9 +78,11 @@ class Inbox:
 
     def _write_lock(self) -> AbstractContextManager[None]:
         # SQLite's own busy handler sleeps up to 100 ms between tries, so under a stream of
-        # writers an unlucky one can wait seconds; the store's flock lock polls every few ms
-        # and leaves a window for waiters after each release, which bounds the tail.
-        return file_lock(self.lock_path, exclusive=True, timeout_s=self.busy_timeout_s)
+        # writers an unlucky one can wait seconds. The flock lock polls often and leaves
+        # waiters a window after each release (an append holds it well under a millisecond).
+        return file_lock(
+            self.lock_path, exclusive=True, timeout_s=self.busy_timeout_s, handoff_s=0.0005, max_poll_s=0.0005
+        )
 
     def _connection(self) -> sqlite3.Connection:
         # A connection must not cross a fork: a child process opens its own.

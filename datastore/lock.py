@@ -26,8 +26,20 @@ _last_release = threading.local()
 
 
 @contextmanager
-def file_lock(path: Path, *, exclusive: bool, timeout_s: float) -> Iterator[None]:
+def file_lock(
+    path: Path,
+    *,
+    exclusive: bool,
+    timeout_s: float,
+    handoff_s: float = _HANDOFF_S,
+    max_poll_s: float = _MAX_POLL_S,
+) -> Iterator[None]:
     """Hold a shared or exclusive lock on ``path`` for the duration of the block.
+
+    Args:
+        handoff_s: a thread that released this lock less than this long ago waits about this
+            long before asking again. Sized to the lock's usual holding time.
+        max_poll_s: longest sleep between two tries.
 
     Raises:
         StoreBusyError: the lock could not be taken within ``timeout_s`` seconds.
@@ -35,9 +47,12 @@ def file_lock(path: Path, *, exclusive: bool, timeout_s: float) -> Iterator[None
     # flock has no queue: a holder that releases and asks again at once would win every race
     # against waiters asleep between polls. A thread that released a moment ago first leaves a
     # short window for them, which keeps tail latency bounded under load.
-    since_release = time.monotonic() - getattr(_last_release, "at", float("-inf"))
-    if since_release < _HANDOFF_S:
-        time.sleep(random.uniform(0.5, 1.0) * _HANDOFF_S)
+    released = getattr(_last_release, "at", None)
+    if released is None:
+        released = _last_release.at = {}
+    since_release = time.monotonic() - released.get(path, float("-inf"))
+    if since_release < handoff_s:
+        time.sleep(random.uniform(0.5, 1.0) * handoff_s)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
@@ -55,8 +70,8 @@ def file_lock(path: Path, *, exclusive: bool, timeout_s: float) -> Iterator[None
                         "another process holds the store; retry, or raise lock_timeout_s"
                     ) from None
                 time.sleep(random.uniform(0.5, 1.0) * delay)
-                delay = min(delay * 2, _MAX_POLL_S)
+                delay = min(delay * 2, max_poll_s)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
-        _last_release.at = time.monotonic()
+        _last_release.at[path] = time.monotonic()
