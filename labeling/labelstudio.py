@@ -36,8 +36,6 @@ from urllib.parse import quote
 import duckdb
 import httpx
 import pyarrow as pa
-from label_studio_sdk import LabelStudio
-from label_studio_sdk.core.api_error import ApiError
 from tqdm import tqdm
 
 from datastore.errors import StoreError
@@ -353,11 +351,15 @@ class LabelStudioClient:
     """
 
     def __init__(self, url: str, api_key: str, *, timeout_s: float = 300.0):
+        from label_studio_sdk import LabelStudio  # imported here: it takes most of the CLI's start-up
+
         self.url = url.rstrip("/")
         self._sdk = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout_s)
 
     @contextmanager
     def _request(self, what: str) -> Iterator[None]:
+        from label_studio_sdk.core.api_error import ApiError
+
         try:
             yield
         except ApiError as e:

@@ -135,3 +135,16 @@ def test_require_admin_stops_the_page_for_everyone_else(
     assert not at.exception
     assert ("admin only" in [m.value for m in at.markdown]) == shown
     assert [e.value for e in at.error] == ([] if shown else ["This page is for admins."])
+
+
+@pytest.mark.parametrize("page", ADMIN_PAGES)
+def test_every_admin_page_refuses_a_signed_in_annotator(
+    home: Path, people: dict[str, User], page: str
+) -> None:
+    # Run the page file itself: the navigation hides it from annotators, the page must refuse on its own.
+    at = AppTest.from_file(str(Path(APP).parent / "workbench" / "ui" / page), default_timeout=60)
+    at.session_state["signed_in"] = "ann"
+    at.run()
+    assert not at.exception
+    assert [e.value for e in at.error] == ["This page is for admins."]
+    assert not at.title and not at.button  # stopped before drawing anything of its own

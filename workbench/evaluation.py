@@ -17,12 +17,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from reward_models.base import Scorer
-
-DEFAULT_STEPS = 20
-"""DDIM steps used for evaluation images."""
-
-DEFAULT_GUIDANCE = 3.0
-"""Classifier-free guidance scale used for evaluation images."""
+from workbench.toy import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 
 @torch.no_grad()

@@ -20,10 +20,8 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
 from datastore.media import StoredImage
@@ -39,8 +37,13 @@ from datastore.records import (
 )
 from datastore.store import Store
 from workbench.errors import GenerationError
-from workbench.pipelines import SDPipeline
-from workbench.sampling import decode, denoise, encode_prompts
+
+# torch and diffusers are imported by the functions that sample, so that GenerationConfig (the
+# `workbench generate` options) and read_prompts load without them.
+if TYPE_CHECKING:
+    from diffusers import DDIMScheduler
+
+    from workbench.pipelines import SDPipeline
 
 PairingScheme = Literal["all", "adjacent", "random"]
 PAIRING_SCHEMES: tuple[str, ...] = ("all", "adjacent", "random")
@@ -254,6 +257,8 @@ def ddim_scheduler(pipe: SDPipeline, cfg: GenerationConfig) -> DDIMScheduler:
 
     A fresh scheduler per call leaves ``pipe.scheduler`` as it was.
     """
+    from diffusers import DDIMScheduler
+
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     if scheduler.config.thresholding:
         raise GenerationError(
@@ -328,6 +333,10 @@ def generate_pairs(
     Raises:
         GenerationError: no prompts, a blank prompt, or a size the model cannot take.
     """
+    import torch
+
+    from workbench.sampling import decode, denoise, encode_prompts
+
     prompts = _check_prompts(prompts)
     if cfg.per_prompt == 0:
         raise GenerationError("per_prompt is 0: there are no final candidates to pair")
@@ -420,6 +429,10 @@ def generate_step_pools(
     Raises:
         GenerationError: no prompts, a blank prompt, eta = 0, or a size the model cannot take.
     """
+    import torch
+
+    from workbench.sampling import decode, denoise, encode_prompts
+
     prompts = _check_prompts(prompts)
     if cfg.pool_k == 0:
         raise GenerationError("pool_k is 0: there are no step pools to draw")

@@ -37,10 +37,9 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from statistics import fmean
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
-import torch
 
 from datastore.datasets import DatasetFilters, create_dataset_version, judgments_frame, majority_consensus
 from datastore.errors import NotFoundError
@@ -50,14 +49,18 @@ from datastore.store import Store
 from labeling.ai_feedback import label_with_scorer
 from labeling.curation import Curation, consensus, curated_judgments, load_curation
 from reward_models.shapes import held_out_captions, train_captions
-from reward_models.spec import scorer_from_spec
 from training.config import ConfigError, DPOConfig, SPMConfig, SPOConfig
 from workbench.errors import WorkbenchError
-from workbench.evaluation import DEFAULT_GUIDANCE, sample_images, score_pipeline, win_rate
 from workbench.generation import GenerationConfig, generate_pairs, generate_step_pools, read_prompts
 from workbench.jobs import Job, launch_job
-from workbench.pipelines import SDPipeline, default_device, load_pipeline
-from workbench.toy import TOY_MODEL_DIR
+from workbench.toy import DEFAULT_GUIDANCE, TOY_MODEL_DIR
+
+# torch, diffusers and transformers are imported where a stage needs them, so that reading rounds
+# (`workbench round list`, the Rounds page's tables) does not load them.
+if TYPE_CHECKING:
+    import torch
+
+    from workbench.pipelines import SDPipeline
 
 Feedback = Literal["ai", "human", "both"]
 Recipe = Literal["dpo", "spo", "spm"]
@@ -319,6 +322,10 @@ def checkpoint_folder(store: Store, model_id: int) -> str:
 def load_model(store: Store, model_id: int, device: str | torch.device | None = None) -> SDPipeline:
     """A registered model as a pipeline; a ``lora`` model is its nearest non-LoRA ancestor plus
     every LoRA on the way, applied oldest first and fused."""
+    import torch
+
+    from workbench.pipelines import load_pipeline
+
     with store.read() as con:
         chain = model_lineage(con, model_id)
     loras = []
@@ -552,6 +559,8 @@ def _generation(store, round_id, parent, config, results, progress) -> dict:
 
 
 def _judgments(store, round_id, parent, config, results, progress) -> dict:
+    from reward_models.spec import scorer_from_spec
+
     kinds = _round_kinds(config)
     record: dict[str, Any] = {}
     if config.feedback in ("ai", "both"):
@@ -753,6 +762,12 @@ def evaluation_prompts(config: RoundConfig) -> list[str]:
 
 
 def _evaluation(store, round_id, parent, config, results, progress) -> dict:
+    import torch
+
+    from reward_models.spec import scorer_from_spec
+    from workbench.evaluation import score_pipeline, win_rate
+    from workbench.pipelines import default_device, load_pipeline
+
     prompts = evaluation_prompts(config)
     scorer = scorer_from_spec(config.eval_scorer)
     with store.read() as con:
@@ -804,11 +819,13 @@ def held_out_human_accuracy(
     """
     if not config.human_eval_pairs:
         return {"pairs": 0}
+    import torch
     from accelerate import Accelerator
     from diffusers import UNet2DConditionModel
 
     from training.data import PreferencePair
     from training.dpo import Features, load_parts, make_batch, pair_losses
+    from workbench.pipelines import default_device
 
     held_out = set(held_out_prompts(config))
     votes = majority_consensus(
@@ -953,6 +970,8 @@ def grid_images(
     Returns:
         Per model id, the image files in prompt order.
     """
+    from workbench.evaluation import sample_images
+
     grid: dict[int, list[Path]] = {}
     for model_id in model_ids:
         folder = store.home / "rounds" / "grid" / str(model_id)

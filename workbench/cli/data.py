@@ -17,7 +17,6 @@ from datastore.datasets import (
 from datastore.formats import export_dataset, import_pickapic
 from datastore.records import store_stats
 from workbench.cli.common import console, open_store, user_errors
-from workbench.seed import seed_shapes_world
 
 import_app = typer.Typer(no_args_is_help=True, help="Import preference data into the store.")
 dataset_app = typer.Typer(no_args_is_help=True, help="Build and list dataset versions.")
@@ -80,8 +79,13 @@ def dataset_create(
 ) -> None:
     """Snapshot judged pairs with consensus labels as an immutable dataset version."""
     with user_errors():
-        filters = DatasetFilters(kinds=tuple(kinds), sources=tuple(sources), min_judgments=min_judgments,
-                                 min_agreement=min_agreement, include_ties=ties)
+        filters = DatasetFilters(
+            kinds=tuple(kinds),
+            sources=tuple(sources),
+            min_judgments=min_judgments,
+            min_agreement=min_agreement,
+            include_ties=ties,
+        )
         version = create_dataset_version(open_store(ctx), name, filters)
     console.print(f"dataset version {version.id}: {version.n_pairs} pairs, hash {version.content_hash[:16]}")
     console.print(f"  {version.path}")
@@ -97,9 +101,13 @@ def dataset_list(ctx: typer.Context) -> None:
 
 def seed(ctx: typer.Context) -> None:
     """Fill an empty home with the shapes world: toy-model pairs, step pools and oracle gold pairs."""
+    from workbench.seed import seed_shapes_world  # loads torch and diffusers
+
     with user_errors():
         report = seed_shapes_world(open_store(ctx))
     if report is None:
         console.print("the store already holds pairs: nothing seeded")
         return
-    console.print(f"seeded {report.final_pairs} final pairs ({report.gold_pairs} gold) and {report.step_pairs} step pairs")
+    console.print(
+        f"seeded {report.final_pairs} final pairs ({report.gold_pairs} gold) and {report.step_pairs} step pairs"
+    )

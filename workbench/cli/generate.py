@@ -7,7 +7,6 @@ import secrets
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import typer
 
 from workbench.cli.common import console, open_store, user_errors
@@ -19,11 +18,9 @@ from workbench.generation import (
     generate_step_pools,
     read_prompts,
 )
-from workbench.pipelines import load_pipeline
 from workbench.toy import TOY_MODEL_DIR, train_captions
 
 _FIELDS = {f.name: f for f in dataclasses.fields(GenerationConfig)}
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _default(name: str) -> Any:
@@ -93,6 +90,10 @@ def generate(
     ),
 ) -> None:
     """Generate candidate images for prompts: final pairs and/or SPO noisy-step pools, stored for judging."""
+    import torch
+
+    from workbench.pipelines import load_pipeline
+
     with user_errors():
         if (model is None) == (not toy):
             raise GenerationError("give either --model PATH_OR_ID or --toy")
@@ -118,7 +119,8 @@ def generate(
         )
         source = str(TOY_MODEL_DIR) if toy else model
         name = model_name or ("toy" if toy else model)
-        pipe = load_pipeline(source, device=device, dtype=None if dtype == "auto" else _DTYPES[dtype])
+        dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+        pipe = load_pipeline(source, device=device, dtype=None if dtype == "auto" else dtypes[dtype])
         store = open_store(ctx)
         console.print(f"{name}: {len(prompts)} prompts on {pipe.device}, seed {base_seed}")
         skipped = 0

@@ -7,13 +7,11 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-import torch
 import typer
 
 from labeling.ai_feedback import label_with_scorer
 from labeling.queue import gold_accuracy
 from reward_models.base import ScorerError
-from reward_models.spec import scorer_from_spec
 from workbench.access import AccessConfig, check_serving
 from workbench.cli.common import console, err_console, open_store, user_errors
 
@@ -43,23 +41,41 @@ def ai(
     ctx: typer.Context,
     scorer: ScorerName = typer.Option(..., "--scorer", help="Which scorer judges the pairs."),
     model: str | None = typer.Option(
-        None, "--model", help="clip / pickscore / aesthetic: a CLIP folder or hub id; spm: a step-aware model folder."
+        None,
+        "--model",
+        help="clip / pickscore / aesthetic: a CLIP folder or hub id; spm: a step-aware model folder.",
     ),
-    head: Path | None = typer.Option(None, "--head", help="aesthetic: the MLP head weights (.safetensors or .pth)."),
+    head: Path | None = typer.Option(
+        None, "--head", help="aesthetic: the MLP head weights (.safetensors or .pth)."
+    ),
     kinds: list[str] = typer.Option(["final", "step"], "--kind", help="Pair kinds to judge."),
-    limit: int | None = typer.Option(None, "--limit", min=0, help="Judge at most N pairs (default: every pending one)."),
+    limit: int | None = typer.Option(
+        None, "--limit", min=0, help="Judge at most N pairs (default: every pending one)."
+    ),
     tie_margin: float = typer.Option(
         0.0, "--tie-margin", min=0.0, help="A score difference up to this is a tie (in the scorer's units)."
     ),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Pairs scored together."),
-    device: str | None = typer.Option(None, "--device", help="Torch device (default: cuda when present, else cpu)."),
+    device: str | None = typer.Option(
+        None, "--device", help="Torch device (default: cuda when present, else cpu)."
+    ),
 ) -> None:
     """Judge the pairs a scorer version has not judged yet (source 'ai'; the annotator is the scorer@version)."""
+    import torch
+
+    from reward_models.spec import scorer_from_spec
+
     with user_errors():
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         judge = scorer_from_spec(scorer_spec(scorer, model, head), device=device)
         report = label_with_scorer(
-            open_store(ctx), judge, kinds=kinds, limit=limit, tie_margin=tie_margin, batch_size=batch_size, show_progress=True
+            open_store(ctx),
+            judge,
+            kinds=kinds,
+            limit=limit,
+            tie_margin=tie_margin,
+            batch_size=batch_size,
+            show_progress=True,
         )
     kinds_text = ", ".join(f"{n} {k}" for k, n in report.by_kind.items())
     console.print(
@@ -76,7 +92,9 @@ def gold(ctx: typer.Context) -> None:
     if not rows:
         console.print("no judgments of gold pairs yet")
     for row in rows:
-        console.print(f"{row.annotator} ({row.kind}): {row.correct}/{row.judged} = {row.accuracy:.1%}", highlight=False)
+        console.print(
+            f"{row.annotator} ({row.kind}): {row.correct}/{row.judged} = {row.accuracy:.1%}", highlight=False
+        )
 
 
 def serve(
@@ -91,7 +109,9 @@ def serve(
 ) -> None:
     """Start the Streamlit app (annotation, data, jobs) for this home on http://ADDRESS:PORT (127.0.0.1 by default)."""
     if not APP_FILE.is_file():
-        err_console.print(f"[red]error:[/red] {APP_FILE} is missing: run the app from a source checkout (pip install -e .)")
+        err_console.print(
+            f"[red]error:[/red] {APP_FILE} is missing: run the app from a source checkout (pip install -e .)"
+        )
         raise typer.Exit(1)
     with user_errors():
         home = open_store(ctx).home
@@ -108,4 +128,4 @@ def serve(
             "--browser.gatherUsageStats", "false",
         ],
         {**os.environ, "WORKBENCH_HOME": str(home)},
-    )
+    )  # fmt: skip

@@ -45,7 +45,9 @@ def _client(url: str, api_key: str | None) -> LabelStudioClient:
 def serve(
     ctx: typer.Context,
     port: int = typer.Option(DEFAULT_PORT, "--port", help="Port on 127.0.0.1."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Label Studio's data (default: <home>/labelstudio/data)."),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Label Studio's data (default: <home>/labelstudio/data)."
+    ),
 ) -> None:
     """Run Label Studio on 127.0.0.1 in the foreground, showing this home's media; Ctrl-C stops it."""
     with user_errors():
@@ -62,7 +64,9 @@ def serve(
         console.print(f"log in as {credentials.username}; {credentials.source}")
         console.print(f"then: workbench labelstudio push --url {server.url}")
         code = server.process.wait()
-        err_console.print(f"[red]error:[/red] Label Studio exited with code {code}; see {server.log_path}", highlight=False)
+        err_console.print(
+            f"[red]error:[/red] Label Studio exited with code {code}; see {server.log_path}", highlight=False
+        )
         raise typer.Exit(1)
     except KeyboardInterrupt:
         console.print("stopping Label Studio")
@@ -73,7 +77,9 @@ def serve(
 @app.command("push")
 def push_command(
     ctx: typer.Context,
-    limit: int | None = typer.Option(None, "--limit", min=0, help="Push at most this many pairs (default: all)."),
+    limit: int | None = typer.Option(
+        None, "--limit", min=0, help="Push at most this many pairs (default: all)."
+    ),
     scorer: str | None = typer.Option(
         None, "--scorer", help="AI annotator whose judgments go along as suggestions, e.g. shapes-oracle@1."
     ),
@@ -84,7 +90,11 @@ def push_command(
     """Send the pairs not yet in the project as tasks (sides drawn at random), creating the project if needed."""
     with user_errors():
         report = push(
-            open_store(ctx), _client(url, api_key), project=project, limit=limit, suggestions_from=scorer,
+            open_store(ctx),
+            _client(url, api_key),
+            project=project,
+            limit=limit,
+            suggestions_from=scorer,
             show_progress=True,
         )
     console.print(

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 import typer
 from rich import box
 from rich.console import Console
@@ -81,6 +80,8 @@ def run(
     **options: Any,
 ) -> None:
     """Run one round (or N with --auto): generate, judge, curate, train, evaluate, register."""
+    import torch
+
     if threads:
         torch.set_num_threads(threads)
     with user_errors():
@@ -157,6 +158,8 @@ def demo(
     ),
 ) -> None:
     """The closed loop on the shapes world, headless: toy model -> oracle feedback -> DPO -> evaluation, N times."""
+    import torch
+
     torch.set_num_threads(threads)
 
     def work(store):

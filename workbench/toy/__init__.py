@@ -27,7 +27,15 @@ TOY_MODEL_DIR = Path(__file__).parent / "model"
 TOY_IMAGE_SIZE = 32
 """Side in pixels of the images the shipped model draws."""
 
+DEFAULT_STEPS = 20
+"""DDIM steps used for evaluation images."""
+
+DEFAULT_GUIDANCE = 3.0
+"""Classifier-free guidance scale used for evaluation images."""
+
 __all__ = [
+    "DEFAULT_GUIDANCE",
+    "DEFAULT_STEPS",
     "TOY_IMAGE_SIZE",
     "TOY_MODEL_DIR",
     "Caption",

@@ -9,7 +9,7 @@ from training.config import ConfigError
 from workbench import jobs
 from workbench.toy import TOY_MODEL_DIR
 from workbench.training_form import FormField, config_from_form, form_fields, training_curves
-from workbench.ui.state import store
+from workbench.ui.state import require_admin, store
 
 RECIPES = {"DPO": "dpo", "SPO": "spo", "SPM": "spm"}
 
@@ -83,6 +83,7 @@ def jobs_panel(launched_id: int | None) -> None:
     )
 
 
+require_admin()
 st.title("Train")
 recipe = RECIPES[st.radio("Recipe", list(RECIPES), horizontal=True, key="train_recipe")]
 config_class = jobs.RECIPES[recipe]
