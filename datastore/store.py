@@ -47,8 +47,9 @@ class StoreConfig:
 class Store:
     """A workbench home folder. Create with :meth:`open`.
 
-    Layout: ``workbench.duckdb``, ``media/`` (content-addressed images), ``datasets/``
-    (immutable dataset versions), ``runs/`` (one folder per job), ``models/`` (checkpoints).
+    Layout: ``workbench.duckdb``, ``inbox.sqlite`` (judgments not yet applied), ``media/``
+    (content-addressed images), ``datasets/`` (immutable dataset versions), ``runs/`` (one
+    folder per job), ``models/`` (checkpoints).
     """
 
     def __init__(self, home: Path, config: StoreConfig):
