@@ -406,11 +406,13 @@ def resume_round(store: Store, round_id: int, *, progress: bool = False) -> Roun
             if stage in results:
                 continue
             _update(store, round_id, status=stage)
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             results[stage] = _STAGE_FUNCTIONS[stage](
                 store, round_id, summary.parent_model_id, config, results, progress
             )
             results.setdefault("seconds", {})[stage] = round(time.perf_counter() - started, 2)
+            # CPU seconds of this process: the compute a stage used, undisturbed by other load.
+            results.setdefault("cpu_seconds", {})[stage] = round(time.process_time() - started_cpu, 2)
             _update(store, round_id, results=results)
     except RoundWaiting:
         _update(store, round_id, status="awaiting_judgments", results=results)
