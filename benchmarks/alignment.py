@@ -1,0 +1,192 @@
+"""Alignment on the shapes world: Diffusion-DPO and SPO from the shipped toy model with oracle feedback.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/alignment.py data --home /tmp/align
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/alignment.py dpo --home /tmp/align --set max_steps=600
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/alignment.py spo --home /tmp/align --set max_steps=120
+
+``data`` samples candidates from the toy model on the training captions, lets the shapes oracle
+judge every pair (AI feedback) and builds a dataset version. ``dpo`` trains Diffusion-DPO on that
+version offline; ``spo`` trains SPO online with the oracle judging predicted x0s. Both run in this
+process on one thread, so process CPU time is the compute used. Every checkpoint is then drawn on
+the held-out captions with fixed seeds and compared with the base model by the oracle (win rate,
+ties counting half), which gives the CPU time each recipe needed to reach a win rate. The trained
+model is registered in the store with the base model as its parent. Results go to
+``<home>/results/<recipe>-<name>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffusers import StableDiffusionPipeline  # noqa: E402
+
+from datastore.datasets import DatasetFilters, create_dataset_version, find_dataset_version  # noqa: E402
+from datastore.errors import NotFoundError  # noqa: E402
+from datastore.store import Store  # noqa: E402
+from labeling.ai_feedback import label_with_scorer  # noqa: E402
+from reward_models.shapes import ShapesOracle, held_out_captions, train_captions  # noqa: E402
+from training import dpo, spo  # noqa: E402
+from training.config import DPOConfig, SPOConfig  # noqa: E402
+from training.runs import CHECKPOINT_PREFIX  # noqa: E402
+from workbench.evaluation import DEFAULT_GUIDANCE, score_pipeline, win_rate  # noqa: E402
+from workbench.generation import GenerationConfig, generate_pairs  # noqa: E402
+from workbench.registry import register_run  # noqa: E402
+from workbench.toy import TOY_IMAGE_SIZE, TOY_MODEL_DIR  # noqa: E402
+
+DATASET = "shapes-oracle"
+EVAL_SEEDS = (0, 1)
+
+
+def load_toy() -> StableDiffusionPipeline:
+    return StableDiffusionPipeline.from_pretrained(TOY_MODEL_DIR, torch_dtype=torch.float32)
+
+
+def prepare_data(store: Store, per_prompt: int, seed: int) -> dict:
+    """Candidates on every training caption, oracle judgments, one dataset version (ties dropped)."""
+    try:
+        version = find_dataset_version(store, DATASET)
+        return {"dataset": version.path.as_posix(), "reused": True}
+    except NotFoundError:
+        pass
+    start = time.process_time()
+    cfg = GenerationConfig(
+        per_prompt=per_prompt, guidance_scale=DEFAULT_GUIDANCE, seed=seed, batch_size=64, pool_k=0
+    )
+    report = generate_pairs(store, load_toy(), "toy", train_captions(), cfg)
+    generated = time.process_time()
+    labels = label_with_scorer(store, ShapesOracle(), kinds=("final",))
+    labelled = time.process_time()
+    version = create_dataset_version(store, DATASET, DatasetFilters(kinds=("final",), include_ties=False))
+    return {
+        "dataset": version.path.as_posix(),
+        "n_pairs": version.n_pairs,
+        "images": report.images,
+        "judgments": labels.judged,
+        "ties": labels.ties,
+        "generation_cpu_s": generated - start,
+        "labelling_cpu_s": labelled - generated,
+    }
+
+
+def checkpoint_pipes(run_dir: Path, cfg: DPOConfig | SPOConfig):
+    """Yields (step, pipeline) for every checkpoint: the toy model with that checkpoint's adapter."""
+    for checkpoint in sorted((run_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*")):
+        pipe = load_toy()
+        full = getattr(cfg, "mode", "lora") == "full"
+        if not full:
+            dpo.add_lora(pipe.unet, cfg, torch.device("cpu"), torch.float32)
+        weights = load_file(checkpoint / "model.safetensors")
+        missing, unexpected = pipe.unet.load_state_dict(weights, strict=False)
+        if unexpected or (missing if full else any("lora" in name for name in missing)):
+            raise RuntimeError(f"{checkpoint} does not hold this run's trained weights")
+        yield int(checkpoint.name.split("-")[-1]), pipe
+
+
+def evaluate(run_dir: Path, cfg, train_cpu_s: float, setup_cpu_s: float, n_captions: int) -> list[dict]:
+    """Oracle win rate of every checkpoint against the base model on held-out captions."""
+    captions = held_out_captions()[:n_captions]
+    base = [s for _, _, s in score_pipeline(load_toy(), ShapesOracle(), captions, EVAL_SEEDS)]
+    rows = []
+    for step, pipe in checkpoint_pipes(run_dir, cfg):
+        tuned = [s for _, _, s in score_pipeline(pipe, ShapesOracle(), captions, EVAL_SEEDS)]
+        result = win_rate(tuned, base)
+        rows.append(
+            {
+                "step": step,
+                "train_cpu_s": setup_cpu_s + (train_cpu_s - setup_cpu_s) * step / cfg.max_steps,
+                **result.summary(),
+                "tuned_all_correct": sum(s == 1.0 for s in tuned) / len(tuned),
+                "base_all_correct": sum(s == 1.0 for s in base) / len(base),
+                "tuned_mean_score": sum(tuned) / len(tuned),
+                "base_mean_score": sum(base) / len(base),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("what", choices=("data", "dpo", "spo", "evaluate"))
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--name", default="default", help="Run name under <home>/runs/<recipe>-<name>.")
+    parser.add_argument("--set", nargs="*", default=[], help="Recipe config overrides, key=json-value.")
+    parser.add_argument("--per-prompt", type=int, default=4, help="Candidates per training caption (data).")
+    parser.add_argument("--captions", type=int, default=432, help="Held-out captions to evaluate on.")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    store = Store.open(args.home)
+    results = args.home / "results"
+    results.mkdir(exist_ok=True)
+    if args.what == "data":
+        summary = prepare_data(store, args.per_prompt, args.seed)
+        (results / "data.json").write_text(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2))
+        return
+
+    if args.what == "evaluate":  # again, for a run trained earlier: --name dpo-NAME or spo-NAME
+        summary = json.loads((results / f"{args.name}.json").read_text())
+        config_class = DPOConfig if summary["recipe"] == "dpo" else SPOConfig
+        cfg = config_class.from_json(args.home / "runs" / args.name / "config.json")
+        summary["checkpoints"] = evaluate(cfg.output_dir, cfg, summary["train_cpu_s"], 0.0, args.captions)
+        (results / f"{args.name}.json").write_text(json.dumps(summary, indent=2, default=str))
+        return
+    run_dir = args.home / "runs" / f"{args.what}-{args.name}"
+    common = {"pretrained_model": str(TOY_MODEL_DIR), "output_dir": run_dir, "resolution": TOY_IMAGE_SIZE}
+    if args.what == "dpo":
+        dataset = Path(prepare_data(store, args.per_prompt, args.seed)["dataset"])
+        cfg = DPOConfig(
+            dataset=args.home / dataset if not dataset.is_absolute() else dataset,
+            **common,
+            **overrides(args.set),
+        )
+        recipe = dpo.main
+    else:
+        cfg = SPOConfig(
+            prompts=tuple(train_captions()),
+            scorer="shapes-oracle",
+            guidance_scale=DEFAULT_GUIDANCE,
+            **common,
+            **overrides(args.set),
+        )
+        recipe = spo.main
+    start = time.process_time()
+    final = recipe(cfg)
+    train_cpu_s = time.process_time() - start
+    model_id = register_run(store, args.what, cfg, final)
+    rows = evaluate(run_dir, cfg, train_cpu_s, 0.0, args.captions)
+    summary = {
+        "recipe": args.what,
+        "model_id": model_id,
+        "train_cpu_s": train_cpu_s,
+        "config": cfg.to_dict(),
+        "checkpoints": rows,
+    }
+    (results / f"{args.what}-{args.name}.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
