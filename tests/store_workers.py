@@ -11,16 +11,6 @@ from datastore.records import NewJudgment, insert_judgments, store_stats
 from datastore.store import Store
 
 
-def record_judgments(home: str, annotator_id: int, pair_ids: list[int], n: int) -> None:
-    """Record ``n`` judgments, one transaction each, as an annotator clicking through pairs would."""
-    store = Store.open(home)
-    for i in range(n):
-        with store.write() as con:
-            insert_judgments(
-                con, [NewJudgment(pair_ids[i % len(pair_ids)], annotator_id, "app", "ab"[i % 2])]
-            )
-
-
 def query_stats_until(home: str, stop_file: str, result_file: str) -> None:
     """Run the stats queries in a loop until ``stop_file`` exists; write how many loops ran."""
     store = Store.open(home)

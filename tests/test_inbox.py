@@ -72,26 +72,6 @@ def test_a_bad_judgment_is_refused_at_write_time_and_nothing_enters_the_inbox(st
     assert _count(store) == 2
 
 
-def test_eight_inbox_writers_and_a_reader_lose_nothing(store: Store, tmp_path: Path) -> None:
-    pairs = _seed_pairs(store, 60)
-    annotators = _annotators(store, 8)
-    ready = tmp_path / "ready"
-    reader = _worker("read_stats_forever", str(store.home), str(ready))
-    _wait_for(ready, reader)
-    writers = [
-        _worker("record_through_inbox", str(store.home), a, pairs, str(tmp_path / f"acks-{a}"))
-        for a in annotators
-    ]
-    for w in writers:
-        _, err = w.communicate(timeout=300)
-        assert w.returncode == 0, err
-    reader.send_signal(signal.SIGKILL)
-    reader.wait(timeout=30)
-    judged = _judged(Store.open(store.home))
-    assert len(judged) == 480 and len(set(judged)) == 480
-    assert set(judged) == {(p, a) for p in pairs for a in annotators}
-
-
 @pytest.mark.parametrize("stage", ["before_commit", "after_commit"])
 def test_sigkill_during_a_drain_applies_every_judgment_once(store: Store, tmp_path: Path, stage: str) -> None:
     pairs = _seed_pairs(store, 5)

@@ -30,7 +30,7 @@ def _worker(func: str, *args) -> subprocess.Popen:
 
 
 def _seed_pairs(store: Store, n: int) -> list[int]:
-    images = [store.media.put_image(Image.new("RGB", (8, 8), (i, 0, 0))) for i in range(n + 1)]
+    images = [store.media.put_image(Image.new("RGB", (8, 8), (i % 256, i // 256, 0))) for i in range(n + 1)]
     with store.write() as con:
         insert_images(con, [ImageRow(im) for im in images])
         prompt_id = upsert_prompts(con, ["a red square"])["a red square"]
@@ -43,12 +43,16 @@ def _count(store: Store, where: str = "true") -> int:
 
 
 def test_eight_writers_and_a_reader_lose_nothing(store: Store, tmp_path: Path) -> None:
-    pair_ids = _seed_pairs(store, 20)
+    """8 annotators record 500 judgments each, one at a time as the app does, while stats run in a loop."""
+    pair_ids = _seed_pairs(store, 500)
     with store.write() as con:
         annotators = [ensure_annotator(con, f"person-{i}") for i in range(8)]
     stop, loops = tmp_path / "stop", tmp_path / "loops"
     reader = _worker("query_stats_until", str(store.home), str(stop), str(loops))
-    writers = [_worker("record_judgments", str(store.home), a, pair_ids, 500) for a in annotators]
+    writers = [
+        _worker("record_through_inbox", str(store.home), a, pair_ids, str(tmp_path / f"acks-{a}"))
+        for a in annotators
+    ]
     for w in writers:
         _, err = w.communicate(timeout=600)
         assert w.returncode == 0, err
@@ -58,7 +62,9 @@ def test_eight_writers_and_a_reader_lose_nothing(store: Store, tmp_path: Path) -
     assert int(loops.read_text()) > 0
     assert _count(store) == 4000
     with store.read() as con:
-        per_annotator = con.execute("SELECT annotator_id, count(*) FROM judgments GROUP BY 1").fetchall()
+        per_annotator = con.execute(
+            "SELECT annotator_id, count(DISTINCT pair_id) FROM judgments GROUP BY 1"
+        ).fetchall()
     assert sorted(n for _, n in per_annotator) == [500] * 8
 
 
@@ -74,8 +80,10 @@ def test_sigkill_inside_a_transaction_leaves_none_of_it(store: Store, tmp_path: 
     reopened = Store.open(store.home)
     assert _count(reopened) == 0
     with reopened.write() as con:  # the store is writable again: the kernel dropped the dead writer's lock
-        con.execute("INSERT INTO judgments (pair_id, annotator_id, source, outcome) VALUES (?, ?, 'ai', 'b')",
-                    [pair_id, annotator])
+        con.execute(
+            "INSERT INTO judgments (pair_id, annotator_id, source, outcome) VALUES (?, ?, 'ai', 'b')",
+            [pair_id, annotator],
+        )
     assert _count(reopened) == 1
 
 
@@ -88,12 +96,16 @@ def test_sigkill_during_repeated_multi_row_writes_keeps_whole_batches(store: Sto
         ready = tmp_path / f"ready-{delay}"
         proc = _worker("write_batches_forever", str(store.home), pair_id, annotator, batch, str(ready))
         _wait_for(ready, proc)
+        before = _count(store)
+        deadline = time.monotonic() + 120
+        while _count(store) == before and time.monotonic() < deadline:  # the writer is committing batches
+            time.sleep(0.05)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         total = _count(Store.open(store.home))
         assert total % batch == 0, f"a partial batch survived: {total} rows"
-    assert total > 0
+        assert total > before
 
 
 def _wait_for(path: Path, proc: subprocess.Popen) -> None:
