@@ -219,7 +219,7 @@ def test_a_failed_stage_marks_the_round_failed_and_keeps_the_stages_done(tmp_pat
         run_round(store, RoundConfig(**{**TINY, "include_ties": True, "training": ("learning_rate=-1",)}))
     failed = get_round(store, 1)
     assert failed.status == "failed" and "learning_rate must be > 0" in failed.error
-    assert set(failed.results) == {"generation", "judgments", "dataset", "seconds"}
+    assert set(failed.results) == {"generation", "judgments", "dataset", "seconds", "cpu_seconds"}
     images = rows(store, "SELECT count(*) FROM images")
     with pytest.raises(RoundError, match="learning_rate must be > 0"):
         resume_round(store, 1)  # retried from the training stage: nothing drawn again
