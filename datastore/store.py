@@ -127,16 +127,8 @@ class Store:
             try:
                 if drain and self.inbox.has_pending():
                     self._drain(con)
-                con.execute("BEGIN TRANSACTION")
-                try:
+                with self._transaction(con, "commit to"):
                     yield con
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-                try:
-                    con.execute("COMMIT")
-                except duckdb.Error as e:
-                    raise StoreError(f"could not commit to {self.db_path}: {e}") from e
             finally:
                 con.close()
 
@@ -177,18 +169,24 @@ class Store:
 
     def _drain(self, con: duckdb.DuckDBPyConnection) -> None:
         """Apply the pending inbox judgments in one transaction; the caller holds the write lock."""
+        with self._transaction(con, "apply the judgment inbox to"):
+            through = self.inbox.apply(con)
+        # Only now: a crash before this line leaves rows that the next drain skips by the mark.
+        self.inbox.forget_through(through)
+
+    @contextmanager
+    def _transaction(self, con: duckdb.DuckDBPyConnection, action: str) -> Iterator[None]:
+        """Commits the block's statements together, or rolls them back when it raises."""
         con.execute("BEGIN TRANSACTION")
         try:
-            through = self.inbox.apply(con)
+            yield
         except BaseException:
             con.execute("ROLLBACK")
             raise
         try:
             con.execute("COMMIT")
         except duckdb.Error as e:
-            raise StoreError(f"could not apply the judgment inbox to {self.db_path}: {e}") from e
-        # Only now: a crash before this line leaves rows that the next drain skips by the mark.
-        self.inbox.forget_through(through)
+            raise StoreError(f"could not {action} {self.db_path}: {e}") from e
 
     def _connect(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
         try:

@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 from peft import LoraConfig
 from safetensors.torch import load_file
-from tiny_models import build_tiny_sd15, build_tiny_sdxl, write_snapshot
+from tiny_models import build_tiny_sd15, build_tiny_sdxl, tiny_dpo_config, write_snapshot
 
 from training.config import ConfigError, DPOConfig
 from training.data import preference_pairs, read_pairs
@@ -46,20 +46,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 
 def config(tiny: dict[str, Path], out: Path, model: str = "sd15", **overrides) -> DPOConfig:
-    options = {
-        "pretrained_model": str(tiny[model]),
-        "dataset": tiny["snapshot"],
-        "output_dir": out,
-        "resolution": 16,
-        "batch_size": 2,
-        "max_steps": 2,
-        "learning_rate": 1e-3,
-        "warmup_fraction": 0.0,
-        "checkpoint_every": 1,
-        "lora_rank": 4,
-        "lora_alpha": 8.0,
-    }
-    return DPOConfig(**{**options, **overrides})
+    return tiny_dpo_config(tiny[model], tiny["snapshot"], out, **overrides)
 
 
 def lora_weights(run: Path) -> dict[str, torch.Tensor]:

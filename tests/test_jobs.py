@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import build_tiny_sd15, write_snapshot
+from tiny_models import build_tiny_sd15, tiny_dpo_config, write_snapshot
 
 from datastore.store import Store
 from training.config import DPOConfig
@@ -34,20 +34,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 
 def dpo_config(tiny: dict[str, Path], out: Path, **overrides) -> DPOConfig:
-    options = {
-        "pretrained_model": str(tiny["sd15"]),
-        "dataset": tiny["snapshot"],
-        "output_dir": out,
-        "resolution": 16,
-        "batch_size": 2,
-        "max_steps": 2,
-        "learning_rate": 1e-3,
-        "warmup_fraction": 0.0,
-        "checkpoint_every": 1,
-        "lora_rank": 4,
-        "lora_alpha": 8.0,
-    }
-    return DPOConfig(**{**options, **overrides})
+    return tiny_dpo_config(tiny["sd15"], tiny["snapshot"], out, **overrides)
 
 
 def cli(home: Path, *args: str) -> str:

@@ -25,6 +25,8 @@ from diffusers import (
 from PIL import Image, ImageDraw
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from training.config import DPOConfig
+
 WORDS = (
     "a an the of at in on and with small large red green blue yellow white black purple orange "
     "circle square triangle cross top bottom left right center middle photo picture image cat dog"
@@ -300,3 +302,21 @@ def write_snapshot(folder: str | Path, n_pairs: int = 8, n_ties: int = 0, size: 
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return folder
+
+
+def tiny_dpo_config(model: str | Path, snapshot: Path, out: Path, **overrides) -> DPOConfig:
+    """A two-step LoRA DPO config on a tiny pipeline and snapshot; ``overrides`` replace any option."""
+    options = {
+        "pretrained_model": str(model),
+        "dataset": snapshot,
+        "output_dir": out,
+        "resolution": 16,
+        "batch_size": 2,
+        "max_steps": 2,
+        "learning_rate": 1e-3,
+        "warmup_fraction": 0.0,
+        "checkpoint_every": 1,
+        "lora_rank": 4,
+        "lora_alpha": 8.0,
+    }
+    return DPOConfig(**{**options, **overrides})
