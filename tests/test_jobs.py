@@ -158,6 +158,22 @@ def test_failed_command_records_its_exit_status_and_log_tail(tmp_path):
     assert jobs.job_progress(job) is None and jobs.read_metrics(job) == []
 
 
+def test_resume_refuses_while_the_command_of_a_dead_supervisor_still_runs(tmp_path):
+    store = Store.open(tmp_path / "home")
+    code = "import time; print('ready', flush=True); time.sleep(60)"
+    job = jobs.launch_job(store, "sleep", [sys.executable, "-c", code], store.runs_dir / "orphan")
+    wait_until(lambda: "ready" in job.log_path.read_text(), what="the command to start")
+    os.kill(job.pid, signal.SIGKILL)  # the supervisor only: its child keeps the process group alive
+    wait_until(lambda: jobs.get_job(store, job.id).status == "failed", what="the job to be marked failed")
+    with pytest.raises(jobs.JobError, match=f"still runs in process group {job.pid}"):
+        jobs.resume_job(store, job.id)
+    os.killpg(job.pid, signal.SIGKILL)
+    wait_until(lambda: group_gone(job.pid), what="the group to end")
+    resumed = jobs.resume_job(store, job.id)
+    assert resumed.status in ("queued", "running") and resumed.attempts == 2
+    jobs.stop_job(store, job.id, grace_s=1.0)
+
+
 def test_a_running_job_whose_pid_belongs_to_another_program_is_marked_failed(tmp_path):
     store = Store.open(tmp_path / "home")
     with store.write() as con:  # what a store copied from another machine, or a rebooted one, can hold

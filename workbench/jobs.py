@@ -466,13 +466,19 @@ def resume_job(store: Store, job_id: int) -> Job:
     from its latest checkpoint); the log is appended to.
 
     Raises:
-        JobError: The job is active or finished, or another job with its launch key is active.
+        JobError: The job is active or finished, its old command still runs, or another job with its
+            launch key is active.
     """
     job = get_job(store, job_id)
     with store.write() as con:
-        row = first_row(con, "SELECT status, launch_key FROM jobs WHERE id = ?", [job_id])
+        row = first_row(con, "SELECT status, launch_key, pid FROM jobs WHERE id = ?", [job_id])
         if row[0] not in ("failed", "stopped"):
             raise JobError(f"job {job_id} is {row[0]}; only a failed or stopped job can be resumed")
+        if row[2] is not None and _group_alive(row[2]):  # its supervisor died, its command did not
+            raise JobError(
+                f"job {job_id}'s command still runs in process group {row[2]} although its supervisor is "
+                f"gone; end it (kill -- -{row[2]}) before resuming, or two runs would share {job.run_dir}"
+            )
         clash = first_row(
             con,
             "SELECT id FROM jobs WHERE launch_key = ? AND id <> ? AND status IN ('queued', 'running')",
