@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -112,7 +113,9 @@ def test_killed_job_shows_failed_and_resume_ends_with_the_uninterrupted_weights(
     assert not (cfg.output_dir / "final").exists()
 
     shown = cli(home, "jobs", "show", "1")  # a fresh process re-attaches and finds the process gone
-    assert "job 1 (dpo): failed" in shown and "is gone" in shown
+    # Gone, or a zombie not reaped yet when the launcher's parent is slow to wait for it.
+    assert "job 1 (dpo): failed" in shown
+    assert re.search(r"its process \d+ (is gone|has exited without recording how)", shown), shown
     assert jobs.resume_job(store, 1).attempts == 2
     job = jobs.wait_for_job(store, 1, timeout_s=300)
     assert (job.status, job.attempts) == ("finished", 2), job.error
