@@ -49,7 +49,7 @@ FROM pairs p
 JOIN prompts pr ON pr.id = p.prompt_id
 JOIN images ia ON ia.id = p.image_a
 JOIN images ib ON ib.id = p.image_b
-WHERE p.kind = $kind
+WHERE p.kind = $kind {round_clause}
   AND NOT EXISTS (SELECT 1 FROM judgments j WHERE j.pair_id = p.id AND j.annotator_id = $annotator)
 ORDER BY p.id
 LIMIT $limit
@@ -64,6 +64,7 @@ def label_with_scorer(
     limit: int | None = None,
     tie_margin: float = 0.0,
     batch_size: int = 64,
+    round_id: int | None = None,
     show_progress: bool = False,
 ) -> AiLabelReport:
     """Judge the pairs this scorer version has not judged yet, and record the judgments.
@@ -78,6 +79,7 @@ def label_with_scorer(
         limit: judge at most this many pairs in all; None judges every pending pair.
         tie_margin: largest score difference that still counts as a tie (>= 0).
         batch_size: pairs scored together.
+        round_id: judge only this round's pairs; None judges pending pairs of every round.
         show_progress: draw a progress bar.
 
     Returns:
@@ -99,12 +101,15 @@ def label_with_scorer(
         if scalar(con, "SELECT kind FROM annotators WHERE name = ?", [name]) == "human":
             raise LabelingError(f"the annotator name {name!r} belongs to a person")
         annotator_id = ensure_annotator(con, name, kind="ai", model=scorer.name, version=scorer.version)
+    round_clause = "" if round_id is None else "AND p.round_id = $round"
+    round_param = {} if round_id is None else {"round": round_id}
+    pending_sql = _PENDING.format(round_clause=round_clause)
     with store.read() as con:
         rows = con.execute(
             "SELECT p.kind, count(*) FILTER (WHERE j.pair_id IS NULL), count(j.pair_id) FROM pairs p "
             "LEFT JOIN (SELECT DISTINCT pair_id FROM judgments WHERE annotator_id = ?) j ON j.pair_id = p.id "
-            "WHERE list_contains(?, p.kind) GROUP BY p.kind",
-            [annotator_id, kinds],
+            f"WHERE list_contains(?, p.kind) {round_clause.replace('$round', '?')} GROUP BY p.kind",
+            [annotator_id, kinds, *round_param.values()],
         ).fetchall()
     pending = sum(row[1] for row in rows)
     already = sum(row[2] for row in rows)
@@ -116,7 +121,13 @@ def label_with_scorer(
             while budget > 0:
                 with store.read() as con:
                     batch = con.execute(
-                        _PENDING, {"kind": kind, "annotator": annotator_id, "limit": min(batch_size, budget)}
+                        pending_sql,
+                        {
+                            "kind": kind,
+                            "annotator": annotator_id,
+                            "limit": min(batch_size, budget),
+                            **round_param,
+                        },
                     ).fetchall()
                 if not batch:
                     break
@@ -153,7 +164,9 @@ def _judge(
             raise LabelingError(f"step pairs {missing} have no timestep")
         timesteps = [row[1] for row in batch] * 2
     try:
-        images = [store.media.open_image(row[4]) for row in batch] + [store.media.open_image(row[5]) for row in batch]
+        images = [store.media.open_image(row[4]) for row in batch] + [
+            store.media.open_image(row[5]) for row in batch
+        ]
     except OSError as e:
         raise LabelingError(f"cannot read the images of pairs {pair_ids}: {e}") from e
     prompts = [row[3] for row in batch] * 2

@@ -67,6 +67,18 @@ def test_idempotent_limit_and_tie_margin(store: Store) -> None:
         label_with_scorer(store, oracle)
 
 
+def test_a_round_judges_only_its_own_pairs(store: Store) -> None:
+    made = add_shapes_pairs(store, 6)
+    ours = [p.pair_id for p in made[:4]]
+    with store.write() as con:
+        con.execute("UPDATE pairs SET round_id = 7 WHERE list_contains(?, id)", [ours])
+    report = label_with_scorer(store, ShapesOracle(), round_id=7, batch_size=3)
+    assert (report.judged, report.already_judged) == (4, 0)
+    assert sorted(_ai_judgments(store)) == sorted(ours)
+    rest = label_with_scorer(store, ShapesOracle())
+    assert (rest.judged, rest.already_judged) == (2, 4)
+
+
 @pytest.fixture(scope="module")
 def spm_path(tmp_path_factory) -> Path:
     """A tiny step-aware model whose timestep modulation is far from the identity, so t matters."""
@@ -83,7 +95,19 @@ def test_cli_step_aware_model_gets_the_step_pairs_timesteps(tmp_path: Path, spm_
     store = Store.open(tmp_path / "home")
     add_shapes_pairs(store, 3, kind="step")
     result = runner.invoke(
-        app, ["--home", str(store.home), "label", "ai", "--scorer", "spm", "--model", str(spm_path), "--kind", "step"]
+        app,
+        [
+            "--home",
+            str(store.home),
+            "label",
+            "ai",
+            "--scorer",
+            "spm",
+            "--model",
+            str(spm_path),
+            "--kind",
+            "step",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "3 judged (3 step)" in result.output
@@ -107,7 +131,9 @@ def test_cli_shapes_oracle_gold_and_errors(tmp_path: Path) -> None:
     add_shapes_pairs(Store.open(home), 4, gold_every=2)
     result = runner.invoke(app, ["--home", str(home), "label", "gold"])
     assert result.exit_code == 0 and "no judgments of gold pairs yet" in result.output
-    result = runner.invoke(app, ["--home", str(home), "label", "ai", "--scorer", "shapes-oracle", "--limit", "3"])
+    result = runner.invoke(
+        app, ["--home", str(home), "label", "ai", "--scorer", "shapes-oracle", "--limit", "3"]
+    )
     assert result.exit_code == 0, result.output
     assert "shapes-oracle@1: 3 judged (3 final, 0 step)" in result.output
     result = runner.invoke(app, ["--home", str(home), "label", "ai", "--scorer", "shapes-oracle"])
@@ -116,5 +142,7 @@ def test_cli_shapes_oracle_gold_and_errors(tmp_path: Path) -> None:
     assert "shapes-oracle@1 (ai): 2/2 = 100.0%" in result.output
     result = runner.invoke(app, ["--home", str(home), "label", "ai", "--scorer", "clip"])
     assert result.exit_code == 1 and "needs --model" in result.output
-    result = runner.invoke(app, ["--home", str(home), "label", "ai", "--scorer", "shapes-oracle", "--kind", "noisy"])
+    result = runner.invoke(
+        app, ["--home", str(home), "label", "ai", "--scorer", "shapes-oracle", "--kind", "noisy"]
+    )
     assert result.exit_code == 1 and "kinds must be a non-empty subset" in result.output

@@ -566,12 +566,12 @@ def _judgments(store, round_id, parent, config, results, progress) -> dict:
     kinds = _round_kinds(config)
     record: dict[str, Any] = {}
     if config.feedback in ("ai", "both"):
-        # Judges every pair this scorer version has not judged yet, the round's and any other.
         report = label_with_scorer(
             store,
             scorer_from_spec(config.scorer),
             kinds=kinds,
             tie_margin=config.tie_margin,
+            round_id=round_id,
             show_progress=progress,
         )
         record["annotator"] = report.annotator
