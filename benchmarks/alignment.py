@@ -91,7 +91,7 @@ def checkpoint_pipes(run_dir: Path, cfg: DPOConfig | SPOConfig):
         yield int(checkpoint.name.split("-")[-1]), pipe
 
 
-def evaluate(run_dir: Path, cfg, train_cpu_s: float, setup_cpu_s: float, n_captions: int) -> list[dict]:
+def evaluate(run_dir: Path, cfg, train_cpu_s: float, n_captions: int) -> list[dict]:
     """Oracle win rate of every checkpoint against the base model on held-out captions."""
     captions = held_out_captions()[:n_captions]
     base = [s for _, _, s in score_pipeline(load_toy(), ShapesOracle(), captions, EVAL_SEEDS)]
@@ -102,7 +102,7 @@ def evaluate(run_dir: Path, cfg, train_cpu_s: float, setup_cpu_s: float, n_capti
         rows.append(
             {
                 "step": step,
-                "train_cpu_s": setup_cpu_s + (train_cpu_s - setup_cpu_s) * step / cfg.max_steps,
+                "train_cpu_s": train_cpu_s * step / cfg.max_steps,  # steps cost alike
                 **result.summary(),
                 "tuned_all_correct": sum(s == 1.0 for s in tuned) / len(tuned),
                 "base_all_correct": sum(s == 1.0 for s in base) / len(base),
@@ -151,7 +151,7 @@ def main() -> None:
         summary = json.loads((results / f"{args.name}.json").read_text())
         config_class = DPOConfig if summary["recipe"] == "dpo" else SPOConfig
         cfg = config_class.from_json(args.home / "runs" / args.name / "config.json")
-        summary["checkpoints"] = evaluate(cfg.output_dir, cfg, summary["train_cpu_s"], 0.0, args.captions)
+        summary["checkpoints"] = evaluate(cfg.output_dir, cfg, summary["train_cpu_s"], args.captions)
         (results / f"{args.name}.json").write_text(json.dumps(summary, indent=2, default=str))
         return
     run_dir = args.home / "runs" / f"{args.what}-{args.name}"
@@ -177,7 +177,7 @@ def main() -> None:
     final = recipe(cfg)
     train_cpu_s = time.process_time() - start
     model_id = register_run(store, args.what, cfg, final)
-    rows = evaluate(run_dir, cfg, train_cpu_s, 0.0, args.captions)
+    rows = evaluate(run_dir, cfg, train_cpu_s, args.captions)
     summary = {
         "recipe": args.what,
         "model_id": model_id,

@@ -107,9 +107,9 @@ def label_with_scorer(
     with store.read() as con:
         rows = con.execute(
             "SELECT p.kind, count(*) FILTER (WHERE j.pair_id IS NULL), count(j.pair_id) FROM pairs p "
-            "LEFT JOIN (SELECT DISTINCT pair_id FROM judgments WHERE annotator_id = ?) j ON j.pair_id = p.id "
-            f"WHERE list_contains(?, p.kind) {round_clause.replace('$round', '?')} GROUP BY p.kind",
-            [annotator_id, kinds, *round_param.values()],
+            "LEFT JOIN (SELECT DISTINCT pair_id FROM judgments WHERE annotator_id = $annotator) j "
+            f"ON j.pair_id = p.id WHERE list_contains($kinds, p.kind) {round_clause} GROUP BY p.kind",
+            {"annotator": annotator_id, "kinds": list(kinds), **round_param},
         ).fetchall()
     pending = sum(row[1] for row in rows)
     already = sum(row[2] for row in rows)

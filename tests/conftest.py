@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from pickapic_data import pickapic_rows, write_parquet
 
 from datastore.store import Store
@@ -23,3 +24,13 @@ def store(tmp_path: Path) -> Store:
 @pytest.fixture
 def pickapic_file(tmp_path: Path) -> Path:
     return write_parquet(tmp_path / "pickapic.parquet", pickapic_rows(12))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module: on a busy 2-core machine two threads wait on each other
+    and sampling runs up to 25x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

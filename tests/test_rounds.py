@@ -45,12 +45,7 @@ DEMO_ARGS = ["demo", "--rounds", "2", "--prompts", "3", "--train-steps", "2", "-
 DEMO_ARGS += ["--eval-seeds", "2", "--steps", "4"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,7 @@ from workbench.toy.config import ToyTrainConfig
 from workbench.toy.evaluate import evaluate_pipeline
 from workbench.toy.model import MAX_TOKENS, build_tokenizer, caption_words
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On a busy 2-core machine, two torch threads wait on each other and sample up to 25x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
