@@ -12,16 +12,21 @@ in the same transaction as the judgments, the highest inbox row applied (per inb
 by a random id made with the file), and rows are deleted from the inbox only after that commit.
 A later drain skips rows at or below the mark. SQLite hands out row ids in commit order (it has
 one writer at a time and ``AUTOINCREMENT`` never reuses an id), so the mark is exact.
+
+A row that cannot be applied (one written by hand or by an older version that checked less) is
+moved to the DuckDB table ``inbox_quarantine`` with its error, in the same transaction, so it
+never blocks a drain; ``workbench stats`` counts it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
 import uuid
 from contextlib import AbstractContextManager
-from dataclasses import asdict, fields
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 
@@ -29,7 +34,7 @@ import duckdb
 
 from datastore.errors import DuplicateJudgmentError, StoreError
 from datastore.lock import file_lock
-from datastore.records import NewJudgment, insert_judgments
+from datastore.records import NewJudgment, insert_judgments, judgment_row, validate_judgment
 from datastore.sql import scalar
 
 INBOX_FILE = "inbox.sqlite"
@@ -107,7 +112,7 @@ class Inbox:
         Raises:
             DuplicateJudgmentError: this annotator's answer to this pair was accepted before.
         """
-        row = asdict(judgment)
+        row = judgment_row(judgment)
         for key in _TIMES:
             row[key] = row[key].isoformat() if row[key] is not None else None
         with self._lock, self._write_lock():
@@ -135,22 +140,15 @@ class Inbox:
         with self._lock:
             return bool(self._connection().execute("SELECT EXISTS (SELECT 1 FROM pending)").fetchall()[0][0])
 
-    def pending(self) -> list[tuple[int, NewJudgment]]:
-        """Every pending row as (inbox id, judgment), oldest first."""
+    def pending(self) -> list[tuple[int, dict]]:
+        """Every pending row as (inbox id, its stored values by column), oldest first."""
         with self._lock:
             rows = (
                 self._connection()
                 .execute(f"SELECT id, {', '.join(_COLUMNS)} FROM pending ORDER BY id")
                 .fetchall()
             )
-        out = []
-        for inbox_id, *values in rows:
-            row = dict(zip(_COLUMNS, values, strict=True))
-            for key in _TIMES:
-                row[key] = datetime.fromisoformat(row[key]) if row[key] is not None else None
-            row["is_gold"] = bool(row["is_gold"])
-            out.append((inbox_id, NewJudgment(**row)))
-        return out
+        return [(inbox_id, dict(zip(_COLUMNS, values, strict=True))) for inbox_id, *values in rows]
 
     def forget_through(self, inbox_id: int) -> None:
         """Delete the pending rows up to ``inbox_id`` (call only after they are committed to DuckDB)."""
@@ -170,12 +168,46 @@ class Inbox:
         if not rows:
             return 0
         done = scalar(con, "SELECT through_id FROM inbox_applied WHERE inbox_id = ?", [self.inbox_id]) or 0
-        fresh = [j for i, j in rows if i > done]
+        fresh, refused = [], []
+        for inbox_row, values in rows:
+            if inbox_row <= done:
+                continue
+            try:
+                fresh.append(stored_judgment(values))
+            except StoreError as e:
+                refused.append([self.inbox_id, inbox_row, json.dumps(values, default=repr), str(e)])
         through = rows[-1][0]
-        if fresh:
+        if fresh or refused:
             insert_judgments(con, fresh)
+            if refused:
+                con.executemany(
+                    "INSERT OR IGNORE INTO inbox_quarantine (inbox_id, inbox_row, fields, error) VALUES (?, ?, ?, ?)",
+                    refused,
+                )
             con.execute(
                 "INSERT OR REPLACE INTO inbox_applied (inbox_id, through_id) VALUES (?, ?)",
                 [self.inbox_id, through],
             )
         return through
+
+
+def stored_judgment(values: dict) -> NewJudgment:
+    """The judgment of one inbox row's stored values, checked in full.
+
+    Raises:
+        StoreError: naming the field that is malformed.
+    """
+    row = dict(values)
+    for key in _TIMES:
+        if row[key] is not None:
+            try:
+                row[key] = datetime.fromisoformat(row[key])
+            except (TypeError, ValueError):
+                raise StoreError(f"judgment {key} must be an ISO timestamp or None, got {row[key]!r}") from None
+    # SQLite stores a bool as 0 / 1; anything else was never a bool.
+    if row["is_gold"] not in (0, 1) or isinstance(row["is_gold"], float | str):
+        raise StoreError(f"judgment is_gold must be True or False, got {row['is_gold']!r}")
+    row["is_gold"] = bool(row["is_gold"])
+    judgment = NewJudgment(**row)
+    validate_judgment(judgment)
+    return judgment

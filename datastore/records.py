@@ -4,12 +4,15 @@ composes several of them into one transaction with ``with store.write() as con: 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Literal
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from datastore.errors import NotFoundError, StoreError
@@ -254,16 +257,61 @@ _JUDGMENT_SCHEMA = pa.schema(
 )
 
 
+MAX_ID = 2**63 - 1
+MAX_TEXT_CHARS = 1000
+"""Longest external id or external timestamp a judgment may carry."""
+
+
 def validate_judgment(j: NewJudgment) -> None:
-    """Raise StoreError naming the field when a judgment is malformed."""
-    if j.outcome not in OUTCOMES:
+    """Raise StoreError naming the field when a judgment is malformed: a wrong type, a value out
+    of range, or text that is not UTF-8. A judgment that passes is stored exactly as given."""
+    for name in ("pair_id", "annotator_id"):
+        value = getattr(j, name)
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool | np.bool_) or not 0 < value <= MAX_ID:
+            raise StoreError(f"judgment {name} must be a positive integer id, got {value!r}")
+    if not isinstance(j.outcome, str) or j.outcome not in OUTCOMES:
         raise StoreError(f"judgment outcome must be one of {OUTCOMES}, got {j.outcome!r}")
-    if j.source not in SOURCES:
+    if not isinstance(j.source, str) or j.source not in SOURCES:
         raise StoreError(f"judgment source must be one of {SOURCES}, got {j.source!r}")
-    if j.left_image not in (None, "a", "b"):
+    if j.left_image is not None and (not isinstance(j.left_image, str) or j.left_image not in ("a", "b")):
         raise StoreError(f"left_image must be 'a', 'b' or None, got {j.left_image!r}")
+    for name in ("confidence", "score_a", "score_b"):
+        value = getattr(j, name)
+        if value is None:
+            continue
+        if not isinstance(value, numbers.Real) or isinstance(value, bool | np.bool_) or not math.isfinite(value):
+            raise StoreError(f"judgment {name} must be a finite number or None, got {value!r}")
     if j.confidence is not None and not 0.0 <= j.confidence <= 1.0:
         raise StoreError(f"confidence must be within [0, 1], got {j.confidence}")
+    for name in ("shown_at", "answered_at"):
+        value = getattr(j, name)
+        if value is not None and not isinstance(value, datetime):
+            raise StoreError(f"judgment {name} must be a datetime or None, got {value!r}")
+    if not isinstance(j.is_gold, bool | np.bool_):
+        raise StoreError(f"judgment is_gold must be True or False, got {j.is_gold!r}")
+    for name in ("external_id", "external_updated_at"):
+        value = getattr(j, name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise StoreError(f"judgment {name} must be text or None, got {value!r}")
+        if len(value) > MAX_TEXT_CHARS:
+            raise StoreError(f"judgment {name} has {len(value)} characters, more than {MAX_TEXT_CHARS}")
+        try:
+            value.encode()
+        except UnicodeEncodeError as e:
+            raise StoreError(f"judgment {name} is not valid Unicode text: {e}") from None
+
+
+def judgment_row(j: NewJudgment) -> dict:
+    """The fields of a valid judgment as plain Python values (numpy scalars become int, float, bool)."""
+    row = asdict(j)
+    for name in ("pair_id", "annotator_id"):
+        row[name] = int(row[name])
+    for name in ("confidence", "score_a", "score_b"):
+        row[name] = None if row[name] is None else float(row[name])
+    row["is_gold"] = bool(row["is_gold"])
+    return row
 
 
 def insert_judgments(con: duckdb.DuckDBPyConnection, judgments: Sequence[NewJudgment]) -> list[int]:
@@ -272,7 +320,7 @@ def insert_judgments(con: duckdb.DuckDBPyConnection, judgments: Sequence[NewJudg
         validate_judgment(j)
     if not judgments:
         return []
-    table = pa.Table.from_pylist([asdict(j) for j in judgments], schema=_JUDGMENT_SCHEMA)
+    table = pa.Table.from_pylist([judgment_row(j) for j in judgments], schema=_JUDGMENT_SCHEMA)
     con.register("incoming_judgments", table)
     try:
         ids = con.execute(
@@ -286,12 +334,14 @@ def insert_judgments(con: duckdb.DuckDBPyConnection, judgments: Sequence[NewJudg
 
 
 def store_stats(con: duckdb.DuckDBPyConnection) -> dict[str, int | dict[str, int]]:
-    """Counts of the store's main entities, and judgments by source and outcome."""
+    """Counts of the store's main entities, judgments by source and outcome, and the inbox rows
+    that were quarantined because they could not be applied (``inbox_quarantine``)."""
     counts = {
         table: scalar(con, f"SELECT count(*) FROM {table}")
         for table in ("prompts", "models", "images", "pairs", "annotators", "dataset_versions", "jobs", "rounds")
     }
     counts["judgments"] = scalar(con, "SELECT count(*) FROM judgments WHERE NOT withdrawn")
+    counts["quarantined_judgments"] = scalar(con, "SELECT count(*) FROM inbox_quarantine")
     counts["pairs_by_kind"] = dict(con.execute("SELECT kind, count(*) FROM pairs GROUP BY kind ORDER BY kind").fetchall())
     counts["judgments_by_source"] = dict(
         con.execute(

@@ -248,4 +248,19 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE rounds ADD COLUMN error VARCHAR;            -- the error of a failed round
         """,
     ),
+    (
+        10,
+        """
+        -- Inbox rows that could not be applied (datastore/inbox.py): kept with their error, out of
+        -- the way of every later drain. Written in the same transaction as the inbox mark.
+        CREATE TABLE inbox_quarantine (
+            inbox_id VARCHAR NOT NULL,                         -- the inbox file's random id
+            inbox_row BIGINT NOT NULL,                         -- the row's id in that file
+            fields JSON NOT NULL,                              -- the row's stored values
+            error VARCHAR NOT NULL,                            -- why it was refused
+            quarantined_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            PRIMARY KEY (inbox_id, inbox_row)
+        );
+        """,
+    ),
 ]

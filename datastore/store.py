@@ -23,7 +23,7 @@ from datastore.errors import NotFoundError, StoreError
 from datastore.inbox import INBOX_FILE, Inbox
 from datastore.lock import file_lock
 from datastore.media import MediaStore
-from datastore.records import NewJudgment, validate_judgment
+from datastore.records import NewJudgment, judgment_row, validate_judgment
 from datastore.schema import MIGRATIONS
 from datastore.sql import scalar
 
@@ -90,11 +90,13 @@ class Store:
         insert many judgments in one ``write()``.
 
         Raises:
-            StoreError: a malformed field.
+            StoreError: a malformed field: a wrong type (``score_a="high"``, ``is_gold="no"``), a
+                number that is not finite or out of range, text too long or not UTF-8.
             NotFoundError: the pair or the annotator does not exist.
             DuplicateJudgmentError: this annotator's answer to this pair went through the inbox before.
         """
         validate_judgment(judgment)
+        judgment = NewJudgment(**judgment_row(judgment))  # numpy scalars become Python numbers
         checks = ((self._pairs, judgment.pair_id), (self._annotators, judgment.annotator_id))
         with self._known_lock:
             if not all(known.has(key) for known, key in checks):

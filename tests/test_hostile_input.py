@@ -1,0 +1,169 @@
+"""What a careless or hostile user types or imports: refused with a named error, or stored and
+readable; never a store that stops opening."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_store_concurrency import _seed_pairs
+from typer.testing import CliRunner
+
+from datastore.errors import DuplicateJudgmentError, StoreError
+from datastore.records import NewJudgment, ensure_annotator
+from datastore.sql import scalar
+from datastore.store import Store
+from workbench.cli import app
+
+runner = CliRunner()
+
+
+def _annotator(store: Store, name: str = "ada") -> int:
+    with store.write() as con:
+        return ensure_annotator(con, name)
+
+
+def _judgment_count(store: Store) -> int:
+    with store.read() as con:
+        return scalar(con, "SELECT count(*) FROM judgments")
+
+
+# 1. Judgments ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("score_a", "high"),
+        ("external_id", 123),
+        ("external_updated_at", 5),
+        ("is_gold", "no"),
+        ("confidence", float("nan")),
+        ("score_b", float("inf")),
+        ("pair_id", 2**70),
+        ("shown_at", "yesterday"),
+        ("external_id", "x" * 1001),
+        ("external_id", "\ud800"),
+    ],
+)
+def test_a_malformed_judgment_is_refused_naming_its_field_and_the_store_keeps_opening(
+    store: Store, field: str, value
+) -> None:
+    [pair] = _seed_pairs(store, 1)
+    ann = _annotator(store)
+    fields = {"pair_id": pair, "annotator_id": ann, "source": "app", "outcome": "a", field: value}
+    with pytest.raises(StoreError, match=field):
+        store.record_judgment(NewJudgment(**fields))
+    assert store.inbox.pending() == []
+    store.record_judgment(NewJudgment(pair, ann, "app", "b", is_gold=True))
+    assert _judgment_count(store) == 1
+    with store.read() as con:
+        assert con.execute("SELECT outcome, is_gold FROM judgments").fetchall() == [("b", True)]
+
+
+def _append_raw(store: Store, **values) -> None:
+    """Write an inbox row as an older version or a hand edit would, without any check."""
+    con = sqlite3.connect(store.inbox.path)
+    with con:
+        columns = ", ".join(values)
+        con.execute(f"INSERT INTO pending ({columns}) VALUES ({', '.join('?' * len(values))})", list(values.values()))
+    con.close()
+
+
+def test_an_inbox_row_that_cannot_be_applied_is_quarantined_and_stats_report_it(store: Store) -> None:
+    pairs = _seed_pairs(store, 3)
+    ann = _annotator(store)
+    store.record_judgment(NewJudgment(pairs[0], ann, "app", "a"))
+    _append_raw(store, pair_id=pairs[1], annotator_id=ann, source="app", outcome="a", score_a="high", is_gold=0)
+    _append_raw(store, pair_id=pairs[2], annotator_id=ann, source="app", outcome="b", is_gold="no")
+    store.record_judgment(NewJudgment(pairs[2], _annotator(store, "bob"), "app", "tie"))
+    # Every process keeps reading and writing; the good judgments on both sides are applied.
+    assert _judgment_count(store) == 2
+    assert _judgment_count(Store.open(store.home)) == 2
+    assert store.inbox.pending() == []
+    with store.read() as con:
+        quarantined = con.execute("SELECT fields, error FROM inbox_quarantine ORDER BY inbox_row").fetchall()
+    assert [json.loads(f)["score_a"] for f, _ in quarantined] == ["high", None]
+    assert "score_a must be a finite number" in quarantined[0][1]
+    assert "is_gold must be True or False, got 'no'" in quarantined[1][1]
+    result = runner.invoke(app, ["--home", str(store.home), "stats", "--json"])
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.output)
+    assert (counts["judgments"], counts["quarantined_judgments"]) == (2, 2)
+
+
+_TEXT = st.one_of(st.none(), st.text(max_size=30), st.integers(), st.booleans(), st.floats())
+_NUMBER = st.one_of(st.none(), st.floats(), st.integers(-(2**70), 2**70), st.text(max_size=5), st.booleans())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    data=st.fixed_dictionaries(
+        {
+            "source": st.one_of(st.sampled_from(["app", "ai", "labelstudio", "import", "web"]), _TEXT),
+            "outcome": st.one_of(st.sampled_from(["a", "b", "tie", "both_bad", "left"]), _TEXT),
+            "left_image": st.one_of(st.sampled_from(["a", "b"]), _TEXT),
+            "confidence": _NUMBER,
+            "score_a": _NUMBER,
+            "score_b": _NUMBER,
+            "shown_at": st.one_of(st.none(), st.datetimes(), _TEXT),
+            "answered_at": st.one_of(st.none(), st.datetimes(), st.integers()),
+            "is_gold": st.one_of(st.booleans(), _TEXT),
+            "external_id": _TEXT,
+            "external_updated_at": _TEXT,
+        }
+    ),
+    pair_offset=st.sampled_from([0, 0, 0, 1, -1000]),
+)
+def test_fuzz_record_judgment_is_refused_by_name_or_applied_and_readable(
+    tmp_path_factory: pytest.TempPathFactory, data: dict, pair_offset: int
+) -> None:
+    store, pair = _fuzz_store(tmp_path_factory)
+    # A fresh annotator per example, so that no example is another's duplicate.
+    judgment = NewJudgment(pair + pair_offset, _annotator(store, f"fuzz-{len(_FUZZ['seen'])}"), **data)
+    _FUZZ["seen"].append(judgment)
+    try:
+        store.record_judgment(judgment)
+    except StoreError as e:
+        assert not isinstance(e, DuplicateJudgmentError)
+        assert str(e), "a refusal names what is wrong"
+        accepted = False
+    else:
+        accepted = True
+        _FUZZ["accepted"] += 1
+    with store.read() as con:  # opening never fails, whatever was offered
+        assert scalar(con, "SELECT count(*) FROM inbox_quarantine") == 0
+        assert scalar(con, "SELECT count(*) FROM judgments") == _FUZZ["accepted"]
+        if accepted:
+            row = con.execute(
+                "SELECT outcome, source, is_gold, external_id FROM judgments ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            assert row == (judgment.outcome, judgment.source, judgment.is_gold, judgment.external_id)
+
+
+_FUZZ: dict = {"seen": [], "accepted": 0}
+
+
+def _fuzz_store(factory: pytest.TempPathFactory) -> tuple[Store, int]:
+    """One store shared by every example of the fuzz test, with one pair."""
+    if "store" not in _FUZZ:
+        store = Store.open(factory.mktemp("fuzz") / "home")
+        _FUZZ["store"], _FUZZ["pair"] = store, _seed_pairs(store, 1)[0]
+    return _FUZZ["store"], _FUZZ["pair"]
+
+
+def test_numpy_scalars_from_a_frame_are_accepted_as_numbers(store: Store) -> None:
+    import numpy as np
+
+    [pair] = _seed_pairs(store, 1)
+    ann = _annotator(store)
+    store.record_judgment(
+        NewJudgment(np.int64(pair), np.int64(ann), "ai", "a", score_a=np.float32(0.25), score_b=1, is_gold=np.bool_(False),
+                    answered_at=datetime(2026, 1, 2, 3, 4, 5))
+    )
+    with store.read() as con:
+        assert con.execute("SELECT score_a, score_b, is_gold FROM judgments").fetchall() == [(0.25, 1.0, False)]
