@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from training.ddim import ddim_step, pooled_ddim_step, sample_candidates, transition_log_prob
+from training.ddim import ddim_step, transition_log_prob, transition_std
 
 
 def scheduler(prediction_type: str = "epsilon", **overrides) -> DDIMScheduler:
@@ -83,28 +83,15 @@ def test_eta_zero_is_deterministic_ddim():
     step = ddim_step(sched, output, sample, torch.tensor([t, t]), eta=0.0)
     assert step.std.tolist() == [0.0, 0.0]
     torch.testing.assert_close(step.mean, sched.step(output, t, sample, eta=0.0).prev_sample, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="eta > 0"):
-        pooled_ddim_step(sched, output, sample, torch.tensor([t, t]), eta=0.0, k=4)
 
 
-def test_pool_candidates_share_the_mean_of_one_state():
+def test_transition_std_is_the_steps_std_before_sampling():
     sched = scheduler()
-    t = int(sched.timesteps[6])
-    generator = torch.Generator().manual_seed(1)
-    sample, output = torch.randn(2, 4, 3, 3, generator=generator), torch.randn(2, 4, 3, 3, generator=generator)
-    candidates, step = pooled_ddim_step(sched, output, sample, torch.tensor([t, t]), eta=1.0, k=4, generator=generator)
-    assert candidates.shape == (2, 4, 4, 3, 3)
-
-    # Each candidate is a diffusers DDIM step from the same x_t with its own noise.
-    for chain in range(2):
-        for i in range(4):
-            noise = (candidates[chain, i] - step.mean[chain]) / step.std[chain]
-            reference = sched.step(output[chain : chain + 1], t, sample[chain : chain + 1], eta=1.0, variance_noise=noise[None])
-            torch.testing.assert_close(candidates[chain, i], reference.prev_sample[0], atol=1e-5, rtol=1e-5)
-    # Independent noise: no two candidates coincide.
-    flat = candidates.flatten(2)
-    assert torch.cdist(flat[0], flat[0]).add(torch.eye(4) * 1e9).min() > 1e-3
-
-    # Many candidates average back to the shared mean.
-    many = sample_candidates(step, 4000, generator)
-    torch.testing.assert_close(many.mean(dim=1), step.mean, atol=5 * step.std.max().item() / math.sqrt(4000), rtol=0)
+    timesteps = sched.timesteps
+    output, sample = torch.randn(len(timesteps), 4, 2, 2), torch.randn(len(timesteps), 4, 2, 2)
+    for eta in (0.0, 0.5, 1.0):
+        torch.testing.assert_close(transition_std(sched, timesteps, eta), ddim_step(sched, output, sample, timesteps, eta).std)
+    # The last step of 20 goes from t = 1 to alphas_cumprod[0] (set_alpha_to_one off): still stochastic.
+    assert transition_std(sched, timesteps, 1.0).min() > 0
+    final_one = scheduler(set_alpha_to_one=True)
+    assert transition_std(final_one, final_one.timesteps, 1.0)[-1] == 0

@@ -16,6 +16,7 @@ from tiny_models import build_tiny_sd15, build_tiny_sdxl
 from typer.testing import CliRunner
 
 from datastore.store import Store
+from training.sampling import predict_noise
 from workbench.cli import app
 from workbench.errors import GenerationError, ModelLoadError
 from workbench.generation import (
@@ -29,7 +30,7 @@ from workbench.generation import (
     read_prompts,
 )
 from workbench.pipelines import load_pipeline
-from workbench.sampling import decode, denoise, encode_prompts, predict_noise
+from workbench.sampling import decode, denoise, encode_prompts
 from workbench.toy import TOY_IMAGE_SIZE, train_captions
 
 PROMPTS = ["a red circle", "a blue square"]
@@ -156,6 +157,7 @@ def test_pool_candidates_share_their_parent_and_mean(which: str, request: pytest
     assert [p.step for p in pools] == [2, 3, 4]
     timesteps = [int(t) for t in scheduler.timesteps]
     assert [p.timestep for p in pools] == [timesteps[2], timesteps[3], 0]
+    assert [p.parent_timestep for p in pools] == timesteps[1:]
     for pool in pools:
         assert pool.candidates.shape == (2, 3, 4, 8, 8) and (pool.std > 0).all()
         torch.testing.assert_close(
@@ -163,7 +165,7 @@ def test_pool_candidates_share_their_parent_and_mean(which: str, request: pytest
         )
         assert not torch.equal(pool.candidates[:, 0], pool.candidates[:, 1])
         t = timesteps[pool.step - 1]
-        output = predict_noise(pipe, scheduler, text, pool.parent, t, 3.0)
+        output = predict_noise(pipe.unet, scheduler, text, pool.parent, t, 3.0)
         for j in range(3):
             reference = DDIMScheduler.from_config(scheduler.config)
             reference.set_timesteps(4)

@@ -84,6 +84,30 @@ def predict_x0(
     return pred_x0, pred_eps
 
 
+def _prev_timesteps(scheduler: DDIMScheduler, timesteps: Tensor) -> Tensor:
+    return timesteps - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+
+
+def _alpha_prev(scheduler: DDIMScheduler, prev_timesteps: Tensor) -> Tensor:
+    alphas = scheduler.alphas_cumprod.to(prev_timesteps.device)
+    return torch.where(
+        prev_timesteps >= 0, alphas[prev_timesteps.clamp(min=0)], scheduler.final_alpha_cumprod.to(alphas)
+    )
+
+
+def transition_std(scheduler: DDIMScheduler, timesteps: Tensor, eta: float) -> Tensor:
+    """The standard deviation of the DDIM step from each t (eq. 16's sigma times eta), shape (B,).
+
+    It depends only on the schedule, so it tells before sampling which steps can form a pool:
+    0 when eta = 0, and at a final step with ``set_alpha_to_one``.
+    """
+    alphas = scheduler.alphas_cumprod.to(timesteps.device)
+    alpha_t = alphas[timesteps]
+    alpha_prev = _alpha_prev(scheduler, _prev_timesteps(scheduler, timesteps))
+    variance = (1 - alpha_prev) / (1 - alpha_t) * (1 - alpha_t / alpha_prev)
+    return eta * variance.sqrt()
+
+
 def ddim_step(
     scheduler: DDIMScheduler, model_output: Tensor, sample: Tensor, timesteps: Tensor, eta: float
 ) -> DDIMStep:
@@ -102,67 +126,12 @@ def ddim_step(
         The transitions' means, stds and predicted x_0.
     """
     timesteps = timesteps.to(sample.device)
-    prev_timesteps = timesteps - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
-    alphas = scheduler.alphas_cumprod.to(sample.device)
-    alpha_t = alphas[timesteps]
-    alpha_prev = torch.where(
-        prev_timesteps >= 0, alphas[prev_timesteps.clamp(min=0)], scheduler.final_alpha_cumprod.to(alphas)
-    )
+    prev_timesteps = _prev_timesteps(scheduler, timesteps)
+    alpha_prev = _alpha_prev(scheduler, prev_timesteps)
     pred_x0, pred_eps = predict_x0(scheduler, model_output, sample, timesteps)
-    variance = (1 - alpha_prev) / (1 - alpha_t) * (1 - alpha_t / alpha_prev)
-    std = eta * variance.sqrt()
+    std = transition_std(scheduler, timesteps, eta)
     mean = _per_sample(alpha_prev.sqrt(), sample) * pred_x0 + _per_sample((1 - alpha_prev - std**2).sqrt(), sample) * pred_eps
     return DDIMStep(mean=mean, std=std, pred_x0=pred_x0, timesteps=timesteps, prev_timesteps=prev_timesteps)
-
-
-def sample_candidates(step: DDIMStep, k: int, generator: torch.Generator | None = None) -> Tensor:
-    """Draws k candidates x_{t-1} per sample: the same mean, independent noise.
-
-    Args:
-        step: The transition from each sample's x_t.
-        k: Candidates per sample.
-        generator: Source of the noise; drawn on its device, then moved to the mean's, so a
-            CPU generator gives the same candidates on any device.
-
-    Returns:
-        Shape (B, k, C, H, W).
-    """
-    mean = step.mean
-    shape = (mean.shape[0], k, *mean.shape[1:])
-    noise = torch.randn(shape, generator=generator, device=generator.device if generator else mean.device)
-    return mean[:, None] + _per_sample(step.std, mean)[:, None] * noise.to(mean.device, mean.dtype)
-
-
-def pooled_ddim_step(
-    scheduler: DDIMScheduler,
-    model_output: Tensor,
-    sample: Tensor,
-    timesteps: Tensor,
-    eta: float,
-    k: int,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, DDIMStep]:
-    """SPO's pool: k continuations of one denoising state (`ddim_step` + `sample_candidates`).
-
-    Args:
-        scheduler: A DDIM scheduler after ``set_timesteps``.
-        model_output: The (guided) model output at (x_t, t), shape (B, C, H, W).
-        sample: x_t, shape (B, C, H, W).
-        timesteps: t, shape (B,).
-        eta: Must be > 0, or every candidate is the mean.
-        k: Candidates per sample.
-        generator: Source of the noise.
-
-    Returns:
-        Candidates of shape (B, k, C, H, W) and the transition they were drawn from.
-
-    Raises:
-        ValueError: A transition is deterministic (std 0).
-    """
-    step = ddim_step(scheduler, model_output, sample, timesteps, eta)
-    if (step.std <= 0).any():
-        raise ValueError(f"the DDIM step from t={timesteps.tolist()} is deterministic (std 0): a pool needs eta > 0")
-    return sample_candidates(step, k, generator), step
 
 
 def transition_log_prob(x_prev: Tensor, mean: Tensor, std: Tensor) -> Tensor:

@@ -41,7 +41,7 @@ from training.ddim import predict_x0
 from training.dpo import Features, Parts, load_parts
 from training.losses import pairwise_preference_loss
 from training.runs import Run, check_finite
-from training.sampling import TextConditioning, decode_images, encode_images, guided_output
+from training.sampling import TextConditioning, decode, encode, guided_output
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -302,7 +302,7 @@ class PairScorer:
         pixels = torch.stack(
             [load_image(path, resolution)[0] for r in rows for path in (r.image_0, r.image_1)]
         )
-        latents = encode_images(self.parts.vae, pixels)  # (2B, C, h, w): pair-major
+        latents = encode(self.parts.vae, pixels)  # (2B, C, h, w): pair-major
         noise = torch.stack(
             [torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(s)) for s in noise_seeds]
         )
@@ -322,7 +322,7 @@ class PairScorer:
             self.parts.unet, noisy.to(hidden.dtype), timesteps, text, self.cfg.guidance_scale
         )
         x0 = predict_x0(scheduler, output.float(), noisy, timesteps)[0]
-        images = decode_images(self.parts.vae, x0)
+        images = decode(self.parts.vae, x0)
         return list(zip(images[0::2], images[1::2], strict=True))
 
 

@@ -33,11 +33,11 @@ from reward_models.base import Scorer
 from reward_models.spec import scorer_from_spec
 from training.config import ConfigError, SPOConfig
 from training.data import stream_indices
-from training.ddim import ddim_step, predict_x0, sample_candidates, transition_log_prob
+from training.ddim import ddim_step, transition_log_prob, transition_std
 from training.dpo import Features, Parts, add_lora, load_parts, write_lora
 from training.losses import spo_step_loss
 from training.runs import Run, check_finite, replace_folder
-from training.sampling import TextConditioning, decode_images, guided_output
+from training.sampling import StepPool, TextConditioning, decode, denoise, guided_output, latent_shape
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -113,12 +113,7 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
     features = Features(parts, cfg.resolution, device)
     scheduler = DDIMScheduler.from_config(parts.noise_scheduler.config)
     scheduler.set_timesteps(cfg.num_inference_steps)
-    pooled_timesteps = [
-        t
-        for i, t in enumerate(scheduler.timesteps.tolist())
-        if i >= cfg.warmup_steps and cfg.min_timestep <= t <= cfg.max_timestep
-    ]
-    if not pooled_timesteps:
+    if not pool_steps(scheduler, cfg):
         raise ConfigError(
             f"no denoising step gets a pool: after {cfg.warmup_steps} warm-up steps the schedule has no t in "
             f"[{cfg.min_timestep}, {cfg.max_timestep}] (timesteps: {scheduler.timesteps.tolist()})"
@@ -127,9 +122,6 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
     while step < cfg.max_steps:
         started = time.perf_counter()
         # Prompts and noise depend only on (seed, step, process), so a resumed run repeats them.
-        generator = torch.Generator().manual_seed(
-            cfg.seed * 1_000_003 + step * 1009 + accelerator.process_index
-        )
         first = (step * accelerator.num_processes + accelerator.process_index) * cfg.prompts_per_step
         batch_prompts = [
             prompts[i] for i in stream_indices(len(prompts), cfg.seed, first, cfg.prompts_per_step)
@@ -137,10 +129,10 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
         text = conditioning(features, batch_prompts, parts.is_sdxl, cfg.resolution)
 
         unet.eval()
+        generators = chain_generators(cfg.seed, step, accelerator.process_index, len(batch_prompts))
         with accelerator.autocast():
-            pairs, stats = sample_pairs(
-                base_unet, parts, scheduler, text, batch_prompts, scorer, cfg, generator
-            )
+            pools = sample_pools(base_unet, parts, scheduler, text, generators, cfg)
+        pairs, stats = judge_pools(pools, parts, batch_prompts, scorer, cfg)
         sampled = time.perf_counter()
         unet.train()
         step += 1
@@ -189,110 +181,108 @@ def conditioning(features: Features, prompts: list[str], is_sdxl: bool, resoluti
     return TextConditioning(hidden, empty_hidden, pooled, empty_pooled, time_ids)
 
 
-@torch.no_grad()
-def sample_pairs(
+def pool_steps(scheduler: DDIMScheduler, cfg: SPOConfig) -> tuple[int, ...]:
+    """The chain steps s (1-based) that draw a pool: after the warm-up, t in the trained range, stochastic.
+
+    Step s is the transition from ``scheduler.timesteps[s - 1]``.
+    """
+    timesteps = scheduler.timesteps
+    stds = transition_std(scheduler, timesteps, cfg.eta).tolist()
+    return tuple(
+        i + 1
+        for i, (t, std) in enumerate(zip(timesteps.tolist(), stds, strict=True))
+        if i >= cfg.warmup_steps and cfg.min_timestep <= t <= cfg.max_timestep and std > 0
+    )
+
+
+def chain_generators(seed: int, step: int, process_index: int, n_chains: int) -> list[torch.Generator]:
+    """One CPU generator per chain of an optimizer step, from (seed, step, process, chain) only, so a resumed run repeats them."""
+    base = seed * 1_000_003 + step * 1009 + process_index
+    return [torch.Generator().manual_seed(base * 10_007 + chain) for chain in range(n_chains)]
+
+
+def sample_pools(
     unet: UNet2DConditionModel,
     parts: Parts,
     scheduler: DDIMScheduler,
     text: TextConditioning,
-    prompts: list[str],
-    scorer: Scorer,
+    generators: list[torch.Generator],
     cfg: SPOConfig,
-    generator: torch.Generator,
+) -> list[StepPool]:
+    """One DDIM chain per generator with pools at `pool_steps` and the step-wise resampler (`training.sampling.denoise`).
+
+    The latents have the size the VAE decodes to ``cfg.resolution`` pixels.
+    """
+    _, pools = denoise(
+        unet,
+        scheduler,
+        text,
+        generators,
+        shape=latent_shape(unet, parts.vae, cfg.resolution, cfg.resolution),
+        guidance_scale=cfg.guidance_scale,
+        eta=cfg.eta,
+        pool_steps=pool_steps(scheduler, cfg),
+        k=cfg.num_candidates,
+    )
+    return pools
+
+
+@torch.no_grad()
+def judge_pools(
+    pools: list[StepPool], parts: Parts, prompts: list[str], scorer: Scorer, cfg: SPOConfig
 ) -> tuple[StepPairs, dict[str, float]]:
-    """Samples one DDIM chain per prompt with pools, the scorer and the step-wise resampler.
+    """Scores every candidate's decoded predicted x0 at its timestep and keeps the decisive best-worst pairs.
 
     Args:
-        unet: The current (LoRA) UNet.
+        pools: The pools of B chains (`sample_pools`).
         parts: Supplies the VAE.
-        scheduler: DDIM scheduler after ``set_timesteps``.
-        text: Conditioning of the B chains.
-        prompts: The B prompts, for the scorer.
+        prompts: The B chains' prompts, for the scorer.
         scorer: Judges decoded predicted x0s.
-        cfg: Run config.
-        generator: CPU generator of every random choice.
+        cfg: Run config (threshold, score scale).
 
     Returns:
         The kept pairs and counts: ``pairs``, ``pools``, ``pairs_t<t>`` per pool timestep,
         ``scored`` and ``score_sum`` (candidates and their scaled scores), ``gap_sum``
         (softmax gaps summed over pools).
     """
-    n_chains = len(prompts)
-    device = text.hidden.device
-    latent_shape = (n_chains, unet.config.in_channels, cfg.resolution // 8, cfg.resolution // 8)
-    latents = torch.randn(latent_shape, generator=generator).to(device) * scheduler.init_noise_sigma
-    chains = torch.arange(n_chains, device=device)
-    pool_text = text.select(chains.repeat_interleave(cfg.num_candidates))
-    pool_prompts = [p for p in prompts for _ in range(cfg.num_candidates)]
-    kept: list[StepPairs] = []
     stats = {"pairs": 0.0, "pools": 0.0, "scored": 0.0, "score_sum": 0.0, "gap_sum": 0.0}
-    output = None  # the guided model output at `latents`, when already computed for the resampled candidate
-    for index, t in enumerate(scheduler.timesteps.tolist()):
-        timesteps = torch.full((n_chains,), t, device=device)
-        if output is None:
-            output = guided_output(unet, latents, timesteps, text, cfg.guidance_scale)
-        step = ddim_step(scheduler, output, latents, timesteps, cfg.eta)
-        pooled = (
-            index >= cfg.warmup_steps
-            and cfg.min_timestep <= t <= cfg.max_timestep
-            and bool((step.std > 0).all())
-        )
-        if not pooled:
-            latents = sample_candidates(step, 1, generator)[:, 0]
-            output = None
-            continue
+    n_chains, k = pools[0].candidates.shape[:2]
+    # Every candidate of every pool in one decode and one scorer call.
+    images = decode(parts.vae, torch.cat([pool.pred_x0.flatten(0, 1) for pool in pools]), n_chains * k)
+    timesteps = [pool.timestep for pool in pools for _ in range(n_chains * k)]
+    scores = scorer.score(images, [p for _ in pools for p in prompts for _ in range(k)], timesteps)
+    scores = torch.from_numpy(np.asarray(scores, dtype=np.float64) * cfg.score_scale).view(len(pools), n_chains, k)
 
-        candidates = sample_candidates(step, cfg.num_candidates, generator)  # (B, k, C, h, w)
-        flat = candidates.flatten(0, 1)
-        prev_t = int(step.prev_timesteps[0])
-        if prev_t >= 0:
-            # The candidates' own model outputs give their x0 for the scorer and, for the
-            # resampled one, the next transition.
-            prev = torch.full((len(flat),), prev_t, device=device)
-            next_output = guided_output(unet, flat, prev, pool_text, cfg.guidance_scale)
-            x0 = predict_x0(scheduler, next_output, flat, prev)[0]
-        else:
-            next_output, x0 = None, flat  # the last step's candidates are finished latents
-        images = decode_images(parts.vae, x0)
-        scores = scorer.score(images, pool_prompts, [max(prev_t, 0)] * len(images)) * cfg.score_scale
-        scores = torch.from_numpy(np.asarray(scores, dtype=np.float64)).view(n_chains, cfg.num_candidates)
-
-        best, worst = scores.argmax(dim=1), scores.argmin(dim=1)
-        rows = torch.arange(n_chains)
+    kept: list[StepPairs] = []
+    rows = torch.arange(n_chains)
+    for pool, pool_scores in zip(pools, scores, strict=True):
+        best, worst = pool_scores.argmax(dim=1), pool_scores.argmin(dim=1)
         # softmax(best, worst)[0] - softmax(best, worst)[1] = tanh((best - worst) / 2)
-        gap = torch.tanh((scores[rows, best] - scores[rows, worst]) / 2)
+        gap = torch.tanh((pool_scores[rows, best] - pool_scores[rows, worst]) / 2)
         keep = gap > cfg.threshold
         if keep.any():
+            device = pool.parent.device
+            chains = rows[keep].to(device)
             kept.append(
                 StepPairs(
-                    sample=latents[keep.to(device)],
-                    timesteps=timesteps[keep.to(device)],
-                    winner=candidates[rows[keep], best[keep]],
-                    loser=candidates[rows[keep], worst[keep]],
-                    chain=chains[keep.to(device)],
+                    sample=pool.parent[chains],
+                    timesteps=torch.full((len(chains),), pool.parent_timestep, device=device),
+                    winner=pool.candidates[chains, best[keep].to(device)],
+                    loser=pool.candidates[chains, worst[keep].to(device)],
+                    chain=chains,
                 )
             )
         stats["pairs"] += int(keep.sum())
         stats["pools"] += n_chains
-        stats[f"pairs_t{t}"] = float(keep.sum())
-        stats["scored"] += scores.numel()
-        stats["score_sum"] += float(scores.sum())
+        stats[f"pairs_t{pool.parent_timestep}"] = float(keep.sum())
+        stats["scored"] += pool_scores.numel()
+        stats["score_sum"] += float(pool_scores.sum())
         stats["gap_sum"] += float(gap.sum())
-
-        # Step-wise resampler: continue from a uniformly random candidate, not the winner.
-        choice = torch.randint(cfg.num_candidates, (n_chains,), generator=generator)
-        latents = candidates[rows, choice]
-        output = (
-            None
-            if next_output is None
-            else next_output.view(n_chains, cfg.num_candidates, *flat.shape[1:])[rows, choice]
-        )
     if not kept:
-        empty = latents[:0]
-        return StepPairs(empty, timesteps[:0], empty, empty, chains[:0]), stats
-    return StepPairs(
-        *(torch.cat(column) for column in zip(*(dataclasses.astuple(p) for p in kept), strict=True))
-    ), stats
+        empty = pools[0].parent[:0]
+        return StepPairs(empty, torch.zeros(0, dtype=torch.long, device=empty.device), empty, empty, rows[:0]), stats
+    fields = [f.name for f in dataclasses.fields(StepPairs)]
+    return StepPairs(**{name: torch.cat([getattr(p, name) for p in kept]) for name in fields}), stats
 
 
 def train_on_pairs(
