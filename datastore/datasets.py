@@ -39,7 +39,7 @@ SNAPSHOT_COLUMNS = (
     "model_1",
 )
 _HASHED_COLUMNS = [c for c in SNAPSHOT_COLUMNS if c not in ("image_0", "image_1")]
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -261,7 +261,7 @@ def content_hash(frame: pl.DataFrame) -> str:
 
 def check_dataset_name(name: str) -> None:
     """Raise StoreError unless ``name`` is a plain identifier usable in a folder name."""
-    if not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise StoreError(f"dataset name {name!r} must be letters, digits, '.', '_' or '-' (at most 64)")
 
 

@@ -35,7 +35,7 @@ from datastore.sql import scalar
 from datastore.store import Store
 
 PICKAPIC_REQUIRED = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
-_UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_UID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _BATCH_ROWS = 2048
 
 
@@ -137,7 +137,7 @@ def _validate_row(cols: dict, i: int, row: int, file_hash: str, max_image_bytes:
         if value is not None:
             value = str(value)
             if column.endswith("_uid") or column == "ranking_id":
-                if not _UID_RE.match(value) or ".." in value:
+                if not _UID_RE.fullmatch(value) or ".." in value:
                     raise ImportFormatError(
                         f"{value!r} is not a plain identifier (letters, digits, '.', '_', ':', '-'; no '..' or '/')",
                         row=row,

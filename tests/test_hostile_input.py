@@ -167,3 +167,23 @@ def test_numpy_scalars_from_a_frame_are_accepted_as_numbers(store: Store) -> Non
     )
     with store.read() as con:
         assert con.execute("SELECT score_a, score_b, is_gold FROM judgments").fetchall() == [(0.25, 1.0, False)]
+
+
+# 4. Names ----------------------------------------------------------------------------------------
+
+
+def test_names_with_a_trailing_newline_are_refused_and_make_no_folder(tmp_path: Path, pickapic_file: Path) -> None:
+    home = tmp_path / "home"
+    assert runner.invoke(app, ["--home", str(home), "import", "pickapic", str(pickapic_file)]).exit_code == 0
+    result = runner.invoke(app, ["--home", str(home), "dataset", "create", "nl\n"])
+    assert result.exit_code == 1
+    assert "dataset name 'nl\\n' must be letters" in result.output
+    assert list((home / "datasets").iterdir()) == []
+    result = runner.invoke(app, ["--home", str(home), "curation", "save", "nl\n"])
+    assert result.exit_code == 1
+    assert "curation name: dataset name 'nl\\n'" in result.output
+    assert "nl" not in runner.invoke(app, ["--home", str(home), "curation", "list"]).output
+    from workbench.access import AccessError, _check_name
+
+    with pytest.raises(AccessError, match="user name"):
+        _check_name("ada\n")
