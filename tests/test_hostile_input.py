@@ -4,13 +4,18 @@ readable; never a store that stops opening."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
+import time
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_store_concurrency import _seed_pairs
+from test_store_concurrency import ROOT, _seed_pairs
 from typer.testing import CliRunner
 
 from datastore.errors import DuplicateJudgmentError, StoreError
@@ -187,3 +192,46 @@ def test_names_with_a_trailing_newline_are_refused_and_make_no_folder(tmp_path: 
 
     with pytest.raises(AccessError, match="user name"):
         _check_name("ada\n")
+
+
+# 8. Two processes resuming one round -----------------------------------------------------------
+
+
+def test_a_second_resume_of_a_round_that_is_running_is_refused(store: Store, tmp_path: Path) -> None:
+    from workbench import rounds
+
+    with store.write() as con:
+        round_id = scalar(con, "INSERT INTO rounds (status, config, results) VALUES ('failed', '{}', '{}') RETURNING id")
+    ready, release = tmp_path / "ready", tmp_path / "release"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_ROUND, str(store.home), str(round_id), str(ready), str(release)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        while not ready.exists():
+            assert holder.poll() is None
+            time.sleep(0.01)
+        with pytest.raises(rounds.RoundError, match=f"round {round_id} is already running in another process"):
+            rounds.resume_round(store, round_id)
+        result = runner.invoke(app, ["--home", str(store.home), "round", "resume", str(round_id)])
+        assert result.exit_code == 1
+        assert "already running in another process" in result.output
+        with store.read() as con:
+            assert scalar(con, "SELECT status FROM rounds WHERE id = ?", [round_id]) == "failed"
+    finally:
+        release.touch()
+        holder.wait(timeout=30)
+    assert holder.returncode == 0
+
+
+_HOLD_ROUND = """
+import sys, time
+from pathlib import Path
+from datastore.store import Store
+from workbench.rounds import round_lock
+home, round_id, ready, release = sys.argv[1:]
+with round_lock(Store.open(home), int(round_id)):
+    Path(ready).touch()
+    while not Path(release).exists():
+        time.sleep(0.01)
+"""

@@ -32,7 +32,8 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -42,7 +43,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import polars as pl
 
 from datastore.datasets import DatasetFilters, create_dataset_version, judgments_frame, majority_consensus
-from datastore.errors import NotFoundError
+from datastore.errors import NotFoundError, StoreBusyError
+from datastore.lock import file_lock
 from datastore.records import model_lineage, register_model
 from datastore.sql import first_row, scalar
 from datastore.store import Store
@@ -394,7 +396,36 @@ def run_auto(
 
 
 def resume_round(store: Store, round_id: int, *, progress: bool = False) -> RoundSummary:
-    """Runs a round's remaining stages with its stored config; a finished round is returned as it is."""
+    """Runs a round's remaining stages with its stored config; a finished round is returned as it is.
+
+    Raises:
+        RoundError: another process is running or resuming this round.
+    """
+    get_round(store, round_id)  # a round that does not exist is named as such
+    with round_lock(store, round_id):
+        return _resume(store, round_id, progress)
+
+
+@contextmanager
+def round_lock(store: Store, round_id: int) -> Iterator[None]:
+    """Held while a process runs a round's stages; the kernel drops it when that process dies.
+
+    Raises:
+        RoundError: another process holds it.
+    """
+    held = ExitStack()
+    try:
+        held.enter_context(file_lock(store.runs_dir / f".round-{round_id}.lock", exclusive=True, timeout_s=0.0))
+    except StoreBusyError:
+        raise RoundError(
+            f"round {round_id} is already running in another process: wait for it to finish or fail "
+            "(`workbench round list` shows its status), then resume it"
+        ) from None
+    with held:
+        yield
+
+
+def _resume(store: Store, round_id: int, progress: bool) -> RoundSummary:
     summary = get_round(store, round_id)
     if summary.status == "finished":
         return summary
