@@ -48,13 +48,19 @@ CREATE TABLE IF NOT EXISTS pending (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     {", ".join(_COLUMNS)}
 );
--- Every (pair, annotator) ever accepted, so that a second answer is refused at once.
+-- Every (pair, annotator) ever accepted, so that a second answer is refused at once; a
+-- withdrawn one (an undo) lets the annotator answer that pair again.
 CREATE TABLE IF NOT EXISTS answered (
     pair_id INTEGER NOT NULL,
     annotator_id INTEGER NOT NULL,
+    withdrawn INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (pair_id, annotator_id)
 ) WITHOUT ROWID;
+-- Every idempotency key ever accepted, so that a resent judgment is recognised quietly.
+CREATE TABLE IF NOT EXISTS idempotency_keys (idempotency_key TEXT PRIMARY KEY) WITHOUT ROWID;
 """
+_ADDED_COLUMNS = (("pending", "idempotency_key TEXT"), ("answered", "withdrawn INTEGER NOT NULL DEFAULT 0"))
+"""Columns newer than some inbox files: added on open where missing."""
 
 
 class Inbox:
@@ -76,6 +82,10 @@ class Inbox:
             try:
                 with con:
                     con.executescript(_SCHEMA)
+                    for table, column in _ADDED_COLUMNS:
+                        have = {r[1] for r in con.execute(f"PRAGMA table_info({table})").fetchall()}
+                        if column.split()[0] not in have:
+                            con.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
                     con.execute("INSERT OR IGNORE INTO meta VALUES ('inbox_id', ?)", [uuid.uuid4().hex])
                 self.inbox_id = con.execute("SELECT value FROM meta WHERE key = 'inbox_id'").fetchall()[0][0]
             except sqlite3.Error as e:
@@ -109,8 +119,12 @@ class Inbox:
     def append(self, judgment: NewJudgment) -> int:
         """Accept one judgment (already validated); returns its inbox row id once it is on disk.
 
+        Returns 0 and writes nothing when the judgment's ``idempotency_key`` was accepted before
+        (a resend), whatever happened to that judgment since.
+
         Raises:
-            DuplicateJudgmentError: this annotator's answer to this pair was accepted before.
+            DuplicateJudgmentError: this annotator's answer to this pair was accepted before
+                and not withdrawn.
         """
         row = judgment_row(judgment)
         for key in _TIMES:
@@ -120,9 +134,17 @@ class Inbox:
             try:
                 with con:
                     con.execute("BEGIN IMMEDIATE")
+                    if judgment.idempotency_key is not None and not con.execute(
+                        "INSERT OR IGNORE INTO idempotency_keys VALUES (?)", [judgment.idempotency_key]
+                    ).rowcount:
+                        return 0
                     con.execute(
-                        "INSERT INTO answered VALUES (?, ?)", [judgment.pair_id, judgment.annotator_id]
+                        "INSERT INTO answered VALUES (?, ?, 0) "
+                        "ON CONFLICT (pair_id, annotator_id) DO UPDATE SET withdrawn = 0 WHERE withdrawn",
+                        [judgment.pair_id, judgment.annotator_id],
                     )
+                    if not con.execute("SELECT changes()").fetchall()[0][0]:
+                        raise sqlite3.IntegrityError("answered before")
                     cur = con.execute(
                         f"INSERT INTO pending ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
                         [row[c] for c in _COLUMNS],
@@ -132,6 +154,18 @@ class Inbox:
                 raise DuplicateJudgmentError(
                     f"annotator {judgment.annotator_id} already judged pair {judgment.pair_id}"
                 ) from None
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot write to the judgment inbox {self.path}: {e}") from e
+
+    def withdraw(self, pair_id: int, annotator_id: int) -> None:
+        """Let the annotator answer the pair again (their judgment of it was withdrawn)."""
+        with self._lock, self._write_lock():
+            con = self._connection()
+            try:
+                with con:
+                    con.execute(
+                        "UPDATE answered SET withdrawn = 1 WHERE pair_id = ? AND annotator_id = ?", [pair_id, annotator_id]
+                    )
             except sqlite3.Error as e:
                 raise StoreError(f"cannot write to the judgment inbox {self.path}: {e}") from e
 

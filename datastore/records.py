@@ -221,6 +221,8 @@ class NewJudgment:
         shown_at, answered_at: when the pair appeared and was answered (time taken = difference).
         external_id: the id at the source (e.g. a Label Studio annotation id); with ``source``
             it identifies the judgment for idempotent merges.
+        idempotency_key: made by the client for one answer (a key press in the browser); the
+            inbox accepts a key once and ignores a resend of it.
     """
 
     pair_id: int
@@ -236,6 +238,7 @@ class NewJudgment:
     is_gold: bool = False
     external_id: str | None = None
     external_updated_at: str | None = None
+    idempotency_key: str | None = None
 
 
 _JUDGMENT_SCHEMA = pa.schema(
@@ -253,6 +256,7 @@ _JUDGMENT_SCHEMA = pa.schema(
         ("is_gold", pa.bool_()),
         ("external_id", pa.string()),
         ("external_updated_at", pa.string()),
+        ("idempotency_key", pa.string()),
     ]
 )
 
@@ -289,7 +293,7 @@ def validate_judgment(j: NewJudgment) -> None:
             raise StoreError(f"judgment {name} must be a datetime or None, got {value!r}")
     if not isinstance(j.is_gold, bool | np.bool_):
         raise StoreError(f"judgment is_gold must be True or False, got {j.is_gold!r}")
-    for name in ("external_id", "external_updated_at"):
+    for name in ("external_id", "external_updated_at", "idempotency_key"):
         value = getattr(j, name)
         if value is None:
             continue
@@ -325,7 +329,7 @@ def insert_judgments(con: duckdb.DuckDBPyConnection, judgments: Sequence[NewJudg
     try:
         ids = con.execute(
             "INSERT INTO judgments (pair_id, annotator_id, source, outcome, left_image, confidence, score_a, score_b, "
-            "shown_at, answered_at, is_gold, external_id, external_updated_at) "
+            "shown_at, answered_at, is_gold, external_id, external_updated_at, idempotency_key) "
             "SELECT * FROM incoming_judgments RETURNING id"
         ).fetchall()
     finally:

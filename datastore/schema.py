@@ -263,4 +263,20 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        8,
+        """
+        -- Judgments from the browser's judging widget carry the key the browser made for the key
+        -- press, so that a resend is recognised and an undo names the judgment it takes back.
+        ALTER TABLE judgments ADD COLUMN idempotency_key VARCHAR;
+        -- Pairs handed to one annotator's browser (labeling/queue.py), reserved until expires_at
+        -- so that others are not handed the same last pairs beyond the overlap.
+        CREATE TABLE pair_leases (
+            pair_id BIGINT NOT NULL,
+            annotator_id BIGINT NOT NULL,
+            expires_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (pair_id, annotator_id)
+        );
+        """,
+    ),
 ]
