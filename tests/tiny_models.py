@@ -79,17 +79,18 @@ def _text_config(vocab_size: int, projection_dim: int = 32) -> CLIPTextConfig:
     )
 
 
-def _tiny_vae() -> AutoencoderKL:
+def _tiny_vae(blocks: int = 2) -> AutoencoderKL:
+    """A VAE that downsamples by 2 ** (blocks - 1): 2 by default, 4 like the toy model's, 8 like SD's."""
     return AutoencoderKL(
-        block_out_channels=(32, 64),
+        block_out_channels=(32,) + (64,) * (blocks - 1),
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
         latent_channels=4,
         layers_per_block=1,
         norm_num_groups=32,
-        sample_size=16,
+        sample_size=8 * 2 ** (blocks - 1),
     )
 
 
@@ -105,7 +106,9 @@ def _scheduler(prediction_type: str) -> DDIMScheduler:
     )
 
 
-def build_tiny_sd15(path: str | Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
+def build_tiny_sd15(
+    path: str | Path, prediction_type: str = "epsilon", seed: int = 0, vae_blocks: int = 2
+) -> Path:
     """Builds a tiny SD1.5-format pipeline and saves it with ``save_pretrained``.
 
     UNet (32, 64) with one layer per block and cross-attention 32 (latents 4 x 8 x 8, images
@@ -116,6 +119,8 @@ def build_tiny_sd15(path: str | Path, prediction_type: str = "epsilon", seed: in
         path: Folder to write; created if missing.
         prediction_type: Scheduler prediction type, ``"epsilon"`` or ``"v_prediction"``.
         seed: Seed of the weight initialisation.
+        vae_blocks: VAE down blocks; the VAE downsamples by 2 ** (vae_blocks - 1), so images are
+            8 x that factor pixels wide.
 
     Returns:
         The folder, loadable with ``DiffusionPipeline.from_pretrained``.
@@ -134,7 +139,7 @@ def build_tiny_sd15(path: str | Path, prediction_type: str = "epsilon", seed: in
         attention_head_dim=8,
     )
     pipe = StableDiffusionPipeline(
-        vae=_tiny_vae(),
+        vae=_tiny_vae(vae_blocks),
         text_encoder=CLIPTextModel(_text_config(len(tokenizer))),
         tokenizer=tokenizer,
         unet=unet,

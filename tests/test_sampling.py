@@ -1,0 +1,216 @@
+"""The one pooled sampler on the shapes that ship: VAEs that downsample by 2, 4 (the toy model) and 8 (SD).
+
+Generation and SPO both sample through `training.sampling.denoise`; these tests pin that the
+decoded side is the requested resolution in both, and that with one seed both draw the same pools.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from PIL import Image
+from tiny_models import build_tiny_sd15
+
+from datastore.store import Store
+from reward_models.base import Scorer
+from training.config import SPOConfig
+from training.dpo import Features, load_parts
+from training.sampling import complete, decode, denoise, latent_shape, predict_noise, vae_scale_factor
+from training.spo import conditioning, judge_pools, main, pool_steps, sample_pools
+from workbench import sampling as pipeline_sampling
+from workbench.generation import GenerationConfig, ddim_scheduler, generate_pairs, generate_step_pools
+from workbench.pipelines import load_pipeline
+from workbench.toy import TOY_IMAGE_SIZE, TOY_MODEL_DIR
+
+PROMPTS = ["a red circle at the top left", "a blue square in the center"]
+
+
+class SizeScorer(Scorer):
+    """Scores by brightness and records the size of every image it was shown."""
+
+    name = "size"
+    version = "1"
+    step_aware = True
+
+    def __init__(self) -> None:
+        self.sizes: set[tuple[int, int]] = set()
+
+    def score(
+        self, images: Sequence[Image.Image], prompts: Sequence[str], timesteps: Sequence[int] | None = None
+    ) -> np.ndarray:
+        self._check_lengths(images, prompts, timesteps)
+        self.sizes.update(image.size for image in images)
+        return np.array([np.asarray(image, dtype=np.float64).mean() for image in images])
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[int, Path]:
+    """Tiny SD1.5 pipelines by VAE factor (2, 4, 8), and the shipped toy model (factor 4)."""
+    root = tmp_path_factory.mktemp("factors")
+    built = {
+        2 ** (blocks - 1): build_tiny_sd15(root / f"vae{blocks}", vae_blocks=blocks) for blocks in (2, 3, 4)
+    }
+    return {**built, 0: TOY_MODEL_DIR}
+
+
+def resolution_of(path: Path) -> int:
+    """The native side of a pipeline: UNet sample size x VAE factor."""
+    unet = json.loads((path / "unet" / "config.json").read_text())
+    vae = json.loads((path / "vae" / "config.json").read_text())
+    return unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8, 0], ids=["vae2", "vae4", "vae8", "toy"])
+def test_generation_and_spo_decode_at_the_requested_resolution(models, factor, tmp_path) -> None:
+    path = models[factor]
+    side = resolution_of(path)
+    pipe = load_pipeline(path)
+    assert vae_scale_factor(pipe.vae) == pipe.vae_scale_factor
+    if factor:
+        assert pipe.vae_scale_factor == factor
+    else:
+        assert (side, pipe.vae_scale_factor) == (TOY_IMAGE_SIZE, 4)
+
+    # Generation: final pairs and step pools.
+    store = Store.open(tmp_path / "home")
+    cfg = GenerationConfig(
+        per_prompt=2, num_inference_steps=3, pool_k=2, pool_steps=(2, 3), seed=1, batch_size=4
+    )
+    generate_pairs(store, pipe, "m", PROMPTS, cfg, progress=False)
+    generate_step_pools(store, pipe, "m", PROMPTS, cfg, progress=False)
+    with store.read() as con:
+        sizes = con.execute("SELECT width, height, count(*) FROM images GROUP BY ALL").fetchall()
+    assert sizes == [(side, side, 2 * 2 + 2 * 2 * 2)]
+
+    # SPO: every candidate the scorer judges has the same side, at another resolution too.
+    for resolution in (side, 2 * side):
+        scorer = SizeScorer()
+        spo = SPOConfig(
+            pretrained_model=str(path),
+            output_dir=tmp_path / f"spo{resolution}",
+            prompts=tuple(PROMPTS),
+            resolution=resolution,
+            num_inference_steps=4,
+            warmup_steps=1,
+            max_timestep=999,
+            threshold=0.0,
+            max_steps=1,
+        )
+        parts = load_parts(str(path))
+        scheduler = DDIMScheduler.from_config(parts.noise_scheduler.config)
+        scheduler.set_timesteps(spo.num_inference_steps)
+        text = conditioning(Features(parts, resolution, torch.device("cpu")), PROMPTS, False, resolution)
+        generators = [torch.Generator().manual_seed(s) for s in (3, 4)]
+        pools = sample_pools(parts.unet, parts, scheduler, text, generators, spo)
+        assert [p.step for p in pools] == [2, 3, 4] == list(pool_steps(scheduler, spo))
+        latent_side = resolution // pipe.vae_scale_factor
+        assert pools[0].candidates.shape == (2, 4, 4, latent_side, latent_side)
+        pairs, _ = judge_pools(pools, parts, PROMPTS, scorer, spo)
+        assert scorer.sizes == {(resolution, resolution)}
+        assert len(pairs) > 0 and pairs.winner.shape[-1] == latent_side
+
+
+def test_generation_and_spo_draw_the_same_pools_from_one_seed(models) -> None:
+    """The pools of `workbench generate --step-pools` and of SPO's sampler are the same tensors."""
+    path = TOY_MODEL_DIR
+    pipe = load_pipeline(path)
+    gen = GenerationConfig(num_inference_steps=5, guidance_scale=5.0, eta=1.0, pool_k=3, pool_steps=(3, 4, 5))
+    scheduler = ddim_scheduler(pipe, gen)
+    text = pipeline_sampling.encode_prompts(pipe, PROMPTS, height=TOY_IMAGE_SIZE, width=TOY_IMAGE_SIZE)
+    _, generated = pipeline_sampling.denoise(
+        pipe,
+        scheduler,
+        text,
+        [torch.Generator().manual_seed(s) for s in (7, 8)],
+        height=TOY_IMAGE_SIZE,
+        width=TOY_IMAGE_SIZE,
+        guidance_scale=5.0,
+        eta=1.0,
+        pool_steps=gen.steps_with_pools(),
+        k=3,
+    )
+
+    spo = SPOConfig(
+        pretrained_model=str(path),
+        output_dir=Path("unused"),
+        prompts=tuple(PROMPTS),
+        resolution=TOY_IMAGE_SIZE,
+        num_inference_steps=5,
+        num_candidates=3,
+        warmup_steps=2,
+        max_timestep=999,
+        guidance_scale=5.0,
+    )
+    parts = load_parts(str(path))
+    spo_text = conditioning(
+        Features(parts, TOY_IMAGE_SIZE, torch.device("cpu")), PROMPTS, False, TOY_IMAGE_SIZE
+    )
+    torch.testing.assert_close(spo_text.hidden, text.hidden)
+    trained = sample_pools(
+        parts.unet, parts, scheduler, spo_text, [torch.Generator().manual_seed(s) for s in (7, 8)], spo
+    )
+
+    assert [p.step for p in trained] == [p.step for p in generated] == [3, 4, 5]
+    for a, b in zip(generated, trained, strict=True):
+        assert a.candidates.shape == (2, 3, 4, 8, 8)
+        for name in ("parent", "mean", "noise", "candidates", "pred_x0", "continued"):
+            torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=1e-5, rtol=1e-5)
+
+
+def test_completion_of_a_candidate_is_its_deterministic_chain(models) -> None:
+    """Completing a pool's candidates with eta 0 equals running the rest of the chain with eta 0 by hand."""
+    parts = load_parts(str(models[4]))
+    scheduler = DDIMScheduler.from_config(parts.noise_scheduler.config)
+    scheduler.set_timesteps(4)
+    side = resolution_of(models[4])
+    text = conditioning(Features(parts, side, torch.device("cpu")), PROMPTS, False, side)
+    shape = latent_shape(parts.unet, parts.vae, side, side)
+    _, (pool,) = denoise(
+        parts.unet,
+        scheduler,
+        text,
+        [torch.Generator().manual_seed(s) for s in (1, 2)],
+        shape=shape,
+        guidance_scale=3.0,
+        eta=1.0,
+        pool_steps=(2,),
+        k=2,
+    )
+    flat = pool.candidates.flatten(0, 1)
+    flat_text = text.select(torch.arange(2).repeat_interleave(2))
+    finished = complete(parts.unet, scheduler, flat_text, flat, from_step=2, guidance_scale=3.0)
+
+    reference = DDIMScheduler.from_config(scheduler.config)
+    reference.set_timesteps(4)
+    latents = flat.clone()
+    for t in reference.timesteps[2:].tolist():
+        output = predict_noise(parts.unet, reference, flat_text, latents, t, 3.0)
+        latents = reference.step(output, t, latents, eta=0.0).prev_sample
+    torch.testing.assert_close(finished, latents, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(finished[0], finished[1])
+    assert {image.size for image in decode(parts.vae, finished)} == {(side, side)}
+
+
+def test_spo_on_the_toy_model_judges_32_px_images(tmp_path) -> None:
+    scorer = SizeScorer()
+    cfg = SPOConfig(
+        pretrained_model=str(TOY_MODEL_DIR),
+        output_dir=tmp_path / "run",
+        prompts=tuple(PROMPTS),
+        resolution=TOY_IMAGE_SIZE,
+        num_inference_steps=6,
+        warmup_steps=2,
+        threshold=0.0,
+        prompts_per_step=2,
+        max_steps=2,
+    )
+    main(cfg, scorer)
+    assert scorer.sizes == {(32, 32)} and TOY_IMAGE_SIZE == 32
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and all(r["pairs"] > 0 for r in records)
