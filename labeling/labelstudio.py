@@ -24,6 +24,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -122,10 +123,7 @@ def load_credentials(path: Path | None = None, *, create: bool = False) -> Crede
             the token's length is outside Label Studio's 6..40 characters.
     """
     path = path or credentials_path()
-    try:
-        stored = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError) as e:
-        raise LabelStudioError(f"cannot read the Label Studio credentials file {path}: {e}") from e
+    stored = _read_private(path)
     values: dict[str, str] = {}
     origins: dict[str, str] = {}
     for key, env in _CREDENTIAL_ENV.items():
@@ -158,10 +156,7 @@ def api_token(path: Path | None = None) -> str:
     if os.environ.get(_CREDENTIAL_ENV["token"]):
         return os.environ[_CREDENTIAL_ENV["token"]]
     path = path or credentials_path()
-    try:
-        token = json.loads(path.read_text()).get("token") if path.is_file() else None
-    except (OSError, ValueError) as e:
-        raise LabelStudioError(f"cannot read the Label Studio credentials file {path}: {e}") from e
+    token = _read_private(path).get("token")
     if not token:
         raise LabelStudioError(
             f"no Label Studio API token: pass --api-key, set LABEL_STUDIO_API_KEY, or run "
@@ -170,12 +165,42 @@ def api_token(path: Path | None = None) -> str:
     return token
 
 
-def _write_private(path: Path, values: dict) -> None:
+def _read_private(path: Path) -> dict:
+    """The credentials file's values ({} when it does not exist); refused when others may read it."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(values, f, indent=2)
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise LabelStudioError(f"cannot read the Label Studio credentials file {path}: {e}") from e
+    if mode & 0o077:
+        raise LabelStudioError(
+            f"the Label Studio credentials file {path} may be read by others (mode {mode & 0o777:o}): "
+            f"run `chmod 600 {path}`"
+        )
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise LabelStudioError(f"cannot read the Label Studio credentials file {path}: {e}") from e
+    if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
+        raise LabelStudioError(f"the Label Studio credentials file {path} must hold a JSON object of strings")
+    return values
+
+
+def _write_private(path: Path, values: dict) -> None:
+    # A new file from mkstemp (mode 0600) replaces the old one, whatever the old one's mode was.
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(values, f, indent=2)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     except OSError as e:
         raise LabelStudioError(f"cannot write the Label Studio credentials file {path}: {e}") from e
 
@@ -269,7 +294,8 @@ class LabelStudioServer:
         if not _port_free(self.port):
             raise LabelStudioError(f"port {self.port} on 127.0.0.1 is already in use: choose another port")
         env = self.environment()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # It holds the admin's API token: private to its owner.
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         command = [str(self.binary), "start", "--no-browser", "--internal-host", "127.0.0.1",
                    "--port", str(self.port), "--data-dir", str(self.data_dir)]
         with open(self.log_path, "ab") as log:

@@ -235,3 +235,30 @@ with round_lock(Store.open(home), int(round_id)):
     while not Path(release).exists():
         time.sleep(0.01)
 """
+
+
+# 6. Secrets ------------------------------------------------------------------------------------
+
+
+def test_a_labelstudio_credentials_file_readable_by_others_is_refused_and_left_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from labeling.errors import LabelingError
+    from labeling.labelstudio import api_token, load_credentials
+
+    for env in ("LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN"):
+        monkeypatch.delenv(env, raising=False)
+    path = tmp_path / "config" / "labelstudio.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"username": "me@example.com", "token": "t" * 20}))
+    path.chmod(0o644)
+    for read in (lambda: load_credentials(path, create=True), lambda: load_credentials(path), lambda: api_token(path)):
+        with pytest.raises(LabelingError, match=r"may be read by others \(mode 644\): run `chmod 600"):
+            read()
+    assert json.loads(path.read_text()) == {"username": "me@example.com", "token": "t" * 20}
+    assert path.stat().st_mode & 0o777 == 0o644
+    path.chmod(0o600)
+    made = load_credentials(path, create=True)
+    assert (made.username, made.token) == ("me@example.com", "t" * 20)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert json.loads(path.read_text())["password"] == made.password
