@@ -11,8 +11,12 @@ Policy, applied by one SQL statement per next pair (:func:`next_pair`):
   are offered to every annotator whatever their overlap, since they measure each person.
 
 Human judgments of every source count towards the overlap (the app, Label Studio, imports);
-AI judgments do not. A pair already on someone's screen can still be answered after others
-filled it, so a pair may end up with a judgment or two above the overlap.
+AI judgments do not. :func:`next_pairs` hands a browser several pairs at once and leases them to
+that annotator for ``lease_s``: an unexpired lease counts towards the overlap like a judgment, so
+two people working at once are not handed the same last pairs beyond it.
+
+Answers from the browser (:class:`Answer`) carry an idempotency key made at the key press: a
+resend of the same answer is ignored quietly, and :func:`withdraw_answer` takes one back by it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -51,12 +55,16 @@ class QueueConfig:
             unseen gold pairs remain.
         seed: seeds the gold draw, the order among equally judged pairs and the side shown left.
         annotators: names offered on the Annotate page; empty lets people type their name.
+        prefetch: pairs a browser holds ready, so the next one shows at the key press (at least 1).
+        lease_s: seconds a pair handed to a browser stays reserved for that annotator (> 0).
     """
 
     overlap: int = 3
     gold_rate: float = 0.1
     seed: int = 0
     annotators: tuple[str, ...] = ()
+    prefetch: int = 5
+    lease_s: float = 120.0
 
     def __post_init__(self) -> None:
         if self.overlap < 1:
@@ -65,6 +73,10 @@ class QueueConfig:
             raise LabelingError(f"gold_rate must be within [0, 1], got {self.gold_rate}")
         if any(not name.strip() for name in self.annotators):
             raise LabelingError("annotators holds an empty name")
+        if self.prefetch < 1:
+            raise LabelingError(f"prefetch must be >= 1, got {self.prefetch}")
+        if not self.lease_s > 0:
+            raise LabelingError(f"lease_s must be > 0, got {self.lease_s}")
 
     @classmethod
     def from_home(cls, home: Path | str) -> QueueConfig:
@@ -145,13 +157,20 @@ class QueueItem:
 
     def outcome(self, side: Side) -> str:
         """The judgment's outcome (a / b / tie / both_bad) for the button the annotator pressed."""
-        if side == "left":
-            return self.left_image
-        if side == "right":
-            return "b" if self.left_image == "a" else "a"
-        if side in ("tie", "both_bad"):
-            return side
-        raise LabelingError(f"side must be one of {SIDES}, got {side!r}")
+        return outcome(side, self.left_image)
+
+
+def outcome(side: str, left_image: str) -> str:
+    """The judgment's outcome (a / b / tie / both_bad) for the side pressed, given the image shown left."""
+    if left_image not in ("a", "b"):
+        raise LabelingError(f"left_image must be 'a' or 'b', got {left_image!r}")
+    if side == "left":
+        return left_image
+    if side == "right":
+        return "b" if left_image == "a" else "a"
+    if side in ("tie", "both_bad"):
+        return side
+    raise LabelingError(f"side must be one of {SIDES}, got {side!r}")
 
 
 def _unit(*parts: object) -> float:
@@ -188,19 +207,26 @@ def human_annotator(store: Store, name: str) -> int:
         return ensure_annotator(con, name, kind="human")
 
 
-# Candidates for one annotator; shared by next_pair and progress. Parameters: $annotator,
-# $kinds, $overlap.
+# Candidates for one annotator; shared by next_pair(s) and progress. Parameters: $annotator,
+# $kinds, $overlap, $now. A lease of another annotator who has not answered yet counts as a judgment.
 _OPEN = """
     counts AS (
         SELECT pair_id, count(*) AS n, bool_or(annotator_id = $annotator) AS mine
         FROM judgments WHERE source <> 'ai' AND NOT withdrawn
         GROUP BY pair_id
     ),
+    leased AS (
+        SELECT l.pair_id, count(*) AS n FROM pair_leases l
+        WHERE l.expires_at > $now AND l.annotator_id <> $annotator AND NOT EXISTS (
+            SELECT 1 FROM judgments j
+            WHERE j.pair_id = l.pair_id AND j.annotator_id = l.annotator_id AND NOT j.withdrawn)
+        GROUP BY l.pair_id
+    ),
     open AS (
         SELECT p.id, p.gold_outcome IS NOT NULL AS gold, coalesce(c.n, 0) AS n
-        FROM pairs p LEFT JOIN counts c ON c.pair_id = p.id
+        FROM pairs p LEFT JOIN counts c ON c.pair_id = p.id LEFT JOIN leased l ON l.pair_id = p.id
         WHERE list_contains($kinds, p.kind) AND NOT coalesce(c.mine, false)
-          AND (p.gold_outcome IS NOT NULL OR coalesce(c.n, 0) < $overlap)
+          AND (p.gold_outcome IS NOT NULL OR coalesce(c.n, 0) + coalesce(l.n, 0) < $overlap)
     ),
     stats AS (
         SELECT (SELECT count(*) FROM open) AS remaining,
@@ -212,12 +238,14 @@ _OPEN = """
 _NEXT = f"""
 WITH {_OPEN},
     picked AS (
-        SELECT gold, arg_min(id, (n, hash(id, $seed, $annotator))) AS id
-        FROM open WHERE NOT list_contains($exclude, id)
-        GROUP BY gold
+        (SELECT gold, id, n, hash(id, $seed, $annotator) AS h FROM open
+         WHERE gold AND NOT list_contains($exclude, id) ORDER BY n, h LIMIT $limit)
+        UNION ALL
+        (SELECT gold, id, n, hash(id, $seed, $annotator) AS h FROM open
+         WHERE NOT gold AND NOT list_contains($exclude, id) ORDER BY n, h LIMIT $limit)
     ),
     shown AS (
-        SELECT picked.gold, p.id, p.kind, pr.text, p.image_a, p.image_b, ia.path AS path_a, ib.path AS path_b,
+        SELECT picked.gold, picked.n AS rank_n, picked.h AS rank_h, p.id, p.kind, pr.text, p.image_a, p.image_b, ia.path AS path_a, ib.path AS path_b,
                p.timestep, p.pool_id, sp.step_index, sp.num_steps, p.gold_outcome
         FROM picked
         JOIN pairs p ON p.id = picked.id
@@ -238,7 +266,7 @@ def next_pair(
     config: QueueConfig | None = None,
     exclude: tuple[int, ...] = (),
 ) -> tuple[QueueItem | None, Progress]:
-    """The pair to show an annotator next, and their progress; one read, one statement.
+    """The pair to show an annotator next, and their progress; one read, one statement, no lease.
 
     Args:
         annotator_id: the annotator (see :func:`human_annotator`).
@@ -250,7 +278,46 @@ def next_pair(
         The item (None when nothing is left for this annotator) and the progress.
     """
     with store.read() as con:
-        return _next(con, annotator_id, kinds, config or QueueConfig(), exclude)
+        items, progress_now = _next(con, annotator_id, kinds, config or QueueConfig(), exclude, 1)
+    return (items[0] if items else None), progress_now
+
+
+def next_pairs(
+    store: Store,
+    annotator_id: int,
+    n: int,
+    *,
+    kinds: tuple[str, ...] = ("final",),
+    config: QueueConfig | None = None,
+    held: tuple[int, ...] = (),
+    exclude: tuple[int, ...] = (),
+) -> tuple[list[QueueItem], Progress]:
+    """Up to ``n`` pairs for an annotator's browser, leased to them for ``config.lease_s``.
+
+    One write: expired leases go, the pairs are drawn as :func:`next_pair` would draw them one
+    after the other (gold draws included), and their leases and those of ``held`` are renewed.
+
+    Args:
+        held: pairs the browser already holds: not handed again, their leases renewed.
+        exclude: pair ids not to offer now (e.g. those skipped in this session).
+
+    Returns:
+        The items in the order to show them, and the progress before any of them is answered.
+    """
+    config = config or QueueConfig()
+    if n < 0:
+        raise LabelingError(f"n must be >= 0, got {n}")
+    when = now()
+    with store.write() as con:
+        con.execute("DELETE FROM pair_leases WHERE expires_at <= ?", [when])
+        items, progress_now = _next(con, annotator_id, kinds, config, (*held, *exclude), n, when)
+        leased = [item.pair_id for item in items] + list(held)
+        if leased:
+            con.executemany(
+                "INSERT OR REPLACE INTO pair_leases (pair_id, annotator_id, expires_at) VALUES (?, ?, ?)",
+                [[pair_id, annotator_id, when + timedelta(seconds=config.lease_s)] for pair_id in leased],
+            )
+    return items, progress_now
 
 
 def _next(
@@ -259,25 +326,33 @@ def _next(
     kinds: tuple[str, ...],
     config: QueueConfig,
     exclude: tuple[int, ...],
-) -> tuple[QueueItem | None, Progress]:
+    n: int,
+    when: datetime | None = None,
+) -> tuple[list[QueueItem], Progress]:
     params = {
         "annotator": annotator_id,
         "kinds": check_kinds(kinds),
         "overlap": config.overlap,
         "seed": config.seed,
         "exclude": list(exclude),
+        "limit": n,
+        "now": when or now(),
     }
     rows = con.execute(_NEXT, params).fetchall()
     remaining, done = rows[0][0], rows[0][1]
-    candidates = {row[2]: row[3:] for row in rows if row[3] is not None}
-    want_gold = _unit(config.seed, "gold", annotator_id, done) < config.gold_rate
-    row = candidates.get(want_gold) or candidates.get(not want_gold)
-    progress = Progress(done=done, remaining=remaining)
-    if row is None:
-        return None, progress
-    pair_id = row[0]
-    left = "a" if _unit(config.seed, "side", annotator_id, pair_id) < 0.5 else "b"
-    return QueueItem(*row, left_image=left, shown_at=now()), progress
+    progress_now = Progress(done=done, remaining=remaining)
+    ranked = sorted((row for row in rows if row[3] is not None), key=lambda row: (row[3], row[4]))
+    candidates = {gold: [row[5:] for row in ranked if row[2] == gold] for gold in (True, False)}
+    items = []
+    for i in range(n):
+        want_gold = _unit(config.seed, "gold", annotator_id, done + i) < config.gold_rate
+        pool = candidates[want_gold] or candidates[not want_gold]
+        if not pool:
+            break
+        row = pool.pop(0)
+        left = "a" if _unit(config.seed, "side", annotator_id, row[0]) < 0.5 else "b"
+        items.append(QueueItem(*row, left_image=left, shown_at=now()))
+    return items, progress_now
 
 
 def progress(
@@ -285,7 +360,7 @@ def progress(
 ) -> Progress:
     """Pairs of ``kinds`` the annotator has judged, and pairs still open to them."""
     config = config or QueueConfig()
-    params = {"annotator": annotator_id, "kinds": check_kinds(kinds), "overlap": config.overlap}
+    params = {"annotator": annotator_id, "kinds": check_kinds(kinds), "overlap": config.overlap, "now": now()}
     with store.read() as con:
         done, remaining = first_row(con, f"WITH {_OPEN} SELECT done, remaining FROM stats", params)
     return Progress(done=done, remaining=remaining)
@@ -307,39 +382,100 @@ def record_answer(
     Raises:
         AlreadyJudgedError: the annotator already answered this pair; nothing is written.
     """
-    judgment = NewJudgment(
+    answer = Answer(
+        key=None,
         pair_id=item.pair_id,
-        annotator_id=annotator_id,
-        source="app",
-        outcome=item.outcome(side),
+        side=side,
         left_image=item.left_image,
+        is_gold=item.gold_outcome is not None,
         shown_at=item.shown_at,
         answered_at=answered_at or now(),
-        is_gold=item.gold_outcome is not None,
     )
     try:
-        store.record_judgment(judgment)
+        store.record_judgment(answer.judgment(annotator_id))
     except DuplicateJudgmentError as e:
         raise AlreadyJudgedError(str(e)) from e
 
 
-def answer_and_next(
-    store: Store,
-    item: QueueItem,
-    annotator_id: int,
-    side: Side,
-    *,
-    kinds: tuple[str, ...] = ("final",),
-    config: QueueConfig | None = None,
-    exclude: tuple[int, ...] = (),
-) -> tuple[QueueItem | None, Progress]:
-    """:func:`record_answer` then :func:`next_pair`, whose read applies the answer to the store first.
+@dataclass(frozen=True)
+class Answer:
+    """One answer as a browser reports it.
+
+    Attributes:
+        key: the idempotency key the browser made at the key press (None: no resends expected).
+        pair_id: the pair that was on screen; left_image: the image it showed left, ``a`` or ``b``.
+        side: the key's meaning: ``left``, ``right``, ``tie`` or ``both_bad``.
+        is_gold: whether the pair was handed out as a gold pair.
+        shown_at, answered_at: the browser's times of display and key press (naive UTC).
+    """
+
+    key: str | None
+    pair_id: int
+    side: str
+    left_image: str
+    is_gold: bool
+    shown_at: datetime
+    answered_at: datetime
+
+    def judgment(self, annotator_id: int) -> NewJudgment:
+        """The judgment this answer records (source ``app``).
+
+        Raises:
+            LabelingError: the side or the left image is not one of theirs.
+        """
+        return NewJudgment(
+            pair_id=self.pair_id,
+            annotator_id=annotator_id,
+            source="app",
+            outcome=outcome(self.side, self.left_image),
+            left_image=self.left_image,
+            shown_at=self.shown_at,
+            answered_at=self.answered_at,
+            is_gold=self.is_gold,
+            idempotency_key=self.key,
+        )
+
+
+AnswerStatus = Literal["saved", "resent", "already_judged"]
+
+
+def record_answers(store: Store, annotator_id: int, answers: list[Answer]) -> list[AnswerStatus]:
+    """Record a browser's answers in order, each through the inbox (a few ms each).
+
+    Returns:
+        Per answer: ``saved``; ``resent`` when its key was accepted before (nothing written);
+        ``already_judged`` when the annotator answered that pair before under another key
+        (another tab: nothing written).
 
     Raises:
-        AlreadyJudgedError: the annotator already answered this pair; nothing is written.
+        LabelingError / StoreError: a malformed answer; the answers before it are recorded.
     """
-    record_answer(store, item, annotator_id, side)
-    return next_pair(store, annotator_id, kinds=kinds, config=config, exclude=exclude)
+    statuses: list[AnswerStatus] = []
+    for answer in answers:
+        try:
+            statuses.append("saved" if store.record_judgment(answer.judgment(annotator_id)) else "resent")
+        except DuplicateJudgmentError:
+            statuses.append("already_judged")
+    return statuses
+
+
+def withdraw_answer(store: Store, annotator_id: int, key: str) -> int | None:
+    """Take back the annotator's app judgment recorded under ``key`` (kept, marked withdrawn), so the
+    pair is open to them again. Doing it twice is harmless.
+
+    Returns:
+        The pair of the judgment, or None when no judgment has that key (it was refused).
+    """
+    with store.write() as con:
+        pair_id = scalar(
+            con,
+            "UPDATE judgments SET withdrawn = true, updated_at = ? "
+            "WHERE annotator_id = ? AND idempotency_key = ? AND source = 'app' RETURNING pair_id",
+            [now(), annotator_id, key],
+        )
+    if pair_id is not None:
+        store.inbox.withdraw(pair_id, annotator_id)
+    return pair_id
 
 
 @dataclass(frozen=True)

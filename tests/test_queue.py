@@ -12,14 +12,18 @@ from datastore.records import NewJudgment, ensure_annotator, insert_judgments
 from datastore.store import Store
 from labeling.errors import AlreadyJudgedError, LabelingError
 from labeling.queue import (
+    Answer,
     Progress,
     QueueConfig,
-    answer_and_next,
     gold_accuracy,
     human_annotator,
     next_pair,
+    next_pairs,
+    now,
     progress,
     record_answer,
+    record_answers,
+    withdraw_answer,
 )
 
 
@@ -196,14 +200,83 @@ def test_annotator_names(store: Store) -> None:
         human_annotator(store, "clip@x")
 
 
-def test_answer_and_next_is_record_then_next_in_one_transaction(store: Store) -> None:
+def _answer(item, side="left", key=None) -> Answer:
+    at = now()
+    return Answer(key, item.pair_id, side, item.left_image, item.gold_outcome is not None, at, at)
+
+
+def test_next_pairs_draws_as_next_pair_would_one_after_the_other(store: Store) -> None:
+    add_shapes_pairs(store, 12, gold_every=3)
+    ann = human_annotator(store, "ann")
+    config = QueueConfig(gold_rate=0.3, seed=4)
+    batch, progress_now = next_pairs(store, ann, 6, config=config)
+    assert progress_now == Progress(done=0, remaining=12) and len(batch) == 6
+    # The same pairs, sides and order as answering next_pair's pair each time (gold draws included).
+    other = human_annotator(store, "ann2")
+    for i in range(6):
+        item, _ = next_pair(store, ann, config=config, exclude=tuple(b.pair_id for b in batch[:i]))
+        assert (item.pair_id, item.left_image) == (batch[i].pair_id, batch[i].left_image)
+        record_answer(store, item, ann, "left")
+    assert progress(store, ann, config=config).done == 6
+    with pytest.raises(LabelingError, match="n must be >= 0"):
+        next_pairs(store, other, -1)
+
+
+def test_leases_keep_the_last_pairs_within_the_overlap(store: Store) -> None:
+    add_shapes_pairs(store, 4)
+    ann, bob, cy = (human_annotator(store, n) for n in ("ann", "bob", "cy"))
+    config = QueueConfig(overlap=1, gold_rate=0.0)
+    held, _ = next_pairs(store, ann, 3, config=config)
+    # Bob gets the one pair ann does not hold; cy gets nothing while both leases last.
+    rest, progress_bob = next_pairs(store, bob, 3, config=config)
+    assert [r.pair_id for r in rest] == [p for p in _all_pairs(store) if p not in {h.pair_id for h in held}]
+    assert progress_bob.remaining == 1
+    assert next_pairs(store, cy, 3, config=config)[0] == []
+    # An answer replaces the lease; an expired lease frees the pair.
+    record_answers(store, ann, [_answer(held[0])])
+    with store.write() as con:
+        con.execute("UPDATE pair_leases SET expires_at = ? WHERE annotator_id = ?", [now(), bob])
+    freed, _ = next_pairs(store, cy, 3, config=config)
+    assert [f.pair_id for f in freed] == [rest[0].pair_id]
+    # Renewed leases of pairs a browser holds keep them out of others' queues.
+    again, _ = next_pairs(store, ann, 3, config=config, held=tuple(h.pair_id for h in held[1:]))
+    assert again == []
+    with store.read() as con:
+        assert con.execute("SELECT count(*) FROM pair_leases WHERE annotator_id = ?", [ann]).fetchall() == [(3,)]
+
+
+def _all_pairs(store: Store) -> list[int]:
+    with store.read() as con:
+        return [r[0] for r in con.execute("SELECT id FROM pairs ORDER BY id").fetchall()]
+
+
+def test_answers_by_key_are_recorded_once_and_undo_opens_the_pair_again(store: Store) -> None:
     add_shapes_pairs(store, 3)
     ann = human_annotator(store, "ann")
-    item, _ = next_pair(store, ann)
-    after, progress_now = answer_and_next(store, item, ann, "right")
-    again, progress_again = next_pair(store, ann)
-    assert (after.pair_id, after.left_image, progress_now) == (again.pair_id, again.left_image, progress_again)
-    assert after.pair_id != item.pair_id and progress_now.done == 1
-    with pytest.raises(AlreadyJudgedError):
-        answer_and_next(store, item, ann, "left")
-    assert progress(store, ann).done == 1
+    first, second = next_pairs(store, ann, 2)[0]
+    answers = [_answer(first, "right", "k1"), _answer(second, "tie", "k2")]
+    assert record_answers(store, ann, answers) == ["saved", "saved"]
+    # A resend (lost acknowledgement, server restart) writes nothing.
+    assert record_answers(store, ann, answers) == ["resent", "resent"]
+    # The same pair under a new key (another tab) is refused quietly too.
+    assert record_answers(store, ann, [_answer(first, "left", "k3")]) == ["already_judged"]
+    assert withdraw_answer(store, ann, "k1") == first.pair_id
+    assert withdraw_answer(store, ann, "k1") == first.pair_id  # twice is harmless
+    assert withdraw_answer(store, ann, "nope") is None
+    # The undone pair is open again; a resend of the undone answer stays ignored.
+    assert record_answers(store, ann, [_answer(first, "right", "k1")]) == ["resent"]
+    assert first.pair_id in [i.pair_id for i in next_pairs(store, ann, 3)[0]]
+    assert record_answers(store, ann, [_answer(first, "left", "k4")]) == ["saved"]
+    with store.read() as con:
+        rows = con.execute(
+            "SELECT pair_id, outcome, idempotency_key, withdrawn FROM judgments ORDER BY id"
+        ).fetchall()
+    flip = {"a": "b", "b": "a"}
+    assert rows == [
+        (first.pair_id, flip[first.left_image], "k1", True),
+        (second.pair_id, "tie", "k2", False),
+        (first.pair_id, first.left_image, "k4", False),
+    ]
+    assert progress(store, ann).done == 2
+    with pytest.raises(LabelingError, match="side must be one of"):
+        record_answers(store, ann, [_answer(first, "up", "k5")])
