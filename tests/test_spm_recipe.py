@@ -14,7 +14,7 @@ from reward_models.spec import scorer_from_spec
 from reward_models.step_aware import StepAwareScorer
 from training.config import ConfigError
 from training.data import SnapshotError
-from training.spm import SPMConfig, is_held_out, main
+from training.spm import SPMConfig, is_held_out, main, select_pairs
 
 
 @pytest.fixture(scope="module")
@@ -112,4 +112,16 @@ def test_step_pair_without_timestep_is_named(models, snapshot, tmp_path):
     table = pl.read_parquet(snapshot / "pairs.parquet")
     table.with_columns(timestep=pl.lit(None, dtype=pl.Int64)).write_parquet(broken / "pairs.parquet")
     with pytest.raises(SnapshotError, match="step pair 2 has no timestep"):
-        main(config(models, broken, tmp_path / "run", eval_fraction=0.0))
+        main(config(models, broken, tmp_path / "run", eval_fraction=0.0, step_pairs="all"))
+
+
+def test_step_pairs_enter_only_when_asked(snapshot):
+    table = pl.read_parquet(snapshot / "pairs.parquet")
+    # Pair 2 was judged on its completion preview, pair 4 on its predicted x0.
+    table = table.with_columns(
+        preview=pl.when(pl.col("pair_id") == 2).then(pl.lit("completion")).otherwise(pl.lit(None, dtype=pl.String))
+    )
+    ids = {mode: select_pairs(table, mode)["pair_id"].to_list() for mode in ("none", "completion", "all")}
+    assert ids == {"none": [1, 3, 5, 7], "completion": [1, 2, 3, 5, 7], "all": list(range(1, 9))}
+    # A snapshot without the preview column has no completion-judged step pairs.
+    assert select_pairs(table.drop("preview"), "completion")["pair_id"].to_list() == [1, 3, 5, 7]

@@ -18,6 +18,9 @@ from training.errors import TrainingError
 Mode = Literal["lora", "full", "sft"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
 SPMTrainable = Literal["modulation", "vision", "all"]
+FlipUnit = Literal["pair", "image"]
+VAELatents = Literal["mean", "sample"]
+SPMStepPairs = Literal["none", "completion", "all"]
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
@@ -119,9 +122,11 @@ class DPOConfig(RecipeConfig):
         False, help="Recompute UNet activations in backward to save memory."
     )
     cache_latents: bool = option(
-        False,
+        True,
         help="Encode every image (and its mirror when random_flip) and every prompt once per snapshot and "
-        "reuse them; the text encoders and VAE then leave memory.",
+        "reuse them; the text encoders and VAE then leave memory. The cache holds 2 to 8 latents per pair "
+        "(mirrors, posterior std for vae_latents=sample): about 0.25 MB per pair for SD1.5 at 512 px, so "
+        "turn it off for datasets whose cache would not fit in memory.",
     )
     cache_dir: Path | None = option(
         None, help="Where cached latents and text embeddings live; default <output_dir>/cache."
@@ -129,12 +134,33 @@ class DPOConfig(RecipeConfig):
     resolution: int = option(
         512, help="Training image side in pixels (shorter side resized, then centre crop)."
     )
-    random_flip: bool = option(True, help="Mirror each pair (both images together) with probability 0.5.")
+    random_flip: bool = option(True, help="Mirror training images with probability 0.5 (see flip_unit).")
+    flip_unit: FlipUnit = option(
+        "pair",
+        help="pair: one coin per pair, both images mirrored together, so the two always show the same "
+        "view. image: one coin per image, as the official code's per-image transforms do.",
+    )
+    vae_latents: VAELatents = option(
+        "mean",
+        help="mean: the VAE posterior's mean, the same latent every time. sample: a fresh draw from the "
+        "posterior at every use, as the official code does (the cache then also holds the std).",
+    )
     empty_prompt_dropout: float = option(
         0.2,
         help="Probability of training a pair with the empty prompt, which keeps guidance working (paper: 0.2).",
     )
     seed: int = option(0, help="Seed of data order, noise, timesteps, dropout and LoRA initialisation.")
+    compile_unet: bool = option(
+        False,
+        help="torch.compile the UNet (and the full mode's reference). Compiling costs about a minute of "
+        "CPU on the toy model and saved 16 % of a CPU step, so it pays only on long runs or on GPUs "
+        "(benchmarks/RESULTS.md).",
+    )
+    log_every: int = option(
+        10,
+        help="Optimizer steps between metric writes. Metrics stay on the device in between (no host "
+        "sync in the step); every step still gets its own line, and the NaN guard checks them then.",
+    )
     checkpoint_every: int = option(500, help="Optimizer steps between checkpoints.")
     keep_checkpoints: int = option(2, help="How many newest checkpoints to keep.")
 
@@ -155,6 +181,7 @@ class DPOConfig(RecipeConfig):
             "batch_size": self.batch_size,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "max_steps": self.max_steps,
+            "log_every": self.log_every,
             "checkpoint_every": self.checkpoint_every,
             "keep_checkpoints": self.keep_checkpoints,
         }
@@ -191,7 +218,7 @@ class SPMConfig(RecipeConfig):
         "timestep modulation), or a saved SPM folder to continue from."
     )
     dataset: Path = option(
-        help="Dataset snapshot folder (pairs.parquet + images/); final and step pairs are used."
+        help="Dataset snapshot folder (pairs.parquet + images/): its final pairs, and step pairs per step_pairs."
     )
     output_dir: Path = option(
         help="Run folder for config, metrics, checkpoints and the final SPM; rerunning with the same config resumes."
@@ -204,6 +231,12 @@ class SPMConfig(RecipeConfig):
     trainable: SPMTrainable = option(
         "vision",
         help="modulation: only the timestep modulation. vision: it and the vision tower. all: the text tower too.",
+    )
+    step_pairs: SPMStepPairs = option(
+        "none",
+        help="none: learn from final-image preferences only, as SPO's SPM does (each final pair noised "
+        "to a random t). completion: also step pairs judged on their completion previews, whose label "
+        "is about the finished image. all: also step pairs judged on the predicted x0 itself.",
     )
     learning_rate: float = option(1e-5, help="AdamW learning rate of the CLIP weights.")
     modulation_learning_rate: float = option(

@@ -272,26 +272,35 @@ def complete(
     *,
     from_step: int,
     guidance_scale: float,
+    eta: float = 0.0,
+    generators: Sequence[torch.Generator] = (),
 ) -> Tensor:
-    """Finishes states reached after ``from_step`` of the n steps with deterministic DDIM (eta 0).
+    """Finishes states reached after ``from_step`` of the n steps; deterministic DDIM (eta 0) by default.
 
-    A pool candidate completed this way shows the finished image its continuation leads to.
+    A pool candidate completed with eta 0 shows the finished image its continuation leads to.
 
     Args:
         unet: The denoiser.
         scheduler: A DDIM scheduler after ``set_timesteps``.
         text: One row per state.
         latents: States after ``from_step`` steps, shape (N, C, h, w).
-        from_step: s in 1..n; n returns the states as they are.
+        from_step: s in 0..n; n returns the states as they are.
         guidance_scale: Classifier-free guidance scale.
+        eta: DDIM noise level of the remaining steps.
+        generators: With eta > 0, one CPU generator per state for its noise.
 
     Returns:
         Finished latents, shape (N, C, h, w), float32.
     """
+    if eta > 0 and len(generators) != len(latents):
+        raise ValueError(f"eta > 0 needs one generator per state: {len(generators)} for {len(latents)} states")
     latents = latents.float()
     for t in [int(t) for t in scheduler.timesteps][from_step:]:
         output = predict_noise(unet, scheduler, text, latents, t, guidance_scale)
-        latents = ddim_step(scheduler, output, latents, torch.full((len(latents),), t), 0.0).mean
+        step = ddim_step(scheduler, output, latents, torch.full((len(latents),), t), eta)
+        latents = step.mean
+        if eta > 0:
+            latents = latents + step.std.view(-1, 1, 1, 1) * _normal(generators, latents.shape[1:], latents.device)
     return latents
 
 

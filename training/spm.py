@@ -3,12 +3,13 @@
 Run in-process with ``main(SPMConfig(...))`` or with
 ``accelerate launch -m training.spm --config run.json``.
 
-Two kinds of pairs teach the model how preferences look at every denoising step:
-- final pairs (finished images): both images are encoded by the base model's VAE, noised to the
-  same t ~ U[0, T) with the same noise, the base UNet predicts x0, which is decoded and scored
-  at t (SPO, section 4.2);
-- step pairs (kind ``step``): the images already are predicted x0s at their ``timestep`` and
-  are scored at it.
+By default the model learns from final-image preferences only, as SPO's SPM does: both images
+of a final pair are encoded by the base model's VAE, noised to the same t ~ U[0, T) with the same
+noise, the base UNet predicts x0 (with guidance), which is decoded and scored at t (SPO,
+section 4.2). Step pairs (kind ``step``, images that already are predicted x0s at their
+``timestep``, scored at it) enter only when ``step_pairs`` admits them: a label given to a blurry
+intermediate image brings back the judge that cannot see where a chain is heading, so by default
+only labels about finished images teach the model.
 Loss: `training.losses.pairwise_preference_loss` over the two scores, ties as 0.5 / 0.5.
 Accuracy is reported per timestep bucket, on the training batches and on held-out prompts.
 """
@@ -73,8 +74,9 @@ def main(cfg: SPMConfig) -> Path:
     run = Run.open(cfg.output_dir, cfg.to_dict(), accelerator)
     device = accelerator.device
 
-    # Data: every pair with a consensus, ties included (fitted by equal scores); split by prompt.
-    table = read_pairs(cfg.dataset)
+    # Data: every final pair with a consensus, ties included (fitted by equal scores), and the
+    # step pairs cfg.step_pairs admits; split by prompt.
+    table = select_pairs(read_pairs(cfg.dataset), cfg.step_pairs)
     held_out = pl.Series(
         [is_held_out(p, cfg.eval_fraction, cfg.seed) for p in table["prompt"]], dtype=pl.Boolean
     )
@@ -199,6 +201,20 @@ def main(cfg: SPMConfig) -> Path:
         os.replace(tmp, final)
     accelerator.wait_for_everyone()
     return final
+
+
+def select_pairs(table: pl.DataFrame, step_pairs: str) -> pl.DataFrame:
+    """The snapshot rows the SPM learns from: final pairs, plus step pairs as `SPMConfig.step_pairs` says.
+
+    A step pair's ``preview`` column names what its judges saw (``completion``: the finished image
+    its candidate leads to; null: the predicted x0); snapshots without the column have none.
+    """
+    kind = pl.col("kind")
+    if step_pairs == "all":
+        return table
+    if step_pairs == "completion" and "preview" in table.columns:
+        return table.filter((kind != "step") | (pl.col("preview") == "completion"))
+    return table.filter(kind != "step")
 
 
 def is_held_out(prompt: str, fraction: float, seed: int) -> bool:
