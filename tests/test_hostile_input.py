@@ -262,3 +262,97 @@ def test_a_labelstudio_credentials_file_readable_by_others_is_refused_and_left_u
     assert (made.username, made.token) == ("me@example.com", "t" * 20)
     assert path.stat().st_mode & 0o777 == 0o600
     assert json.loads(path.read_text())["password"] == made.password
+
+
+# 2. A removed admin's open Train page ------------------------------------------------------------
+
+
+def test_a_removed_admin_loses_the_train_pages_job_panel_without_a_reload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from playwright.sync_api import sync_playwright
+    from test_annotate_browser import CHROMIUM_ARGS, _free_port, serving
+
+    from workbench.access import add_user, remove_user
+
+    store = Store.open(tmp_path / "home")
+    users = store.home / "users.toml"
+    add_user(store, users, "ada", "admin", "ada's password")
+    add_user(store, users, "bob", "admin", "bob's password")  # with no user left, nobody need sign in
+    monkeypatch.setenv("WORKBENCH_REQUIRE_SIGN_IN", "1")
+    monkeypatch.delenv("WORKBENCH_USERS_FILE", raising=False)
+    port = _free_port()
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+        "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    with serving(command, store.home, port) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        page.set_default_timeout(120_000)
+        page.goto(url)
+        page.get_by_role("textbox", name="Name").fill("ada")
+        page.get_by_role("textbox", name="Password").fill("ada's password")
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_role("link", name="Train").click()
+        page.get_by_text("No jobs yet.").wait_for()
+        remove_user(users, "ada")
+        # The panel polls every 2 s; its next run must refuse, with no click and no reload.
+        page.get_by_text("This page is for admins.").wait_for()
+        assert page.get_by_text("No jobs yet.").count() == 0
+        browser.close()
+
+
+# 7. Sign-in --------------------------------------------------------------------------------------
+
+
+def test_sign_in_failures_are_limited_per_name_and_per_client(store: Store, tmp_path: Path) -> None:
+    from workbench.access import SignInError, SignInLimiter, SignInLimitError, SignInLimits, add_user, verify
+
+    users = tmp_path / "users" / "users.toml"
+    add_user(store, users, "ada", "admin", "ada's password")
+    add_user(store, users, "bob", "annotator", "bob's password")
+    now = [0.0]
+    limiter = SignInLimiter(SignInLimits(per_name=3, per_client=5, window_s=60.0), clock=lambda: now[0])
+    for _ in range(3):
+        with pytest.raises(SignInError):
+            verify(users, "ada", "guess", client="10.0.0.1", limiter=limiter)
+    # Locked for the name, from any client, even with the right password; other names still work.
+    with pytest.raises(SignInLimitError, match="try again in 60 s"):
+        verify(users, "ada", "ada's password", client="10.0.0.2", limiter=limiter)
+    assert verify(users, "bob", "bob's password", client="10.0.0.2", limiter=limiter).name == "bob"
+    for name in ("carol", "dave"):
+        with pytest.raises(SignInError):
+            verify(users, name, "guess", client="10.0.0.1", limiter=limiter)
+    # Five failures from 10.0.0.1: that client is locked for every name.
+    with pytest.raises(SignInLimitError):
+        verify(users, "bob", "bob's password", client="10.0.0.1", limiter=limiter)
+    now[0] = 60.5  # the window has passed
+    assert verify(users, "ada", "ada's password", client="10.0.0.1", limiter=limiter).name == "ada"
+
+
+def test_a_password_in_another_unicode_form_signs_in(store: Store, tmp_path: Path) -> None:
+    import unicodedata
+
+    from workbench.access import SignInLimiter, add_user, verify
+
+    users = tmp_path / "users" / "users.toml"
+    password = "café crème ２０２６"  # composed accents, full-width digits
+    add_user(store, users, "ada", "admin", unicodedata.normalize("NFC", password))
+    for form in ("NFD", "NFKC", "NFKD"):
+        typed = unicodedata.normalize(form, password)
+        assert verify(users, "ada", typed, limiter=SignInLimiter()).name == "ada", form
+
+
+def test_user_list_refuses_a_users_file_inside_the_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inside = ROOT / "users-in-checkout.toml"
+    inside.write_text("[users]\n")
+    inside.chmod(0o600)
+    try:
+        monkeypatch.setenv("WORKBENCH_USERS_FILE", str(inside))
+        result = runner.invoke(app, ["--home", str(tmp_path / "home"), "user", "list"])
+    finally:
+        inside.unlink()
+    assert result.exit_code == 1
+    assert "is inside the source checkout" in result.output

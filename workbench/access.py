@@ -19,8 +19,12 @@ import os
 import re
 import secrets
 import tempfile
+import threading
+import time
 import tomllib
-from collections.abc import Iterator
+import unicodedata
+from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +67,63 @@ class AccessError(WorkbenchError):
 
 class SignInError(AccessError):
     """A sign-in was refused. Its message is always :data:`SIGN_IN_FAILED`."""
+
+
+class SignInLimitError(AccessError):
+    """Too many failed sign-ins for a name or from a client lately; no password was checked."""
+
+
+@dataclass(frozen=True)
+class SignInLimits:
+    """How many failed sign-ins are allowed before the next tries are refused unchecked.
+
+    Attributes:
+        per_name: failures for one name (known or not) within ``window_s``.
+        per_client: failures from one client address within ``window_s``.
+        window_s: the sliding window; a try is allowed again once the oldest failure leaves it.
+    """
+
+    per_name: int = 5
+    per_client: int = 20
+    window_s: float = 300.0
+
+
+class SignInLimiter:
+    """Failed sign-ins of one server process, per users file and name and per users file and client."""
+
+    def __init__(self, limits: SignInLimits | None = None, clock: Callable[[], float] = time.monotonic):
+        self.limits = limits or SignInLimits()
+        self._clock = clock
+        self._failures: dict[tuple, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _keys(self, path: Path, name: str, client: str | None) -> list[tuple[tuple, int]]:
+        keys = [(("name", str(path), name), self.limits.per_name)]
+        if client is not None:
+            keys.append((("client", str(path), client), self.limits.per_client))
+        return keys
+
+    def check(self, path: Path, name: str, client: str | None) -> None:
+        """Raises SignInLimitError while ``name`` or ``client`` has too many recent failures."""
+        now = self._clock()
+        with self._lock:
+            for key, limit in self._keys(path, name, client):
+                failures = self._failures.get(key)
+                while failures and failures[0] <= now - self.limits.window_s:
+                    failures.popleft()
+                if failures is not None and len(failures) >= limit:
+                    wait = failures[0] + self.limits.window_s - now
+                    raise SignInLimitError(f"Too many failed sign-ins: try again in {max(1, round(wait))} s.")
+
+    def failed(self, path: Path, name: str, client: str | None) -> None:
+        now = self._clock()
+        with self._lock:
+            for key, _ in self._keys(path, name, client):
+                self._failures.setdefault(key, deque()).append(now)
+
+
+SIGN_IN_LIMITER = SignInLimiter()
+"""The failed sign-ins of this process (the app's server), shared by all its sessions."""
 
 
 @dataclass(frozen=True)
@@ -201,26 +262,39 @@ def remove_user(path: Path, name: str) -> None:
         _write(path, users)
 
 
-def verify(path: Path, name: str, password: str) -> User:
+def verify(
+    path: Path, name: str, password: str, *, client: str | None = None, limiter: SignInLimiter = SIGN_IN_LIMITER
+) -> User:
     """The user whose name and password these are.
 
     An unknown name costs one scrypt hash like a wrong password, and both are compared in
-    constant time, so neither the message nor the time tells which part was wrong.
+    constant time, so neither the message nor the time tells which part was wrong. Failures are
+    counted per name and per ``client`` (the browser's address); past ``limiter``'s limits a try
+    is refused before any password is checked.
 
     Raises:
         SignInError: with :data:`SIGN_IN_FAILED`, for an unknown name or a wrong password.
+        SignInLimitError: too many failed sign-ins for this name or from this client lately.
     """
+    limiter.check(path, name, client)
     entry = _read(path).get(name)
     stored = entry["password"] if entry is not None else _DECOY_HASH
     if not _matches(password, stored) or entry is None:
+        limiter.failed(path, name, client)
         raise SignInError(SIGN_IN_FAILED)
     return _user(name, entry)
+
+
+def _password_bytes(password: str) -> bytes:
+    # NFKC: the same password typed on another keyboard or OS (composed or decomposed accents,
+    # full-width digits) gives the same bytes.
+    return unicodedata.normalize("NFKC", password).encode()
 
 
 def _hash(password: str) -> str:
     salt = secrets.token_bytes(_SALT_BYTES)
     key = hashlib.scrypt(
-        password.encode(),
+        _password_bytes(password),
         salt=salt,
         n=_SCRYPT_N,
         r=_SCRYPT_R,
@@ -237,7 +311,7 @@ def _matches(password: str, stored: str) -> bool:
     _, n, r, p, salt, key = stored.split("$")
     expected = base64.b64decode(key)
     got = hashlib.scrypt(
-        password.encode(),
+        _password_bytes(password),
         salt=base64.b64decode(salt),
         n=int(n),
         r=int(r),
@@ -266,7 +340,16 @@ def _user(name: str, entry: dict) -> User:
     return User(name=name, role=entry["role"], annotator_id=entry["annotator_id"])
 
 
+def _check_outside_checkout(path: Path) -> None:
+    if (_REPO_ROOT / ".git").exists() and path.resolve().is_relative_to(_REPO_ROOT):
+        raise AccessError(
+            f"users file {path} is inside the source checkout: keep it outside "
+            f"(the workbench home, or {USERS_FILE_ENV})"
+        )
+
+
 def _read(path: Path) -> dict[str, dict]:
+    _check_outside_checkout(path)
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
@@ -315,11 +398,7 @@ def _write(path: Path, users: dict[str, dict]) -> None:
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """Serialise read-modify-write of the users file across processes; refuse a file in the checkout."""
-    if (_REPO_ROOT / ".git").exists() and path.resolve().is_relative_to(_REPO_ROOT):
-        raise AccessError(
-            f"users file {path} is inside the source checkout: keep it outside "
-            f"(the workbench home, or {USERS_FILE_ENV})"
-        )
+    _check_outside_checkout(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:

@@ -2,14 +2,14 @@
 
 import streamlit as st
 
-from workbench.access import SignInError, list_users
+from workbench.access import SignInError, SignInLimitError, list_users
 from workbench.ui.state import access_config, sign_in
 
 
 def _submit() -> None:
     try:
         sign_in(st.session_state["sign_in_name"], st.session_state["sign_in_password"])
-    except SignInError as e:
+    except (SignInError, SignInLimitError) as e:
         st.session_state["sign_in_error"] = str(e)
     else:
         st.session_state.pop("sign_in_error", None)

@@ -45,8 +45,9 @@ def signed_in() -> User | None:
 
 
 def sign_in(name: str, password: str) -> User:
-    """Sign this session in. Raises SignInError with the one generic message on failure."""
-    user = verify(access_config().users_file, name.strip(), password)
+    """Sign this session in. Raises SignInError with the one generic message on failure, and
+    SignInLimitError after too many failures for the name or from this browser's address."""
+    user = verify(access_config().users_file, name.strip(), password, client=st.context.ip_address or "local")
     _forget_session()
     st.session_state[_SIGNED_IN] = user.name
     return user
@@ -65,7 +66,8 @@ def is_admin_view() -> bool:
 
 
 def require_admin() -> None:
-    """Stop the page here unless the viewer may see admin pages. Call it first on every admin page."""
+    """Stop the page here unless the viewer may see admin pages. Call it first on every admin
+    page, in every fragment of one (its reruns do not run the page) and in every callback."""
     if not is_admin_view():
         st.error("This page is for admins.")
         st.stop()

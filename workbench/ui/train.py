@@ -32,6 +32,7 @@ def widget(container, spec: FormField, default, key: str):
 @st.fragment(run_every=2)
 def jobs_panel(launched_id: int | None) -> None:
     """The chosen job's progress, charts and error, the job list, stop and resume; polled."""
+    require_admin()  # a fragment's reruns skip the page's own check: a demoted admin stops here
     found = jobs.list_jobs(store())
     if launched_id is not None and not next(j for j in found if j.id == launched_id).active:
         st.rerun()  # the job this form launched has ended: let the Launch button come back
