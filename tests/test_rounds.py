@@ -197,7 +197,7 @@ def test_a_human_round_waits_for_judgments_and_continues_without_regenerating(tm
 def test_bad_settings_and_unknown_parent_are_refused_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(RoundError, match="per_prompt must be >= 2"):
         RoundConfig(per_prompt=1)
-    with pytest.raises(RoundError, match="recipe must be one of dpo, spo, spm"):
+    with pytest.raises(RoundError, match="recipe must be one of dpo, spo, spm-spo"):
         RoundConfig(recipe="ppo")
     with pytest.raises(RoundError, match="KEY=VALUE"):
         RoundConfig(training=("beta",))
@@ -235,7 +235,7 @@ def test_spo_and_spm_rounds_train_and_chain(tmp_path: Path) -> None:
         RoundConfig(
             **{
                 **base,
-                "recipe": "spm",
+                "recipe": "spm-spo",
                 "step_pools": True,
                 "pool_k": 2,
                 "training": spm_steps,
@@ -252,6 +252,14 @@ def test_spo_and_spm_rounds_train_and_chain(tmp_path: Path) -> None:
     assert len((Path(spm.run_dir) / "spo" / "metrics.jsonl").read_text().splitlines()) == 1
     with store.read() as con:
         assert [m["name"] for m in model_lineage(con, spm.model_id)] == ["round-2", "round-1", "toy"]
+        # Both outputs are registered: the SPM as a scorer whose parent is the CLIP it started from.
+        scorer_id = spm.results["register"]["scorer_id"]
+        kind, path, round_id, parent_path = con.execute(
+            "SELECT m.kind, m.path, m.round_id, p.path FROM models m JOIN models p ON p.id = m.parent_id WHERE m.id = ?",
+            [scorer_id],
+        ).fetchone()
+    assert (kind, round_id, parent_path) == ("scorer", spm.id, str(clip))
+    assert path == str((Path(spm.run_dir) / "spm" / "final").resolve())
 
 
 def test_the_same_config_from_the_same_parent_reproduces_a_round_in_another_home(tmp_path: Path) -> None:

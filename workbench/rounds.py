@@ -55,6 +55,7 @@ from training.config import ConfigError, DPOConfig, SPMConfig, SPOConfig
 from workbench.errors import WorkbenchError
 from workbench.generation import GenerationConfig, generate_pairs, generate_step_pools, read_prompts
 from workbench.jobs import Job, launch_job
+from workbench.registry import register_run
 from workbench.toy import DEFAULT_GUIDANCE, TOY_MODEL_DIR
 
 # torch, diffusers and transformers are imported where a stage needs them, so that reading rounds
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
     from workbench.pipelines import SDPipeline
 
 Feedback = Literal["ai", "human", "both"]
-Recipe = Literal["dpo", "spo", "spm"]
+Recipe = Literal["dpo", "spo", "spm-spo"]
 STAGES = ("generation", "judgments", "dataset", "training", "checkpoint", "evaluation", "register")
 HUMAN_SOURCES = ("app", "labelstudio")
 BASE_MODEL_NAME = "toy"
@@ -147,16 +148,16 @@ class RoundConfig:
     )
     recipe: Recipe = option(
         "dpo",
-        help="dpo: Diffusion-DPO on the round's final pairs. spo: SPO online with the scorer. spm: train the "
-        "step-aware preference model on the round's pairs, then SPO with it.",
+        help="dpo: Diffusion-DPO on the round's final pairs. spo: SPO online with the scorer. spm-spo: train "
+        "the step-aware preference model on the round's judgments, then SPO with it as the step judge.",
     )
     training: tuple[str, ...] = option(
         (),
         help="Recipe config overrides KEY=VALUE (VALUE as JSON, else text), e.g. learning_rate=2e-4; with "
-        "recipe spm they go to the SPM and spo_training to the SPO stage.",
+        "recipe spm-spo they go to the SPM and spo_training to the SPO stage.",
     )
     spo_training: tuple[str, ...] = option(
-        (), help="SPO config overrides KEY=VALUE for recipe spm's second stage."
+        (), help="SPO config overrides KEY=VALUE for recipe spm-spo's second stage."
     )
     eval_prompts_file: Path | None = option(
         None, help="Held-out evaluation prompts; default the shapes world's held-out captions."
@@ -178,7 +179,7 @@ class RoundConfig:
         self.eval_seeds = tuple(int(s) for s in self.eval_seeds)
         choices = {
             "feedback": ("ai", "human", "both"),
-            "recipe": ("dpo", "spo", "spm"),
+            "recipe": ("dpo", "spo", "spm-spo"),
             "pairing": ("all", "adjacent", "random"),
             "consensus": ("majority", "dawid_skene"),
         }
@@ -229,6 +230,8 @@ class RoundConfig:
         unknown = sorted(data.keys() - {f.name for f in fields(cls)})
         if unknown:
             raise RoundError(f"unknown round options: {', '.join(unknown)}")
+        if data.get("recipe") == "spm":  # the name recipe spm-spo had in rounds recorded before it
+            data = {**data, "recipe": "spm-spo"}
         return cls(**data)
 
 
@@ -748,7 +751,7 @@ def _training(store, round_id, parent, config, results, progress) -> dict:
         spm_final = spm.main(spm_cfg)
         cfg = _recipe_config(
             SPOConfig,
-            spo_defaults,
+            {**spo_defaults, "score_scale": 1.0},  # the SPM scores on PickScore's logit scale
             config.spo_training,
             pretrained_model=parent_path,
             output_dir=run_dir / "spo",
@@ -756,7 +759,13 @@ def _training(store, round_id, parent, config, results, progress) -> dict:
             scorer=f"spm:{spm_final}",
         )
         final = spo.main(cfg)
-        record.update(spm_config=spm_cfg.to_dict(), config=cfg.to_dict(), lora=True, final=str(final))
+        record.update(
+            spm_config=spm_cfg.to_dict(),
+            spm_final=str(spm_final),
+            config=cfg.to_dict(),
+            lora=True,
+            final=str(final),
+        )
     record["seconds"] = round(time.perf_counter() - started, 2)
     metrics_file = Path(record["config"]["output_dir"]) / "metrics.jsonl"
     lines = metrics_file.read_text().splitlines() if metrics_file.exists() else []
@@ -912,6 +921,11 @@ def held_out_human_accuracy(
 
 def _register(store, round_id, parent, config, results, progress) -> dict:
     evaluation = results["evaluation"]
+    scorer_id = None
+    if "spm_final" in results["training"]:
+        # The round's step-aware model, a scorer whose parent is the CLIP it started from.
+        spm_config = SPMConfig(**results["training"]["spm_config"])
+        scorer_id = register_run(store, "spm", spm_config, Path(results["training"]["spm_final"]), round_id=round_id)
     with store.write() as con:
         model_id = register_model(
             con,
@@ -927,6 +941,7 @@ def _register(store, round_id, parent, config, results, progress) -> dict:
                 "trained_as": "lora" if results["training"]["lora"] else "full",
                 "lora": results["checkpoint"].get("lora"),
                 "dataset_hash": results["dataset"]["content_hash"],
+                "step_scorer_id": scorer_id,
             },
         )
         con.execute("UPDATE rounds SET model_id = ? WHERE id = ?", [model_id, round_id])
@@ -938,7 +953,7 @@ def _register(store, round_id, parent, config, results, progress) -> dict:
                 [round_id, model_id, "eval_mean_score", evaluation["candidate_mean"]],
             ],
         )
-    return {"model_id": model_id, "name": f"round-{round_id}"}
+    return {"model_id": model_id, "name": f"round-{round_id}", "scorer_id": scorer_id}
 
 
 _STAGE_FUNCTIONS = {
