@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from tiny_models import build_tiny_sd15, build_tiny_sdxl, tiny_dpo_config, write_snapshot
 
 from training.config import ConfigError, DPOConfig
-from training.data import preference_pairs, read_pairs
+from training.data import preference_pairs, read_pairs, stream_indices
 from training.dpo import (
     Features,
     ModelLoadError,
@@ -299,3 +299,58 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny, tmp_path):
     a, b = lora_weights(tmp_path / "one"), lora_weights(tmp_path / "two")
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=0)  # as for accumulation
+
+
+def test_official_posterior_draws_and_per_image_flips_cached_equal_live(tiny, tmp_path):
+    """vae_latents=sample and flip_unit=image (the official code's choices): the cache, which then
+    holds the posterior's std and both views of every image, gives the same batches as encoding
+    live; the draws differ from the posterior mean, and winners and losers get their own coins."""
+    cfg = config(tiny, tmp_path, cache_latents=True, vae_latents="sample", flip_unit="image")
+    parts = load_parts(cfg.pretrained_model)
+    pairs = preference_pairs(cfg.dataset)
+    live = Features(parts, cfg.resolution, torch.device("cpu"))
+    cached = cached_features(live, pairs, cfg, Accelerator())
+    positions = range(0, 16)
+    a = make_batch(pairs, live, parts.noise_scheduler, cfg, positions)
+    b = make_batch(pairs, cached, parts.noise_scheduler, cfg, positions)
+    for field, x in vars(a).items():
+        if x is not None:
+            torch.testing.assert_close(x, vars(b)[field], msg=field)
+    mean_cfg = config(tiny, tmp_path, cache_latents=True, flip_unit="image")
+    means = make_batch(
+        pairs,
+        cached_features(live, pairs, mean_cfg, Accelerator()),
+        parts.noise_scheduler,
+        mean_cfg,
+        positions,
+    )
+    assert not torch.allclose(a.latents, means.latents)
+    assert (a.latents - means.latents).abs().max() < 1.0  # a draw near its mean, not another image
+
+    generators = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + p) for p in positions]
+    coins = torch.stack([torch.rand(3, generator=g)[1:] < 0.5 for g in generators])  # winner, loser
+    assert (coins[:, 0] != coins[:, 1]).any()
+    chosen = [pairs[i] for i in stream_indices(len(pairs), cfg.seed, 0, len(positions))]
+    views = [live.images(chosen, torch.full((2, len(chosen)), flip))[0] for flip in (False, True)]
+    for i, (flip_w, flip_l) in enumerate(coins.tolist()):
+        for side, flipped in enumerate((flip_w, flip_l)):
+            torch.testing.assert_close(means.latents[side, i], views[flipped][side, i])
+
+
+def test_metrics_are_written_per_window_with_one_line_per_step(tiny, tmp_path):
+    main(config(tiny, tmp_path, max_steps=5, log_every=2, checkpoint_every=10))
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5]
+    # One host sync per window: the steps of a window share its throughput figure.
+    rates = [m["pairs_per_s"] for m in metrics]
+    assert rates[0] == rates[1] and rates[2] == rates[3]
+    assert len({rates[0], rates[2], rates[4]}) == 3
+    assert all(m["loss"] > 0 and m["grad_norm"] >= 0 for m in metrics)
+
+
+def test_non_finite_step_inside_a_window_is_named_and_no_checkpoint_is_kept(tiny, tmp_path):
+    with pytest.raises(NonFiniteError, match="at step 2"):
+        main(config(tiny, tmp_path, learning_rate=1e30, max_steps=4, log_every=4, checkpoint_every=4))
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1]
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())

@@ -92,10 +92,16 @@ def main(cfg: DPOConfig) -> Path:
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
+    # In place, so that the unwrapped UNet (the LoRA reference, the saved weights) is the compiled one.
+    if cfg.compile_unet:
+        for model in (unet, reference):
+            if model is not None:
+                model.compile()
 
-    # Optimizer and schedule: AdamW, linear warm-up from 0, then constant (official code).
+    # Optimizer and schedule: AdamW, linear warm-up from 0, then constant (official code). The fused
+    # AdamW updates every parameter in one kernel instead of a loop over tensors.
     params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
     warmup = round(cfg.warmup_fraction * cfg.max_steps)
     lr_scheduler = LambdaLR(optimizer, lambda done: min(1.0, (done + 1) / warmup) if warmup else 1.0)
 
@@ -119,8 +125,9 @@ def main(cfg: DPOConfig) -> Path:
     progress = tqdm(
         total=cfg.max_steps, initial=step, desc=cfg.mode, disable=not accelerator.is_local_main_process
     )
+    # Metrics stay on the device until the window is written: no host sync inside a step.
+    window = MetricWindow(step)
     while step < cfg.max_steps:
-        started = time.perf_counter()
         lr = lr_scheduler.get_last_lr()[0]
         sums: dict[str, torch.Tensor] = {}
         for _ in range(cfg.gradient_accumulation_steps):
@@ -132,13 +139,9 @@ def main(cfg: DPOConfig) -> Path:
                     batch, unet, base_unet, reference, noise_scheduler, cfg, accelerator
                 )
                 loss = loss.mean()
-                check_finite(step + 1, loss=accelerator.reduce(loss.detach(), "mean").item())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm).item()
-                    # Under fp16 an infinite norm is the grad scaler's business: it skips the step.
-                    if cfg.mixed_precision != "fp16":
-                        check_finite(step + 1, grad_norm=grad_norm)
+                    grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
             micro_step += 1
@@ -148,19 +151,60 @@ def main(cfg: DPOConfig) -> Path:
         if not optimizer.step_was_skipped:
             lr_scheduler.step()
         step += 1
-
-        names = sorted(sums)
-        reduced = accelerator.reduce(torch.stack([sums[n].float() for n in names]).to(device), "mean")
-        metrics = dict(zip(names, reduced.tolist(), strict=True))
-        pairs_per_s = pairs_per_micro_step * cfg.gradient_accumulation_steps / (time.perf_counter() - started)
-        run.log(step, {**metrics, "lr": lr, "grad_norm": grad_norm, "pairs_per_s": pairs_per_s})
+        window.add(lr, {**sums, "grad_norm": grad_norm})
         progress.update()
-        progress.set_postfix(loss=f"{metrics['loss']:.4f}", pairs_per_s=f"{pairs_per_s:.1f}")
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+
+        checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
+        if checkpoint or step % cfg.log_every == 0:
+            # The NaN guard runs here, before a checkpoint could keep non-finite weights.
+            last = window.write(run, accelerator, pairs_per_micro_step * cfg.gradient_accumulation_steps, cfg)
+            progress.set_postfix(loss=f"{last['loss']:.4f}", pairs_per_s=f"{last['pairs_per_s']:.1f}")
+        if checkpoint:
             run.save_checkpoint(step, {"micro_step": micro_step}, keep=cfg.keep_checkpoints)
     progress.close()
 
     return save_final(base_unet, parts.is_sdxl, cfg, accelerator, run.path / "final")
+
+
+class MetricWindow:
+    """Per-step metrics kept as device tensors until written, so that a step never waits on the host."""
+
+    def __init__(self, step: int):
+        self.start(step)
+
+    def start(self, step: int) -> None:
+        """Starts an empty window after optimizer step ``step``."""
+        self.first_step, self.started = step + 1, time.perf_counter()
+        self.lrs: list[float] = []
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def add(self, lr: float, metrics: dict[str, torch.Tensor]) -> None:
+        self.lrs.append(lr)
+        self.steps.append(metrics)
+
+    def write(
+        self, run: Run, accelerator: Accelerator, pairs_per_step: int, cfg: DPOConfig
+    ) -> dict[str, float]:
+        """Reduces the window over processes (one sync), logs one line per step and starts a new window.
+
+        Raises:
+            NonFiniteError: naming the first step whose loss (or grad norm, except under fp16, where an
+                infinite norm makes the grad scaler skip the step) is not finite.
+        """
+        names = sorted(self.steps[0])
+        stacked = torch.stack([torch.stack([m[n].float() for n in names]) for m in self.steps])
+        rows = accelerator.reduce(stacked.to(accelerator.device), "mean").tolist()
+        pairs_per_s = pairs_per_step * len(rows) / (time.perf_counter() - self.started)
+        for i, (lr, row) in enumerate(zip(self.lrs, rows, strict=True)):
+            metrics = dict(zip(names, row, strict=True))
+            guarded = {"loss": metrics["loss"]}
+            if cfg.mixed_precision != "fp16":
+                guarded["grad_norm"] = metrics["grad_norm"]
+            check_finite(self.first_step + i, **guarded)
+            metrics.update(lr=lr, pairs_per_s=pairs_per_s)
+            run.log(self.first_step + i, metrics)
+        self.start(self.first_step + len(rows) - 1)
+        return metrics
 
 
 @dataclass
@@ -224,16 +268,18 @@ class Features:
         self.parts, self.resolution, self.device = parts, resolution, device
 
     @torch.no_grad()
-    def images(self, pairs: list[PreferencePair], flips: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encodes winners and losers.
+    def images(
+        self, pairs: list[PreferencePair], flips: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encodes winners and losers into the VAE posterior.
 
         Args:
             pairs: B pairs.
-            flips: Whether to mirror each pair, length B.
+            flips: Whether to mirror each image, bool, shape (2, B): winners, losers.
 
         Returns:
-            Latents (posterior mean x scaling factor), shape (2, B, C, h, w), winners first; and the
-            SDXL time ids (original h, w, crop top, left, target h, w), shape (2, B, 6).
+            The posterior's mean and std x scaling factor, each shape (2, B, C, h, w), winners first;
+            and the SDXL time ids (original h, w, crop top, left, target h, w), shape (2, B, 6).
         """
         pixels, time_ids = [], []
         for path in [p.winner for p in pairs] + [p.loser for p in pairs]:
@@ -241,12 +287,14 @@ class Features:
             pixels.append(image)
             time_ids.append([*original, *crop, self.resolution, self.resolution])
         pixels = torch.stack(pixels)
-        flip = torch.tensor(flips * 2)
-        pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
+        pixels = torch.where(flips.flatten()[:, None, None, None], pixels.flip(-1), pixels)
         vae = self.parts.vae
-        latents = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
-        return latents.unflatten(0, (2, len(pairs))), torch.tensor(time_ids, dtype=torch.float32).unflatten(
-            0, (2, len(pairs))
+        posterior = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist
+        scale = vae.config.scaling_factor
+        return (
+            (posterior.mean * scale).unflatten(0, (2, len(pairs))),
+            (posterior.std * scale).unflatten(0, (2, len(pairs))),
+            torch.tensor(time_ids, dtype=torch.float32).unflatten(0, (2, len(pairs))),
         )
 
     @torch.no_grad()
@@ -286,11 +334,18 @@ class CachedFeatures:
         self.row = {pair.pair_id: i for i, pair in enumerate(pairs)}
         self.prompt_row = {prompt: i for i, prompt in enumerate(cache["prompts"])}
 
-    def images(self, pairs: list[PreferencePair], flips: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Same as `Features.images`, from the cache."""
+    def images(
+        self, pairs: list[PreferencePair], flips: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Same as `Features.images`, from the cache; the std is None unless the cache holds it."""
         rows = torch.tensor([self.row[p.pair_id] for p in pairs])
-        latents = self.cache["latents"][rows, :, torch.tensor(flips, dtype=torch.long)]
-        return latents.transpose(0, 1), self.cache["time_ids"][rows].transpose(0, 1)
+        index = (rows[None, :], torch.arange(2)[:, None], flips.long())
+        std = self.cache["std"]
+        return (
+            self.cache["latents"][index],
+            None if std is None else std[index],
+            self.cache["time_ids"][rows].transpose(0, 1),
+        )
 
     def prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Same as `Features.prompts`, from the cache."""
@@ -305,7 +360,8 @@ def cached_features(
     """Loads the snapshot's feature cache, computing it on the main process the first time.
 
     The cache file's name is a hash of what its content depends on: the snapshot's content hash,
-    the model, the resolution, whether mirrored images are needed and the text encoders' precision.
+    the model, the resolution, whether mirrored images are needed, the text encoders' precision and
+    whether the posterior's std is kept (``vae_latents``).
     """
     key = json.dumps(
         [
@@ -314,6 +370,7 @@ def cached_features(
             cfg.resolution,
             cfg.random_flip,
             cfg.mixed_precision,
+            cfg.vae_latents,
         ]
     )
     cache_dir = cfg.cache_dir or cfg.output_dir / "cache"
@@ -321,21 +378,23 @@ def cached_features(
     if accelerator.is_main_process and not path.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
         prompts = sorted({p.prompt for p in pairs} | {""})
-        latents, time_ids, hidden, pooled = [], [], [], []
+        latents, stds, time_ids, hidden, pooled = [], [], [], [], []
         for start in range(0, len(pairs), cfg.batch_size):
             chunk = pairs[start : start + cfg.batch_size]
-            both = [
-                features.images(chunk, [flip] * len(chunk))
+            views = [
+                features.images(chunk, torch.full((2, len(chunk)), flip))
                 for flip in ([False, True] if cfg.random_flip else [False])
             ]
-            latents.append(torch.stack([lat for lat, _ in both], dim=2).transpose(0, 1).cpu())
-            time_ids.append(both[0][1].transpose(0, 1))
+            latents.append(torch.stack([mean for mean, _, _ in views], dim=2).transpose(0, 1).cpu())
+            stds.append(torch.stack([std for _, std, _ in views], dim=2).transpose(0, 1).cpu())
+            time_ids.append(views[0][2].transpose(0, 1))
         for start in range(0, len(prompts), cfg.batch_size):
             h, p = features.prompts(prompts[start : start + cfg.batch_size])
             hidden.append(h.cpu())
             pooled.append(None if p is None else p.cpu())
         cache = {
             "latents": torch.cat(latents),  # (N, 2, flips, C, h, w)
+            "std": torch.cat(stds) if cfg.vae_latents == "sample" else None,  # as latents
             "time_ids": torch.cat(time_ids),  # (N, 2, 6)
             "prompts": prompts,
             "hidden": torch.cat(hidden),
@@ -345,7 +404,9 @@ def cached_features(
         torch.save(cache, tmp)
         os.replace(tmp, path)
     accelerator.wait_for_everyone()
-    cache = torch.load(path, map_location=features.device)
+    # Loaded to the CPU first: torch.load cannot map to an indexed CPU device such as cpu:0.
+    cache = torch.load(path, map_location="cpu")
+    cache = {k: v.to(features.device) if isinstance(v, torch.Tensor) else v for k, v in cache.items()}
     return CachedFeatures(cache, pairs)
 
 
@@ -370,9 +431,9 @@ def make_batch(
 ) -> Batch:
     """Assembles the pairs at the given stream positions with their random choices.
 
-    Every random choice of a pair (prompt dropout, flip, timestep, noise) comes from a generator
-    seeded by the run seed and the pair's stream position, so a batch is the same however it is
-    split over processes and accumulation steps, and after a resume.
+    Every random choice of a pair (prompt dropout, flips, timestep, noise, posterior draw) comes
+    from a generator seeded by the run seed and the pair's stream position, so a batch is the same
+    however it is split over processes and accumulation steps, and after a resume.
     """
     indices = stream_indices(len(pairs), cfg.seed, positions.start, len(positions))
     chosen = [pairs[i] for i in indices]
@@ -380,12 +441,16 @@ def make_batch(
     for position, pair in zip(positions, chosen, strict=True):
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + position)
         drop, flip = torch.rand(2, generator=generator).tolist()
+        flip_loser = torch.rand(1, generator=generator).item() if cfg.flip_unit == "image" else flip
         prompts.append("" if drop < cfg.empty_prompt_dropout else pair.prompt)
-        flips.append(cfg.random_flip and flip < 0.5)
+        flips.append([cfg.random_flip and flip < 0.5, cfg.random_flip and flip_loser < 0.5])
         timesteps.append(torch.randint(noise_scheduler.config.num_train_timesteps, (1,), generator=generator))
         generators.append(generator)
-    latents, time_ids = features.images(chosen, flips)
+    latents, std, time_ids = features.images(chosen, torch.tensor(flips).T)
     noise = torch.stack([torch.randn(latents.shape[2:], generator=g) for g in generators]).to(latents.device)
+    if cfg.vae_latents == "sample":
+        draws = torch.stack([torch.randn(latents[:, 0].shape, generator=g) for g in generators], dim=1)
+        latents = latents + std * draws.to(latents.device)
     hidden, pooled = features.prompts(prompts)
     return Batch(
         latents, time_ids.to(latents.device), hidden, pooled, noise, torch.cat(timesteps).to(latents.device)
