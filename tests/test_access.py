@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 import time
 import tomllib
@@ -191,11 +192,11 @@ def test_cli_add_list_passwd_remove(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("WORKBENCH_PASSWORD", "carol's secret")
     assert _cli(home, "user", "add", "carol", "--role", "annotator")[0] == 0
     ids = {u.name: u.annotator_id for u in list_users(users)}
-    code, out = _cli(home, "user", "list")
-    assert code == 0 and out.splitlines() == [
-        f"ada  admin  annotator {ids['ada']}",
-        f"bob  annotator  annotator {ids['bob']}",
-        f"carol  annotator  annotator {ids['carol']}",
+    code, out = _cli(home, "user", "list", "--json")
+    assert code == 0 and json.loads(out) == [
+        {"name": "ada", "role": "admin", "annotator": ids["ada"]},
+        {"name": "bob", "role": "annotator", "annotator": ids["bob"]},
+        {"name": "carol", "role": "annotator", "annotator": ids["carol"]},
     ]
     assert verify(users, "ada", PASSWORD).is_admin
     assert verify(users, "bob", "bob's secret") == User("bob", "annotator", ids["bob"])

@@ -356,3 +356,39 @@ def test_user_list_refuses_a_users_file_inside_the_checkout(tmp_path: Path, monk
         inside.unlink()
     assert result.exit_code == 1
     assert "is inside the source checkout" in result.output
+
+
+# 9. Any terminal width, any path length --------------------------------------------------------
+
+
+def test_list_commands_and_the_demo_under_a_long_home_path_at_60_columns(tmp_path: Path, pickapic_file: Path) -> None:
+    home = tmp_path / ("h" * (150 - len(str(tmp_path)) - 1))
+    assert len(str(home)) == 150
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "workbench"), "--home", str(home), *args],
+            env={**os.environ, "COLUMNS": "60", "WORKBENCH_PASSWORD": "a long password"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    cli("import", "pickapic", str(pickapic_file))
+    cli("dataset", "create", "prefs")
+    cli("user", "add", "ada", "--role", "admin")
+    [version] = json.loads(cli("dataset", "list", "--json"))
+    assert (version["name"], version["n_pairs"]) == ("prefs", 12)
+    assert json.loads(cli("user", "list", "--json"))[0]["name"] == "ada"
+    assert json.loads(cli("stats", "--json"))["pairs"] == 12
+    # The text forms never break a value over lines, whatever the width.
+    assert any(version["id"] in line for line in cli("dataset", "list").splitlines())
+    assert any("ada" in line and "admin" in line for line in cli("user", "list").splitlines())
+    tiny = ["--prompts", "2", "--train-steps", "1", "--eval-prompts", "2", "--eval-seeds", "1", "--steps", "2"]
+    demo = json.loads(cli("demo", "--rounds", "1", *tiny, "--json"))
+    assert demo["home"] == str(home) and [r["round"] for r in demo["rounds"]] == [1]
+    assert [(r["round"], r["status"]) for r in json.loads(cli("round", "list", "--json"))] == [(1, "finished")]
+    text = cli("round", "list")
+    assert any(line.strip().endswith("1 -> 2") for line in text.splitlines()), text

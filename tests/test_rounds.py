@@ -49,12 +49,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A home after `workbench demo` with tiny settings (two rounds), and what the command printed."""
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A home after `workbench demo --json` with tiny settings (two rounds), and what it printed."""
     home = tmp_path_factory.mktemp("demo")
-    result = CliRunner().invoke(app, ["--home", str(home), *DEMO_ARGS])
+    result = CliRunner().invoke(app, ["--home", str(home), *DEMO_ARGS, "--json"])
     assert result.exit_code == 0, result.output
-    return home, result.output
+    return home, json.loads(result.stdout)
 
 
 def rows(store: Store, sql: str, params: list | None = None) -> list[tuple]:
@@ -63,15 +63,16 @@ def rows(store: Store, sql: str, params: list | None = None) -> list[tuple]:
 
 
 def test_demo_prints_one_row_per_round(demo) -> None:
-    _, output = demo
-    assert "win vs parent" in output and "win vs base" in output
-    table = [line.split() for line in output.splitlines() if line.split()[:1] in (["1"], ["2"])]
-    assert [(r[0], r[1], r[2], r[4]) for r in table] == [
-        ("1", "finished", "1", "2"),
-        ("2", "finished", "2", "3"),
+    home, output = demo
+    assert (output["home"], output["base_model"]) == (str(home.resolve()), 1)
+    table = output["rounds"]
+    assert [(r["round"], r["status"], r["parent"], r["model"]) for r in table] == [
+        (1, "finished", 1, 2),
+        (2, "finished", 2, 3),
     ]
     # 3 prompts x 6 pairs (every two of 4 candidates), each judged once by the oracle
-    assert all(r[5] == "18" and r[6] == "18" for r in table)
+    assert all(r["pairs"] == 18 and r["judgments"] == 18 for r in table)
+    assert all(0.0 <= r["win_vs_parent"] <= 1.0 and 0.0 <= r["win_vs_base"] <= 1.0 for r in table)
 
 
 def test_a_round_records_every_stage(demo) -> None:
@@ -153,10 +154,11 @@ def test_auto_rounds_chain_each_model_to_the_next(demo) -> None:
 
 def test_round_list_and_show(demo) -> None:
     home, _ = demo
-    listed = CliRunner().invoke(app, ["--home", str(home), "round", "list"])
-    assert listed.exit_code == 0 and "1 -> 2" in listed.output and "2 -> 3" in listed.output
-    shown = CliRunner().invoke(app, ["--home", str(home), "round", "show", "2"])
-    assert shown.exit_code == 0 and '"dataset_version": "round-2-' in shown.output
+    listed = CliRunner().invoke(app, ["--home", str(home), "round", "list", "--json"])
+    assert listed.exit_code == 0
+    assert [(r["round"], r["parent"], r["model"]) for r in json.loads(listed.stdout)] == [(1, 1, 2), (2, 2, 3)]
+    shown = CliRunner().invoke(app, ["--home", str(home), "round", "show", "2", "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["dataset_version"].startswith("round-2-")
     missing = CliRunner().invoke(app, ["--home", str(home), "round", "show", "9"])
     assert missing.exit_code == 1 and "round 9 does not exist" in missing.output
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from datastore.errors import StoreError
 from datastore.store import Store
@@ -35,3 +40,36 @@ def user_errors() -> Iterator[None]:
 def open_store(ctx: typer.Context) -> Store:
     settings: Settings = ctx.obj
     return Store.open(settings.home)
+
+
+def print_json(value: Any) -> None:
+    """``value`` as one line of JSON on stdout (dates and paths as strings): what scripts read."""
+    typer.echo(json.dumps(value, default=str))
+
+
+def print_table(rows: Sequence[dict[str, Any]], *, empty: str) -> None:
+    """Rows (all with the same keys) as a table when it fits the terminal's width, else as one
+    block of ``key: value`` lines per row, so that no value is cut or broken over lines at any
+    width. ``empty`` is printed when there are no rows. Scripts use the command's ``--json``."""
+    if not rows:
+        console.print(empty, highlight=False, markup=False, soft_wrap=True)
+        return
+    headers = list(rows[0])
+    table = Table(box=box.SIMPLE_HEAD)
+    for header in headers:
+        table.add_column(header, no_wrap=True)
+    for row in rows:
+        table.add_row(*(Text(_cell(row[h])) for h in headers))
+    if console.measure(table, options=console.options.update(width=10**6)).maximum <= console.width:
+        console.print(table)
+        return
+    width = max(len(h) for h in headers)
+    for i, row in enumerate(rows):
+        if i:
+            console.print()
+        for header in headers:
+            console.print(f"{header:>{width}}: {_cell(row[header])}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)

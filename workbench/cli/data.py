@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -16,7 +15,7 @@ from datastore.datasets import (
 )
 from datastore.formats import export_dataset, import_pickapic
 from datastore.records import store_stats
-from workbench.cli.common import console, open_store, user_errors
+from workbench.cli.common import console, open_store, print_json, print_table, user_errors
 
 import_app = typer.Typer(no_args_is_help=True, help="Import preference data into the store.")
 dataset_app = typer.Typer(no_args_is_help=True, help="Build and list dataset versions.")
@@ -36,10 +35,17 @@ def stats(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help
         with store.read() as con:
             counts = store_stats(con)
     if as_json:
-        typer.echo(json.dumps(counts))
+        print_json(counts)
         return
     for key, value in counts.items():
-        console.print(f"{key:>22}: {value}")
+        console.print(f"{key:>22}: {value}", highlight=False, soft_wrap=True)
+    if counts["quarantined_judgments"]:
+        console.print(
+            f"{counts['quarantined_judgments']} inbox judgments could not be applied: they are in the table "
+            "inbox_quarantine with their errors",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @import_app.command("pickapic")
@@ -92,11 +98,21 @@ def dataset_create(
 
 
 @dataset_app.command("list")
-def dataset_list(ctx: typer.Context) -> None:
+def dataset_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List dataset versions, newest first."""
     with user_errors():
-        frame = list_dataset_versions(open_store(ctx))
-    console.print(frame)
+        versions = list_dataset_versions(open_store(ctx)).to_dicts()
+    if as_json:
+        print_json(versions)
+        return
+    print_table(
+        [
+            {"id": v["id"], "name": v["name"], "pairs": v["n_pairs"], "hash": v["content_hash"][:16],
+             "created": f"{v['created_at']:%Y-%m-%d %H:%M:%S}"}
+            for v in versions
+        ],
+        empty="no dataset versions yet: `workbench dataset create NAME` makes one",
+    )
 
 
 def seed(ctx: typer.Context) -> None:

@@ -12,46 +12,50 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
 from training.errors import TrainingError
 from workbench import rounds
-from workbench.cli.common import console, err_console, open_store, user_errors
+from workbench.cli.common import console, err_console, open_store, print_json, print_table, user_errors
 from workbench.cli.train import config_options
 
 app = typer.Typer(no_args_is_help=True)
+
+
+_JSON = typer.Option(False, "--json", help="Print JSON (one object) instead of the table.")
 
 
 def _rate(value: float | None) -> str:
     return "" if value is None else f"{value:.1%}"
 
 
+def round_rows(summaries: list[rounds.RoundSummary]) -> list[dict]:
+    """One JSON-ready record per round (the columns of `workbench.rounds.rounds_table`)."""
+    return rounds.rounds_table(summaries).to_dicts()
+
+
 def print_rounds(summaries: list[rounds.RoundSummary]) -> None:
     """The per-round table: pairs, judgments, training time, win rates against parent and base."""
-    table = Table(box=box.SIMPLE_HEAD)
-    for header in (
-        "round", "status", "parent -> model", "pairs", "judgments", "trained on", "train s",
-        "win vs parent", "win vs base", "mean score",
-    ):  # fmt: skip
-        table.add_column(header, no_wrap=True)
-    for row in rounds.rounds_table(summaries).iter_rows(named=True):
-        table.add_row(
-            str(row["round"]),
-            row["status"],
-            f"{row['parent']} -> {row['model'] if row['model'] is not None else '?'}",
-            *("" if row[k] is None else str(row[k]) for k in ("pairs", "judgments", "dataset_pairs")),
-            "" if row["train_s"] is None else f"{row['train_s']:.1f}",
-            _rate(row["win_vs_parent"]),
-            _rate(row["win_vs_base"]),
-            "" if row["score"] is None else f"{row['score']:.3f}",
-        )
-    # Wide enough for every column even when the output is a pipe or a narrow terminal.
-    Console(width=max(console.width, 140)).print(table)
+    print_table(
+        [
+            {
+                "round": row["round"],
+                "status": row["status"],
+                "parent -> model": f"{row['parent']} -> {row['model'] if row['model'] is not None else '?'}",
+                "pairs": row["pairs"],
+                "judgments": row["judgments"],
+                "trained on": row["dataset_pairs"],
+                "train s": None if row["train_s"] is None else f"{row['train_s']:.1f}",
+                "win vs parent": _rate(row["win_vs_parent"]),
+                "win vs base": _rate(row["win_vs_base"]),
+                "mean score": None if row["score"] is None else f"{row['score']:.3f}",
+            }
+            for row in round_rows(summaries)
+        ],
+        empty="no rounds yet",
+    )
 
 
-def _run_and_report(ctx: typer.Context, work: Any) -> None:
+def _run_and_report(ctx: typer.Context, work: Any, as_json: bool = False, header: dict | None = None) -> None:
     """Runs rounds, printing each as it finishes; a waiting or failed round is one line and exit 1."""
     with user_errors():
         store = open_store(ctx)
@@ -63,7 +67,10 @@ def _run_and_report(ctx: typer.Context, work: Any) -> None:
         except TrainingError as e:
             err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from e
-    print_rounds(done)
+    if as_json:
+        print_json({**(header or {}), "rounds": round_rows(done)})
+    else:
+        print_rounds(done)
 
 
 def run(
@@ -77,6 +84,7 @@ def run(
         None, "--config", help="JSON file with RoundConfig options, used instead of the options below."
     ),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's)."),
+    as_json: bool = _JSON,
     **options: Any,
 ) -> None:
     """Run one round (or N with --auto): generate, judge, curate, train, evaluate, register."""
@@ -95,10 +103,11 @@ def run(
 
     def work(store):
         if auto:
-            return rounds.run_auto(store, config, n_rounds, parent, on_round=lambda s: print_rounds([s]))
+            on_round = None if as_json else lambda s: print_rounds([s])
+            return rounds.run_auto(store, config, n_rounds, parent, on_round=on_round)
         return [rounds.run_round(store, config, parent, progress=True)]
 
-    _run_and_report(ctx, work)
+    _run_and_report(ctx, work, as_json)
 
 
 run.__signature__ = inspect.Signature(
@@ -108,24 +117,31 @@ app.command()(run)
 
 
 @app.command()
-def resume(ctx: typer.Context, round_id: int = typer.Argument(..., help="Round id.")) -> None:
+def resume(
+    ctx: typer.Context, round_id: int = typer.Argument(..., help="Round id."), as_json: bool = _JSON
+) -> None:
     """Continue a waiting or failed round from its first unfinished stage, with its stored config."""
-    _run_and_report(ctx, lambda store: [rounds.resume_round(store, round_id, progress=True)])
+    _run_and_report(ctx, lambda store: [rounds.resume_round(store, round_id, progress=True)], as_json)
 
 
 @app.command("list")
-def list_(ctx: typer.Context) -> None:
+def list_(ctx: typer.Context, as_json: bool = _JSON) -> None:
     """Every round with its lineage, data and win rates."""
     with user_errors():
-        print_rounds(rounds.list_rounds(open_store(ctx)))
+        summaries = rounds.list_rounds(open_store(ctx))
+    if as_json:
+        print_json(round_rows(summaries))
+    else:
+        print_rounds(summaries)
 
 
 @app.command()
-def show(ctx: typer.Context, round_id: int = typer.Argument(..., help="Round id.")) -> None:
-    """A round's config and results as JSON: everything needed to reproduce it."""
+def show(
+    ctx: typer.Context, round_id: int = typer.Argument(..., help="Round id."), as_json: bool = _JSON
+) -> None:
+    """A round's row and its config and results as JSON: everything needed to reproduce it."""
     with user_errors():
         summary = rounds.get_round(open_store(ctx), round_id)
-    print_rounds([summary])
     record = {
         "dataset_version": summary.dataset_version,
         "run_dir": summary.run_dir,
@@ -133,7 +149,11 @@ def show(ctx: typer.Context, round_id: int = typer.Argument(..., help="Round id.
         "config": summary.config,
         "results": summary.results,
     }
-    console.print_json(json.dumps(record))
+    if as_json:
+        print_json({**round_rows([summary])[0], **record})
+        return
+    print_rounds([summary])
+    console.print_json(json.dumps(record, default=str))
 
 
 def demo(
@@ -156,6 +176,7 @@ def demo(
         "--seed",
         help="Base seed (default: the number of rounds the home has, so a repeated demo draws new candidates).",
     ),
+    as_json: bool = _JSON,
 ) -> None:
     """The closed loop on the shapes world, headless: toy model -> oracle feedback -> DPO -> evaluation, N times."""
     import torch
@@ -172,16 +193,22 @@ def demo(
             seed=len(rounds.list_rounds(store)) if seed is None else seed,
         )
         base = rounds.ensure_base_model(store)
-        console.print(
-            f"home: {store.home}; base model {base} (the shipped toy model); {n_rounds} rounds, seed {config.seed}",
-            highlight=False,
-        )
+        header.update(home=str(store.home), base_model=base, seed=config.seed)
+        if not as_json:
+            console.print(
+                f"home: {store.home}; base model {base} (the shipped toy model); {n_rounds} rounds, seed {config.seed}",
+                highlight=False,
+                soft_wrap=True,
+            )
         return rounds.run_auto(store, config, n_rounds, base)
 
-    _run_and_report(ctx, work)
-    console.print(
-        "pairs: final pairs the parent drew; judgments: oracle judgments of them; trained on: decided pairs in "
-        "the round's dataset version; win vs parent / base: held-out captions x seeds where the new model's "
-        "image scores higher with the oracle (ties count half).",
-        highlight=False,
-    )
+    header: dict = {}
+    _run_and_report(ctx, work, as_json, header)
+    if not as_json:
+        console.print(
+            "pairs: final pairs the parent drew; judgments: oracle judgments of them; trained on: decided pairs "
+            "in the round's dataset version; win vs parent / base: held-out captions x seeds where the new "
+            "model's image scores higher with the oracle (ties count half).",
+            highlight=False,
+            soft_wrap=True,
+        )

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from workbench.access import AccessConfig, AccessError, Role, add_user, list_users, remove_user, set_password
-from workbench.cli.common import console, open_store, user_errors
+from workbench.cli.common import console, open_store, print_json, print_table, user_errors
 from workbench.settings import Settings
 
 app = typer.Typer(no_args_is_help=True)
@@ -82,12 +82,12 @@ def remove(ctx: typer.Context, name: str = typer.Argument(..., help="The user to
 
 
 @app.command("list")
-def list_(ctx: typer.Context) -> None:
+def list_(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Every user with role and annotator id."""
     with user_errors():
         path = _users_file(ctx)
-        users = list_users(path)
-    if not users:
-        console.print(f"no users in {path}", highlight=False)
-    for user in users:
-        console.print(f"{user.name}  {user.role}  annotator {user.annotator_id}", highlight=False)
+        users = [{"name": u.name, "role": u.role, "annotator": u.annotator_id} for u in list_users(path)]
+    if as_json:
+        print_json(users)
+        return
+    print_table(users, empty=f"no users in {path}")
