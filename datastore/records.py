@@ -406,3 +406,17 @@ def insert_step_pool(
         "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
         [generation_id, prompt_id, step_index, num_steps, timestep, k, continued_image],
     )
+
+
+def insert_previews(con: duckdb.DuckDBPyConnection, kind: str, previews: Sequence[tuple[str, str]]) -> None:
+    """Record (candidate image id, preview image id) links of one preview kind; a link already there is kept.
+
+    Both images must already be recorded (`insert_images`).
+    """
+    if kind != "completion":
+        raise StoreError(f"unknown preview kind {kind!r}; expected completion")
+    if previews:
+        con.executemany(
+            "INSERT INTO image_previews (image_id, kind, preview_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            [[image, kind, preview] for image, preview in previews],
+        )

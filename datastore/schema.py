@@ -279,4 +279,20 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        9,
+        """
+        -- Completion previews (workbench generate --previews completion): the finished image a
+        -- step-pool candidate leads to when its chain is completed with deterministic DDIM.
+        CREATE TABLE image_previews (
+            image_id VARCHAR NOT NULL,                         -- the pool candidate
+            kind VARCHAR NOT NULL,                             -- completion
+            preview_id VARCHAR NOT NULL,                       -- the finished image
+            PRIMARY KEY (image_id, kind)
+        );
+        -- What a step judgment was made on: null = the pair's own images (predicted x0s),
+        -- completion = their completion previews (the label is about the finished image).
+        ALTER TABLE judgments ADD COLUMN preview VARCHAR;
+        """,
+    ),
 ]

@@ -214,3 +214,71 @@ def test_spo_on_the_toy_model_judges_32_px_images(tmp_path) -> None:
     assert scorer.sizes == {(32, 32)} and TOY_IMAGE_SIZE == 32
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and all(r["pairs"] > 0 for r in records)
+
+
+def test_completion_previews_are_stored_for_every_candidate(models, tmp_path) -> None:
+    """`--previews completion`: each pool candidate links to the finished image of its eta-0 completion."""
+    path = models[4]
+    pipe = load_pipeline(path)
+    side = resolution_of(path)
+    store = Store.open(tmp_path / "home")
+    cfg = GenerationConfig(
+        num_inference_steps=4, pool_k=2, pool_steps=(2, 4), seed=9, batch_size=4, previews="completion"
+    )
+    report = generate_step_pools(store, pipe, "m", PROMPTS, cfg, progress=False)
+    with store.read() as con:
+        links = con.execute(
+            "SELECT c.id, c.step_index, c.generation_id, p.id, p.generation_id, p.pool_id, p.width, g.seed, pr.text "
+            "FROM image_previews v JOIN images c ON c.id = v.image_id JOIN images p ON p.id = v.preview_id "
+            "JOIN generations g ON g.id = c.generation_id JOIN prompts pr ON pr.id = g.prompt_id "
+            "WHERE v.kind = 'completion' ORDER BY c.step_index, pr.text"
+        ).fetchall()
+        candidates = con.execute("SELECT count(*) FROM images WHERE pool_id IS NOT NULL").fetchone()[0]
+    assert len(links) == candidates == 2 * 2 * 2
+    assert report.images == candidates + len({row[3] for row in links})
+    for _, step_index, generation, _, preview_generation, preview_pool, width, _, _ in links:
+        assert (preview_generation, width) == (generation, side)
+        # A completion is a finished image of the chain, not a pool member, except at the last
+        # step, where the candidates are finished and each is its own completion.
+        assert preview_pool is None if step_index < 4 else preview_pool is not None
+    assert all(row[0] == row[3] for row in links if row[1] == 4)
+
+    # A step-2 completion is the chain redrawn to step 2 with its seed, then finished with eta 0.
+    candidate_id, _, _, preview_id, _, _, _, seed, prompt = links[0]
+    text = pipeline_sampling.encode_prompts(pipe, [prompt], height=side, width=side)
+    scheduler = ddim_scheduler(pipe, cfg)
+    _, pools = pipeline_sampling.denoise(
+        pipe,
+        scheduler,
+        text,
+        [torch.Generator().manual_seed(seed)],
+        height=side,
+        width=side,
+        guidance_scale=cfg.guidance_scale,
+        eta=cfg.eta,
+        pool_steps=(2, 4),
+        k=2,
+    )
+    with store.read() as con:
+        pool_images = [
+            r[0]
+            for r in con.execute(
+                "SELECT i.id FROM images i JOIN step_pools s ON s.id = i.pool_id WHERE i.step_index = 2 "
+                "AND s.generation_id = (SELECT generation_id FROM images WHERE id = ?) ORDER BY i.rowid",
+                [candidate_id],
+            ).fetchall()
+        ]
+    index = pool_images.index(candidate_id)
+    finished = complete(
+        pipe.unet,
+        scheduler,
+        text,
+        pools[0].candidates[:, index],
+        from_step=2,
+        guidance_scale=cfg.guidance_scale,
+    )
+    expected = np.asarray(decode(pipe.vae, finished)[0], dtype=np.int16)
+    with store.read() as con:
+        preview_path = con.execute("SELECT path FROM images WHERE id = ?", [preview_id]).fetchone()[0]
+    actual = np.asarray(store.media.open_image(preview_path), dtype=np.int16)
+    assert np.abs(actual - expected).max() <= 1

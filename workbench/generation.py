@@ -31,6 +31,7 @@ from datastore.records import (
     insert_generation,
     insert_images,
     insert_pairs,
+    insert_previews,
     insert_step_pool,
     register_model,
     upsert_prompts,
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 
 PairingScheme = Literal["all", "adjacent", "random"]
 PAIRING_SCHEMES: tuple[str, ...] = ("all", "adjacent", "random")
+Previews = Literal["none", "completion"]
+PREVIEWS: tuple[str, ...] = ("none", "completion")
 SAMPLER = "ddim"
 
 
@@ -91,6 +94,11 @@ class GenerationConfig:
         help="Chain steps that get a pool, in 1..num_inference_steps: step s holds k candidates of the "
         "state after s steps. Default: 4 evenly spaced steps ending at the last (5, 10, 15, 20 of 20).",
     )
+    previews: Previews = option(
+        "none",
+        help="completion: also store, for every pool candidate, the finished image its chain reaches "
+        "when completed with deterministic DDIM (eta 0): what people judge a step pair by.",
+    )
 
     def __post_init__(self) -> None:
         if self.pool_steps is not None:
@@ -99,6 +107,8 @@ class GenerationConfig:
             raise GenerationError(
                 f"pairing must be one of {', '.join(PAIRING_SCHEMES)}, got {self.pairing!r}"
             )
+        if self.previews not in PREVIEWS:
+            raise GenerationError(f"previews must be one of {', '.join(PREVIEWS)}, got {self.previews!r}")
         for name, value in {"per_prompt": self.per_prompt, "pool_k": self.pool_k}.items():
             if value < 0 or value == 1:
                 raise GenerationError(f"{name} must be 0 or >= 2 (a pair needs two candidates), got {value}")
@@ -413,7 +423,9 @@ def generate_step_pools(
     Each candidate's predicted x0 is decoded and stored with the pool, its step index and
     timestep; the candidates are paired (kind ``step``) per ``cfg.pairing``; the chain goes on
     from a candidate picked uniformly at random, recorded as the pool's ``continued_image``.
-    One ``generations`` row per chain records its seed (`chain_seed`).
+    One ``generations`` row per chain records its seed (`chain_seed`). With ``cfg.previews``
+    ``completion`` every candidate is also completed with deterministic DDIM (eta 0) and the
+    finished image is stored as its completion preview (`image_previews`).
 
     Args:
         store: Where images and rows go.
@@ -431,6 +443,7 @@ def generate_step_pools(
     """
     import torch
 
+    from training.sampling import complete
     from workbench.sampling import decode, denoise, encode_prompts
 
     prompts = _check_prompts(prompts)
@@ -443,8 +456,9 @@ def generate_step_pools(
     base_seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
     report = GenerationReport(seed=base_seed, prompts=len(prompts))
     k, steps = cfg.pool_k, cfg.steps_with_pools()
+    per_candidate = 2 if cfg.previews == "completion" else 1
     with tqdm(
-        total=len(prompts) * len(steps) * k, unit="img", desc="step pools", disable=not progress
+        total=len(prompts) * len(steps) * k * per_candidate, unit="img", desc="step pools", disable=not progress
     ) as bar:
         for batch in _chunks(prompts, max(1, cfg.batch_size // k)):
             text = encode_prompts(pipe, batch, height=height, width=width)
@@ -461,17 +475,29 @@ def generate_step_pools(
                 pool_steps=steps,
                 k=k,
             )
-            # stored[pool][chain][candidate]
-            stored = []
+            # stored[pool][chain][candidate], and the candidates' completion previews alike
+            stored, previews = [], []
+            candidate_text = text.select(torch.arange(len(batch), device=pipe.device).repeat_interleave(k))
             for pool in pools:
                 images = decode(pipe, pool.pred_x0.flatten(0, 1), cfg.batch_size)
                 files = [store.media.put_image(image) for image in images]
                 stored.append([files[b * k : (b + 1) * k] for b in range(len(batch))])
                 bar.update(len(images))
+                if cfg.previews == "completion":
+                    finished = complete(
+                        pipe.unet,
+                        scheduler,
+                        candidate_text,
+                        pool.candidates.flatten(0, 1),
+                        from_step=pool.step,
+                        guidance_scale=cfg.guidance_scale,
+                    )
+                    previews.append([store.media.put_image(image) for image in decode(pipe, finished, cfg.batch_size)])
+                    bar.update(len(images))
             with store.write() as con:
                 model_id = register_model(con, model_name, _model_path(pipe))
                 prompt_ids = upsert_prompts(con, batch)
-                rows, pairs = [], []
+                rows, pairs, preview_rows, links = [], [], [], []
                 for b, prompt in enumerate(batch):
                     generation_id = insert_generation(
                         con,
@@ -488,7 +514,7 @@ def generate_step_pools(
                         ),
                     )
                     rng = random.Random(derive_seed(base_seed, prompt, "pairing"))
-                    for pool, pool_images in zip(pools, stored, strict=True):
+                    for pool_index, (pool, pool_images) in enumerate(zip(pools, stored, strict=True)):
                         candidates = pool_images[b]
                         pool_id = insert_step_pool(
                             con,
@@ -510,6 +536,11 @@ def generate_step_pools(
                             )
                             for image in candidates
                         ]
+                        if previews:
+                            # Finished images, not pool members: they belong to the chain only.
+                            finished = previews[pool_index][b * k : (b + 1) * k]
+                            preview_rows += [ImageRow(image=image, generation_id=generation_id) for image in finished]
+                            links += [(c.id, f.id) for c, f in zip(candidates, finished, strict=True)]
                         pairs += _pairs_of(
                             candidates,
                             cfg.pairing,
@@ -521,8 +552,9 @@ def generate_step_pools(
                             pool_id=pool_id,
                         )
                         report.pools += 1
-                insert_images(con, rows)
+                insert_images(con, rows + preview_rows)
+                insert_previews(con, "completion", links)
                 insert_pairs(con, pairs)
-            report.images += len(rows)
+            report.images += len(rows) + len(preview_rows)
             report.pairs += len(pairs)
     return report

@@ -23,6 +23,8 @@ class SeedConfig:
         per_prompt: toy-model candidates per caption; every two of them form a pair.
         pool_prompts: captions that also get SPO step pools.
         pool_k: candidates per step pool.
+        previews: step-pool previews (`GenerationConfig.previews`): completion stores the finished
+            image each candidate leads to, which is what people judge step pairs by.
         gold_margin: a pair whose two images differ by at least this much in oracle score
             (share of the caption's attributes shown) becomes a gold pair with the oracle's answer.
         seed: base seed of the caption choice and of sampling.
@@ -32,6 +34,7 @@ class SeedConfig:
     per_prompt: int = 4
     pool_prompts: int = 6
     pool_k: int = 4
+    previews: str = "completion"
     gold_margin: float = 0.5
     seed: int = 0
 
@@ -55,7 +58,9 @@ def seed_shapes_world(
             return None
     captions = random.Random(cfg.seed).sample(train_captions(), cfg.prompts)
     pipe = load_pipeline(str(model))
-    generation = GenerationConfig(per_prompt=cfg.per_prompt, pool_k=cfg.pool_k, seed=cfg.seed, batch_size=32)
+    generation = GenerationConfig(
+        per_prompt=cfg.per_prompt, pool_k=cfg.pool_k, seed=cfg.seed, batch_size=32, previews=cfg.previews
+    )
     final = generate_pairs(store, pipe, "toy", captions, generation, progress=progress)
     step_pairs = 0
     if cfg.pool_prompts:

@@ -14,6 +14,7 @@ from workbench.errors import GenerationError
 from workbench.generation import (
     GenerationConfig,
     PairingScheme,
+    Previews,
     generate_pairs,
     generate_step_pools,
     read_prompts,
@@ -67,6 +68,7 @@ def generate(
         help="k: also draw SPO step pools of k candidates at each of --steps (0: no pools).",
     ),
     steps: str | None = typer.Option(None, "--steps", help="Comma-separated. " + _help("pool_steps")),
+    previews: Previews = typer.Option(_default("previews"), "--previews", help=_help("previews")),
     seed: int | None = typer.Option(None, "--seed", help="Base seed (default: a fresh one, printed)."),
     num_inference_steps: int = typer.Option(
         _default("num_inference_steps"), "--num-inference-steps", help=_help("num_inference_steps")
@@ -116,6 +118,7 @@ def generate(
             pairing=pairing,
             pool_k=step_pools,
             pool_steps=_parse_steps(steps),
+            previews=previews,
         )
         source = str(TOY_MODEL_DIR) if toy else model
         name = model_name or ("toy" if toy else model)
