@@ -29,10 +29,8 @@ from pathlib import Path
 from typing import Literal
 
 import duckdb
-from PIL import Image
 
-from datastore.errors import DuplicateJudgmentError, StoreError
-from datastore.media import encode_png
+from datastore.errors import DuplicateJudgmentError
 from datastore.records import PAIR_KINDS, NewJudgment, ensure_annotator
 from datastore.sql import first_row, scalar
 from datastore.store import Store
@@ -507,31 +505,3 @@ def gold_accuracy(store: Store) -> list[GoldAccuracy]:
             "WHERE p.gold_outcome IS NOT NULL AND NOT j.withdrawn GROUP BY a.name, a.kind ORDER BY a.name"
         ).fetchall()
     return [GoldAccuracy(*row) for row in rows]
-
-
-def pool_candidates(store: Store, pool_id: int) -> list[tuple[str, str]]:
-    """(image id, path) of every candidate image of a step pool, in the order they were stored."""
-    with store.read() as con:
-        return con.execute(
-            "SELECT id, path FROM images WHERE pool_id = ? ORDER BY created_at, id", [pool_id]
-        ).fetchall()
-
-
-def display_bytes(store: Store, path: str, *, min_side: int = 512) -> bytes:
-    """A stored image's bytes for the screen.
-
-    Images smaller than ``min_side`` are enlarged by a whole factor with nearest-neighbour
-    sampling (and PNG-encoded), so tiny images stay sharp instead of blurring in the browser;
-    larger ones are returned as stored.
-
-    Raises:
-        StoreError: the file is missing, unreadable, or outside the media folder.
-    """
-    try:
-        image = store.media.open_image(path)
-        factor = max(1, min_side // max(image.size))
-        if factor == 1:
-            return store.media.read_bytes(path)
-    except OSError as e:
-        raise StoreError(f"cannot read image file {path!r}: {e}") from e
-    return encode_png(image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST))

@@ -1,4 +1,4 @@
-"""The Annotate page in a real browser: a Streamlit server on a temporary store, driven by chromium."""
+"""The judging widget in a real browser: a Streamlit server on a temporary store, driven by chromium."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from labeling_data import add_shapes_pairs
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Browser, Frame, Page, sync_playwright
 
 from datastore.store import Store
 
@@ -26,20 +26,21 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-# The id of the pair on screen, once the run is over (no stale element) and both images have loaded.
-SHOWN_JS = """() => {
-    if (document.querySelector('[data-stale="true"]')) return null;
-    const code = document.querySelector('[data-testid="stCaptionContainer"] code');
-    const imgs = [...document.querySelectorAll('[data-testid="stImage"] img')];
-    if (!code || imgs.length !== 2 || !imgs.every(i => i.complete && i.naturalWidth > 0)) return null;
-    return code.textContent;
-}"""
+KEYS = {"1": "left", "2": "right", "3": "tie", "4": "both_bad"}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def streamlit_command(port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+        "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
 
 
 @contextmanager
@@ -64,63 +65,193 @@ def serving(command: list[str], home: Path, port: int) -> Iterator[str]:
         proc.wait(timeout=30)
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, Store]]:
-    store = Store.open(tmp_path / "home")
-    add_shapes_pairs(store, 12)
-    port = _free_port()
-    command = [
-        sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
-        "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-        "--browser.gatherUsageStats", "false",
-    ]
-    with serving(command, store.home, port) as url:
-        yield url, store
-
-
-def _shown(page: Page, before: str | None = None) -> str:
-    """Wait until a pair other than ``before`` is fully on screen; return its SHOWN_JS value."""
-    handle = page.wait_for_function(
-        f"(before) => {{ const s = ({SHOWN_JS})(); return s && s !== before ? s : null; }}",
-        arg=before,
-    )
-    return handle.json_value()
-
-
-def test_annotate_ten_pairs_with_the_keyboard(server: tuple[str, Store]) -> None:
-    url, store = server
+@contextmanager
+def chromium() -> Iterator[Browser]:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(120_000)  # a busy machine can take long to load the page
-        page.goto(f"{url}/annotate")
-        name = page.get_by_label("Your name")
-        name.fill("kim")
-        name.press("Enter")
-        shown = _shown(page)
-        pressed = []
-        for i in range(10):
-            key = "1234"[i % 4]
-            pressed.append((int(shown), key))
-            page.keyboard.press(key)
-            shown = _shown(page, shown)
-        assert "10 judged" in page.get_by_test_id("stProgress").inner_text()
-        browser.close()
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def open_widget(browser: Browser, url: str, name: str, page_path: str = "annotate") -> tuple[Page, Frame]:
+    """A new browser session on a judging page as ``name``; returns once a pair is on screen."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(120_000)  # a busy machine can take long to load the page
+    page.goto(f"{url}/{page_path}?annotator={name}")
+    page.wait_for_selector("iframe")
+    frame = next(f for f in page.frames if "/component/" in f.url)
+    wait_for_pair(frame)
+    return page, frame
+
+
+def wait_for_pair(frame: Frame) -> int:
+    """The pair on screen once there is one and its images have loaded."""
+    return frame.wait_for_function(
+        """() => {
+            const id = document.getElementById('root').dataset.pair;
+            const imgs = [...document.querySelectorAll('#pair img')];
+            return id && imgs.length && imgs.every(i => i.complete && i.naturalWidth > 0) ? Number(id) : null;
+        }"""
+    ).json_value()
+
+
+def wait_saved(frame: Frame) -> None:
+    """Until the widget's outbox is empty: every answer acknowledged by the server."""
+    frame.wait_for_function("() => document.getElementById('status').dataset.state === 'saved'")
+
+
+def judge_log(frame: Frame) -> list[dict]:
+    return frame.evaluate("() => window.judgeLog")
+
+
+def stored(store: Store, name: str) -> list[tuple]:
+    """(pair, outcome, left image, withdrawn, key) of the annotator's judgments, in the order stored."""
     with store.read() as con:
-        rows = con.execute(
-            "SELECT j.pair_id, j.outcome, j.left_image, j.source, epoch_ms(j.answered_at) - epoch_ms(j.shown_at) "
-            "FROM judgments j JOIN annotators a ON a.id = j.annotator_id WHERE a.name = 'kim' ORDER BY j.id"
+        return con.execute(
+            "SELECT j.pair_id, j.outcome, j.left_image, j.withdrawn, j.idempotency_key "
+            "FROM judgments j JOIN annotators a ON a.id = j.annotator_id WHERE a.name = ? ORDER BY j.id",
+            [name],
         ).fetchall()
-    assert [r[0] for r in rows] == [pair_id for pair_id, _ in pressed]
-    for (_, outcome, left, source, took_ms), (_, key) in zip(rows, pressed, strict=True):
-        expected = {"1": left, "2": "b" if left == "a" else "a", "3": "tie", "4": "both_bad"}[key]
-        assert (outcome, source) == (expected, "app")
-        assert left in ("a", "b") and took_ms > 0
+
+
+def expected_outcome(side: str, left: str) -> str:
+    return {"left": left, "right": "b" if left == "a" else "a"}.get(side, side)
+
+
+def assert_log_stored(store: Store, name: str, log: list[dict]) -> None:
+    """Every answer of the widget's log is in the store exactly once, with its pair and side;
+    the undone ones withdrawn, nothing else."""
+    undone = {entry["undo"] for entry in log if "undo" in entry}
+    answers = [entry for entry in log if "side" in entry]
+    rows = stored(store, name)
+    by_key = {row[4]: row for row in rows}
+    assert len(by_key) == len(rows) == len(answers)
+    for entry in answers:
+        pair, outcome, left, withdrawn, _ = by_key[entry["key"]]
+        assert (pair, outcome, withdrawn) == (entry["pair"], expected_outcome(entry["side"], left), entry["key"] in undone)
+
+
+def write_config(home: Path, **values: object) -> None:
+    (home / "labeling.toml").write_text("".join(f"{k} = {v!r}\n" for k, v in values.items()))
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+def test_back_to_back_presses_are_each_stored_once_against_the_pair_on_screen(home: Path) -> None:
+    store = Store.open(home)
+    add_shapes_pairs(store, 30, gold_every=5)
+    write_config(home, prefetch=30, gold_rate=0.2)
+    port = free_port()
+    with serving(streamlit_command(port), home, port) as url, chromium() as browser:
+        page, frame = open_widget(browser, url, "kim")
+        frame.wait_for_function("() => document.querySelectorAll('#pair img').length === 2")
+        keys = "1234" * 6
+        for key in keys:  # no wait between presses
+            page.keyboard.press(key)
+        wait_saved(frame)
+        log = judge_log(frame)
+        assert frame.evaluate("() => document.getElementById('progress-text').textContent").startswith("24 judged")
+    assert [e["side"] for e in log] == [KEYS[k] for k in keys]
+    assert len({e["pair"] for e in log}) == 24
+    assert_log_stored(store, "kim", log)
+    with store.read() as con:
+        times = con.execute("SELECT count(*) FILTER (WHERE answered_at > shown_at), count(*) FROM judgments").fetchall()
+        gold = con.execute(
+            "SELECT count(*) FILTER (WHERE j.is_gold = (p.gold_outcome IS NOT NULL)), count(*) "
+            "FROM judgments j JOIN pairs p ON p.id = j.pair_id"
+        ).fetchall()
+    assert times == [(24, 24)] and gold == [(24, 24)]
+
+
+def test_undo_takes_back_the_last_judgment_and_shows_its_pair_again(home: Path) -> None:
+    store = Store.open(home)
+    add_shapes_pairs(store, 6)
+    port = free_port()
+    with serving(streamlit_command(port), home, port) as url, chromium() as browser:
+        page, frame = open_widget(browser, url, "una")
+        first = wait_for_pair(frame)
+        page.keyboard.press("1")
+        second = wait_for_pair(frame)
+        page.keyboard.press("2")
+        third = wait_for_pair(frame)
+        page.keyboard.press("Backspace")
+        assert wait_for_pair(frame) == second
+        page.keyboard.press("3")
+        assert wait_for_pair(frame) == third
+        page.keyboard.press("u")
+        page.keyboard.press("u")
+        assert wait_for_pair(frame) == first
+        page.keyboard.press("4")
+        wait_saved(frame)
+        log = judge_log(frame)
+    assert_log_stored(store, "una", log)
+    live = sorted((pair, outcome) for pair, outcome, _, withdrawn, _ in stored(store, "una") if not withdrawn)
+    assert live == sorted([(first, "both_bad")])
+    assert len(stored(store, "una")) == 4  # left, right (undone), tie (undone), both bad
+
+
+def test_a_server_restart_mid_session_loses_and_duplicates_nothing(home: Path) -> None:
+    store = Store.open(home)
+    add_shapes_pairs(store, 20)
+    write_config(home, prefetch=8)
+    port = free_port()
+    with chromium() as browser:
+        with serving(streamlit_command(port), home, port) as url:
+            page, frame = open_widget(browser, url, "ray")
+            for key in "1234":
+                page.keyboard.press(key)
+                wait_for_pair(frame)
+            wait_saved(frame)
+        # The server is gone: the pairs already in the browser can still be judged.
+        for key in "213":
+            page.keyboard.press(key)
+            wait_for_pair(frame)
+        frame.wait_for_function("() => document.getElementById('status').dataset.state === 'offline'")
+        assert len(stored(store, "ray")) == 4
+        with serving(streamlit_command(port), home, port):
+            wait_saved(frame)
+            page.keyboard.press("4")
+            wait_saved(frame)
+            log = judge_log(frame)
+    assert len([e for e in log if "side" in e]) == 8
+    assert_log_stored(store, "ray", log)
+
+
+def test_two_sessions_on_the_last_pairs_never_exceed_the_overlap(home: Path) -> None:
+    store = Store.open(home)
+    add_shapes_pairs(store, 5)
+    write_config(home, overlap=1, gold_rate=0.0, prefetch=4)
+    port = free_port()
+    with serving(streamlit_command(port), home, port) as url, chromium() as browser:
+        sessions = [open_widget(browser, url, name) for name in ("amy", "ben")]
+        # Both press as fast as pairs come until neither has one left.
+        while True:
+            on_screen = [frame.evaluate("() => document.getElementById('root').dataset.pair") for _, frame in sessions]
+            if not any(on_screen):
+                break
+            for (page, _), pair in zip(sessions, on_screen, strict=True):
+                if pair:
+                    page.keyboard.press("1")
+            for _, frame in sessions:
+                wait_saved(frame)
+        for _, frame in sessions:
+            frame.wait_for_function(
+                "() => document.getElementById('empty-text').textContent.startsWith('Nothing left')"
+            )
+    with store.read() as con:
+        counts = con.execute("SELECT pair_id, count(*) FROM judgments GROUP BY pair_id").fetchall()
+    assert len(counts) == 5 and all(n == 1 for _, n in counts)
+    assert len(stored(store, "amy")) + len(stored(store, "ben")) == 5
 
 
 def test_workbench_app_serves_the_home_on_localhost(tmp_path: Path) -> None:
     home = tmp_path / "other-home"
-    port = _free_port()
+    port = free_port()
     workbench = Path(sys.executable).parent / "workbench"
     # WORKBENCH_HOME points elsewhere: --home is the home that gets opened.
     with serving([str(workbench), "--home", str(home), "app", "--port", str(port)], tmp_path / "env-home", port) as url:

@@ -1,4 +1,4 @@
-"""Annotate: judge pairs of finished images, one after the other, with the keys 1-4."""
+"""Annotate: judge pairs of finished images, one after the other, with the keys 1-4 (``?`` for help)."""
 
 import streamlit as st
 

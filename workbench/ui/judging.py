@@ -1,29 +1,75 @@
-"""What the Annotate and Noisy-steps pages share: who is annotating, and judging the queue's pairs."""
+"""What the Annotate and Noisy-steps pages share: who is annotating, and the judging widget.
+
+The widget (``judge_widget/``: plain HTML, CSS and JavaScript shipped in the package, a Streamlit
+custom component) holds the next pairs with their images and owns the keyboard: a key press
+shows the next pair at once, and the answer goes to the server in the background with the pair
+that was on screen and an idempotency key. Each message from the widget reruns only the widget's
+fragment, which records the answers and undos (`labeling.queue`), tops the browser's queue up to
+``prefetch`` leased pairs, and acknowledges the keys it handled; the widget resends what is not
+acknowledged.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from collections.abc import Callable
+from functools import partial
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import streamlit as st
+import streamlit.components.v1 as components
 
-from labeling.errors import AlreadyJudgedError, LabelingError
-from labeling.queue import QueueConfig, QueueItem, answer_and_next, display_bytes, human_annotator, next_pair
+from datastore.errors import StoreError
+from labeling.errors import LabelingError
+from labeling.queue import (
+    SIDES,
+    Answer,
+    Progress,
+    QueueConfig,
+    QueueItem,
+    human_annotator,
+    next_pairs,
+    record_answers,
+    withdraw_answer,
+)
 from workbench.ui.state import sign_in_needed, signed_in, store
 
-BUTTONS: tuple[tuple[str, str, str], ...] = (
-    ("left", "Left", "1"),
-    ("right", "Right", "2"),
-    ("tie", "Tie", "3"),
-    ("both_bad", "Both bad", "4"),
-)
-"""(side, label, keyboard shortcut) of the answer buttons."""
+_WIDGET = components.declare_component("judge", path=str(Path(__file__).parent / "judge_widget"))
+_MIME = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
+_KEY = re.compile(r"[0-9a-f]{8,64}")
+
+
+@dataclass(frozen=True)
+class View:
+    """One image of a side in the widget: a side's first view is shown large, the others small
+    beside it, each with its caption (e.g. a step pool's completion large, its predicted x0 small)."""
+
+    image_id: str
+    path: str
+    caption: str = ""
+
+
+Views = Callable[[QueueItem], tuple[list[View], list[View]]]
+"""What a page shows of a pair: the views of its left side and of its right side."""
+
+
+def pair_views(item: QueueItem) -> tuple[list[View], list[View]]:
+    """The default views: each side is its image."""
+    return [View(*item.left)], [View(*item.right)]
 
 
 @st.cache_data(max_entries=4096, show_spinner=False)
-def image_bytes(image_id: str, _path: str) -> bytes:
-    """An image ready for the screen, decoded once per server; keyed by image id alone
-    (an id is the hash of the file's bytes, so it never names other pixels)."""
-    return display_bytes(store(), _path)
+def image_url(image_id: str, _path: str) -> str:
+    """A stored image as a data URL, read once per server; keyed by image id alone (an id is the
+    hash of the file's bytes, so it never names other pixels). Small images are enlarged by the
+    browser without smoothing."""
+    data = store().media.read_bytes(_path)
+    return f"data:{_MIME[_path.rsplit('.', 1)[-1]]};base64,{base64.b64encode(data).decode()}"
 
 
 def queue_config() -> QueueConfig:
@@ -31,22 +77,27 @@ def queue_config() -> QueueConfig:
     return QueueConfig.from_home(store().home)
 
 
-def _choose_annotator(widget_key: str) -> None:
-    name = st.session_state[widget_key]
-    if not name:
-        return
+def _choose_annotator(name: str) -> None:
     try:
         st.session_state["annotator"] = (human_annotator(store(), name), name.strip())
     except LabelingError as e:
         st.session_state["annotator_error"] = str(e)
         return
+    # In the address too, so that a reconnect to a restarted server keeps the annotator.
+    st.query_params["annotator"] = name.strip()
     st.session_state.pop("annotator_error", None)
-    for key in [k for k in st.session_state if str(k).startswith(("queue_", "skipped_"))]:
+    for key in [k for k in st.session_state if str(k).startswith("queue_")]:
         del st.session_state[key]
+
+
+def _chosen(widget_key: str) -> None:
+    if st.session_state[widget_key]:
+        _choose_annotator(st.session_state[widget_key])
 
 
 def _forget_annotator() -> None:
     del st.session_state["annotator"]
+    st.query_params.pop("annotator", None)
 
 
 def annotator() -> int | None:
@@ -63,6 +114,8 @@ def annotator() -> int | None:
     if sign_in_needed():
         st.error("Sign in to annotate.")
         st.stop()
+    if "annotator" not in st.session_state and st.query_params.get("annotator"):
+        _choose_annotator(st.query_params["annotator"])
     if "annotator" in st.session_state:
         annotator_id, name = st.session_state["annotator"]
         st.sidebar.markdown(f"Annotating as **{name}**")
@@ -71,96 +124,186 @@ def annotator() -> int | None:
     names = queue_config().annotators
     if names:
         st.selectbox(
-            "Who is annotating?", names, index=None, key="annotator_pick", on_change=_choose_annotator, args=("annotator_pick",)
+            "Who is annotating?", names, index=None, key="annotator_pick", on_change=_chosen, args=("annotator_pick",)
         )
     else:
         st.text_input(
-            "Your name", key="annotator_typed", on_change=_choose_annotator, args=("annotator_typed",), placeholder="e.g. Ada"
+            "Your name", key="annotator_typed", on_change=_chosen, args=("annotator_typed",), placeholder="e.g. Ada"
         )
     if "annotator_error" in st.session_state:
         st.error(st.session_state["annotator_error"])
     return None
 
 
-def _advance(kind: str, annotator_id: int) -> None:
-    skipped = st.session_state.setdefault(f"skipped_{kind}", [])
-    st.session_state[f"queue_{kind}"] = next_pair(
-        store(), annotator_id, kinds=(kind,), config=queue_config(), exclude=tuple(skipped)
+
+@dataclass
+class _Session:
+    """The server's side of one widget in one browser session.
+
+    Attributes:
+        handed: payloads of the pairs handed to the browser and not yet answered or skipped.
+        handled: idempotency keys of the messages handled (acknowledged in every render).
+        last: the widget's last message; seen_seq its number.
+    """
+
+    handed: dict[int, dict] = field(default_factory=dict)
+    handled: set[str] = field(default_factory=set)
+    last: dict = field(default_factory=dict)
+    seen_seq: int = 0
+    progress: Progress = Progress(done=0, remaining=0)
+    exhausted: bool = False
+    error: str | None = None
+
+
+def _session(kind: str) -> _Session:
+    return st.session_state.setdefault(f"queue_{kind}", _Session())
+
+
+def _time(value: Any, name: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value).astimezone(UTC).replace(tzinfo=None)
+    except (TypeError, ValueError):
+        raise LabelingError(f"{name} must be an ISO time, got {value!r}") from None
+
+
+def _answer(message: dict) -> Answer:
+    """The answer of a widget message, checked field by field."""
+    if not isinstance(message.get("pair"), int) or message.get("side") not in SIDES:
+        raise LabelingError(f"an answer needs an integer pair and a side of {SIDES}, got {message!r}")
+    return Answer(
+        key=message["key"],
+        pair_id=message["pair"],
+        side=message["side"],
+        left_image=message.get("left_image"),
+        is_gold=message.get("gold") is True,
+        shown_at=_time(message.get("shown_at"), "shown_at"),
+        answered_at=_time(message.get("answered_at"), "answered_at"),
     )
 
 
-def _answer(kind: str, annotator_id: int, pair_id: int, side: str) -> None:
-    item, _ = st.session_state[f"queue_{kind}"]
-    # A press that arrives after the pair changed belongs to a pair no longer on screen.
-    if item is None or item.pair_id != pair_id:
-        return
-    skipped = st.session_state[f"skipped_{kind}"]
-    if side == "skip":
-        skipped.append(pair_id)
-        _advance(kind, annotator_id)
+def _receive(kind: str, annotator_id: int, value: Any) -> None:
+    """Handle a widget message: its answers and undos in order, each once per key."""
+    session = _session(kind)
+    if not isinstance(value, dict) or value.get("annotator") != annotator_id:
+        return  # a message of the person this widget showed before
+    session.last, session.seen_seq, session.error = value, int(value.get("seq", 0)), None
+    for message in value.get("outbox", []):
+        key = message.get("key") if isinstance(message, dict) else None
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
+            session.error = f"a widget message without a valid key was dropped: {message!r}"
+            continue
+        if key in session.handled:
+            continue
+        try:
+            if message.get("type") == "answer":
+                answer = _answer(message)
+                status = record_answers(store(), annotator_id, [answer])[0]
+                session.handed.pop(answer.pair_id, None)
+                if status == "saved":
+                    session.progress = Progress(session.progress.done + 1, max(0, session.progress.remaining - 1))
+            elif message.get("type") == "undo":
+                if withdraw_answer(store(), annotator_id, str(message.get("target"))) is not None:
+                    session.progress = Progress(max(0, session.progress.done - 1), session.progress.remaining + 1)
+            else:
+                raise LabelingError(f"unknown widget message type {message.get('type')!r}")
+        except LabelingError as e:
+            session.error = f"a malformed judgment was dropped: {e}"
+        except StoreError as e:
+            session.error = f"judgments wait in the browser and will be resent: {e}"
+            return  # this one and the rest stay unacknowledged
+        session.handled.add(key)
+
+
+def _payload(item: QueueItem, views: Views, context: Callable[[QueueItem], str] | None) -> dict:
+    sides = views(item)
+    return {
+        "id": item.pair_id,
+        "prompt": item.prompt,
+        "context": context(item) if context else "",
+        "left_image": item.left_image,
+        "gold": item.gold_outcome is not None,
+        "sides": [[{"image": v.image_id, "caption": v.caption, "path": v.path} for v in side] for side in sides],
+    }
+
+
+def _top_up(kind: str, annotator_id: int, views: Views, context: Callable[[QueueItem], str] | None) -> None:
+    """Hand the browser new pairs up to the queue size (and draw the first ones)."""
+    session, config = _session(kind), queue_config()
+    value = session.last
+    skipped = [int(p) for p in value.get("skipped", []) if isinstance(p, int)]
+    for pair_id in skipped:
+        session.handed.pop(pair_id, None)
+    holding = {int(p) for p in value.get("held", []) if isinstance(p, int)} | set(session.handed)
+    need = config.prefetch - len(holding)
+    asked = not session.seen_seq or value.get("poll") or value.get("unskip")
+    if need <= 0 or (session.exhausted and not asked):
         return
     try:
-        st.session_state[f"queue_{kind}"] = answer_and_next(
-            store(), item, annotator_id, side, kinds=(kind,), config=queue_config(), exclude=tuple(skipped)
+        items, session.progress = next_pairs(
+            store(), annotator_id, need, kinds=(kind,), config=config, held=tuple(holding), exclude=tuple(skipped)
         )
-    except AlreadyJudgedError:
-        _advance(kind, annotator_id)  # answered in another tab or session: move on
+    except StoreError as e:
+        session.error = f"no new pairs for now: {e}"
+        return
+    session.exhausted = len(items) < need
+    for item in items:
+        session.handed[item.pair_id] = _payload(item, views, context)
 
 
-def _unskip(kind: str, annotator_id: int) -> None:
-    st.session_state[f"skipped_{kind}"] = []
-    _advance(kind, annotator_id)
+@st.fragment
+def _widget(kind: str, annotator_id: int, views: Views, context: Callable[[QueueItem], str] | None) -> None:
+    session = _session(kind)
+    if not session.seen_seq and not session.handed:
+        _top_up(kind, annotator_id, views, context)
+    held = set(session.last.get("held", []))
+    pairs = list(session.handed.values())
+    images = {
+        view["image"]: image_url(view["image"], view["path"])
+        for pair in pairs
+        if pair["id"] not in held
+        for side in pair["sides"]
+        for view in side
+    }
+    acked = [m["key"] for m in session.last.get("outbox", []) if isinstance(m, dict) and m.get("key") in session.handled]
+    widget_key = f"queue_{kind}_widget"
+    value = _WIDGET(
+        key=widget_key,
+        default=None,
+        on_change=partial(_on_message, kind, annotator_id, views, context),
+        annotator=annotator_id,
+        storage_key=hashlib.sha256(str(store().home).encode()).hexdigest()[:12] + f":{kind}",
+        prefetch=queue_config().prefetch,
+        pairs=pairs,
+        images=images,
+        acked=acked,
+        seen_seq=session.seen_seq,
+        progress={"done": session.progress.done, "remaining": session.progress.remaining},
+        exhausted=session.exhausted,
+        error=session.error,
+    )
+    if session.error:
+        st.warning(session.error)
+    # The first run of a new server session (after a restart) has no callback yet for the message
+    # the browser sent it: handle it here and draw again.
+    if isinstance(value, dict) and int(value.get("seq", 0)) > session.seen_seq:
+        _on_message(kind, annotator_id, views, context, value)
+        st.rerun()
 
 
-def judge_queue(kind: str, annotator_id: int, context: Callable[[QueueItem], None] | None = None) -> QueueItem | None:
-    """Render the annotator's current pair of ``kind`` with the answer buttons and progress.
+def _on_message(
+    kind: str, annotator_id: int, views: Views, context: Callable[[QueueItem], str] | None, value: Any = None
+) -> None:
+    _receive(kind, annotator_id, st.session_state[f"queue_{kind}_widget"] if value is None else value)
+    _top_up(kind, annotator_id, views, context)
 
-    The answer is recorded and the next pair fetched in the button's callback, before the
-    page runs again, so the next pair is on screen after a single run.
+
+def judge_queue(
+    kind: str, annotator_id: int, *, views: Views = pair_views, context: Callable[[QueueItem], str] | None = None
+) -> None:
+    """The judging widget on the annotator's queue of ``kind`` pairs.
 
     Args:
-        context: draws what a page adds about the pair, between the prompt and the images.
-
-    Returns:
-        The pair on screen, or None when the queue is empty for this annotator.
+        views: the images each side shows (default: its image); a page passes larger previews here.
+        context: a line of text about the pair, shown under its prompt.
     """
-    if f"queue_{kind}" not in st.session_state:
-        _advance(kind, annotator_id)
-    item, progress = st.session_state[f"queue_{kind}"]
-    total = progress.done + progress.remaining
-    st.progress(progress.done / total if total else 1.0, text=f"{progress.done} judged · {progress.remaining} to go")
-    if item is None:
-        skipped = st.session_state[f"skipped_{kind}"]
-        if skipped:
-            st.info(f"Only pairs you skipped are left ({len(skipped)}).")
-            st.button("Show skipped pairs again", key=f"{kind}_unskip", on_click=_unskip, args=(kind, annotator_id))
-        else:
-            st.success("Nothing left to judge here. Thank you!")
-        return None
-    st.subheader(item.prompt, anchor=False)
-    if context is not None:
-        context(item)
-    left, right = st.columns(2)
-    left.image(image_bytes(*item.left), caption="1 · left", width="stretch")
-    right.image(image_bytes(*item.right), caption="2 · right", width="stretch")
-    cols = st.columns(len(BUTTONS) + 1)
-    for col, (side, label, shortcut) in zip(cols, BUTTONS, strict=False):
-        col.button(
-            label,
-            key=f"{kind}_{side}_{item.pair_id}",
-            shortcut=shortcut,
-            on_click=_answer,
-            args=(kind, annotator_id, item.pair_id, side),
-            width="stretch",
-            type="primary" if side in ("left", "right") else "secondary",
-        )
-    cols[-1].button(
-        "Skip",
-        key=f"{kind}_skip_{item.pair_id}",
-        on_click=_answer,
-        args=(kind, annotator_id, item.pair_id, "skip"),
-        width="stretch",
-        type="tertiary",
-    )
-    st.caption(f"Pair `{item.pair_id}`")
-    return item
+    _widget(kind, annotator_id, views, context)
