@@ -15,9 +15,9 @@ import base64
 import hashlib
 import re
 from collections.abc import Callable
-from functools import partial
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
