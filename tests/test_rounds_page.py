@@ -9,9 +9,10 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from datastore.records import NewJudgment, ensure_annotator, insert_judgments
 from datastore.store import Store
 from workbench.jobs import list_jobs, stop_job, wait_for_job
-from workbench.rounds import RoundConfig, get_round, launch_round, run_round
+from workbench.rounds import RoundConfig, RoundWaiting, get_round, human_needs, launch_round, run_round
 
 PAGE = str(Path(__file__).resolve().parents[1] / "workbench" / "ui" / "rounds.py")
 TINY = RoundConfig(
@@ -90,3 +91,66 @@ def test_a_launched_round_finishes_in_the_background(tmp_path: Path) -> None:
     done = wait_for_job(store, job.id, timeout_s=300)
     assert done.status == "finished", done.error
     assert get_round(store, 1).status == "finished" and get_round(store, 1).model_id == 2
+
+
+def _open(home: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv("WORKBENCH_HOME", str(home))
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    assert not at.exception
+    return at
+
+
+def test_a_round_judged_by_people_is_launched_from_the_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    page = _open(home, monkeypatch)
+    launch = next(b for b in page.button if b.label == "Launch in the background")
+    page.selectbox(key="launch_feedback").set_value("both")
+    page.number_input(key="launch_per_pair").set_value(2)
+    next(w for w in page.number_input if w.label.startswith("Rounds")).set_value(2)
+    launch.click().run()
+    assert "one at a time" in page.error[0].value  # people are not chained round after round
+    store = Store.open(home)
+    assert list_jobs(store, kind="round") == []
+    next(w for w in page.number_input if w.label.startswith("Rounds")).set_value(1)
+    next(b for b in page.button if b.label == "Launch in the background").click().run()
+    assert not page.exception and not page.error
+    (job,) = list_jobs(store, kind="round")
+    stop_job(store, job.id, grace_s=5)
+    launched = json.loads((job.run_dir / "round_config.json").read_text())
+    assert (launched["feedback"], launched["human_judgments_per_pair"]) == ("both", 2)
+    assert "--auto" not in job.command
+
+
+def test_a_waiting_round_shows_what_it_needs_and_continues_once_judged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_torch_thread
+) -> None:
+    store = Store.open(tmp_path / "home")
+    config = RoundConfig(**{**TINY.to_dict(), "feedback": "human", "human_judgments_per_pair": 2})
+    with pytest.raises(RoundWaiting) as waiting:
+        run_round(store, config)
+    with store.read() as con:
+        pairs = [r[0] for r in con.execute("SELECT id FROM pairs WHERE round_id = 1 ORDER BY id").fetchall()]
+    assert waiting.value.missing == 2 * len(pairs)
+    page = _open(store.home, monkeypatch)
+    assert f"needs **{2 * len(pairs)}** more human judgments on **{len(pairs)}** pairs" in page.warning[0].value
+    assert page.button(key="continue_1").disabled
+    # Ann judges every pair, Bob all but one: one judgment is still missing.
+    with store.write() as con:
+        ann, bob = ensure_annotator(con, "ann"), ensure_annotator(con, "bob")
+        insert_judgments(con, [NewJudgment(p, ann, "app", "a") for p in pairs])
+        insert_judgments(con, [NewJudgment(p, bob, "app", "b") for p in pairs[1:]])
+    page.run()
+    assert "needs **1** more human judgments on **1** pairs" in page.warning[0].value
+    given = page.dataframe[-1].value
+    assert dict(zip(given["annotator"], given["judgments"], strict=True)) == {"ann": len(pairs), "bob": len(pairs) - 1}
+    with store.write() as con:
+        insert_judgments(con, [NewJudgment(pairs[0], bob, "app", "b")])
+    page.run()
+    assert "has every human judgment it needs" in page.success[0].value
+    page.button(key="continue_1").click().run()
+    assert not page.exception and not page.error
+    (job,) = list_jobs(store, kind="round")
+    stop_job(store, job.id, grace_s=5)
+    assert job.command[3:6] == ["round", "resume", "1"] and job.round_id == 1
+    needs = human_needs(store, 1)
+    assert (needs.missing, needs.pairs, needs.per_pair, needs.ai) == (0, 0, 2, 0)

@@ -618,18 +618,72 @@ def _judgments(store, round_id, parent, config, results, progress) -> dict:
             ).fetchall()
         )
         if config.feedback in ("human", "both"):
-            missing, pairs = con.execute(
-                "SELECT coalesce(sum(? - n), 0), count(*) FROM ("
-                "  SELECT p.id, count(j.id) AS n FROM pairs p LEFT JOIN judgments j ON j.pair_id = p.id "
-                "  AND NOT j.withdrawn AND j.annotator_id IN (SELECT id FROM annotators WHERE kind = 'human') "
-                "  WHERE p.round_id = ? GROUP BY p.id) WHERE n < ?",
-                [config.human_judgments_per_pair, round_id, config.human_judgments_per_pair],
-            ).fetchall()[0]
+            missing, pairs = _missing_human(con, round_id, config.human_judgments_per_pair)
             if missing:
-                raise RoundWaiting(round_id, int(missing), int(pairs))
+                raise RoundWaiting(round_id, missing, pairs)
     record.update(ai=counts.get("ai", 0), human=counts.get("human", 0))
     record["total"] = record["ai"] + record["human"]
     return record
+
+
+def _missing_human(con, round_id: int, per_pair: int) -> tuple[int, int]:
+    """(human judgments still needed, pairs that need one or more) for a round."""
+    missing, pairs = con.execute(
+        "SELECT coalesce(sum(? - n), 0), count(*) FROM ("
+        "  SELECT p.id, count(j.id) AS n FROM pairs p LEFT JOIN judgments j ON j.pair_id = p.id "
+        "  AND NOT j.withdrawn AND j.annotator_id IN (SELECT id FROM annotators WHERE kind = 'human') "
+        "  WHERE p.round_id = ? GROUP BY p.id) WHERE n < ?",
+        [per_pair, round_id, per_pair],
+    ).fetchall()[0]
+    return int(missing), int(pairs)
+
+
+@dataclass(frozen=True)
+class HumanNeeds:
+    """Where a round judged by people stands.
+
+    Attributes:
+        feedback: who judges the round: ``human`` or ``both`` (people and the AI scorer).
+        per_pair: human judgments each of the round's pairs needs.
+        missing: human judgments still needed; pairs: the round's pairs that need one or more.
+        by_annotator: human judgments given on the round's pairs so far, by annotator name.
+        ai: AI judgments of the round's pairs.
+    """
+
+    feedback: str
+    per_pair: int
+    missing: int
+    pairs: int
+    by_annotator: dict[str, int]
+    ai: int
+
+
+def human_needs(store: Store, round_id: int) -> HumanNeeds:
+    """How many human judgments a round still needs, and who gave the ones it has.
+
+    Raises:
+        RoundError: no such round, or a round judged by the AI scorer alone.
+    """
+    summary = get_round(store, round_id)
+    config = RoundConfig.from_dict(summary.config)
+    if config.feedback == "ai":
+        raise RoundError(f"round {round_id} is judged by the AI scorer alone; it needs no people")
+    with store.read() as con:
+        missing, pairs = _missing_human(con, round_id, config.human_judgments_per_pair)
+        rows = con.execute(
+            "SELECT a.name, a.kind, count(*) FROM judgments j JOIN annotators a ON a.id = j.annotator_id "
+            "JOIN pairs p ON p.id = j.pair_id WHERE p.round_id = ? AND NOT j.withdrawn "
+            "GROUP BY a.name, a.kind ORDER BY count(*) DESC, a.name",
+            [round_id],
+        ).fetchall()
+    return HumanNeeds(
+        feedback=config.feedback,
+        per_pair=config.human_judgments_per_pair,
+        missing=missing,
+        pairs=pairs,
+        by_annotator={name: n for name, kind, n in rows if kind == "human"},
+        ai=sum(n for _, kind, n in rows if kind == "ai"),
+    )
 
 
 def _round_kinds(config: RoundConfig) -> tuple[str, ...]:
@@ -1061,3 +1115,18 @@ def launch_round(
         json.dumps([config.to_dict(), parent_model_id, rounds], sort_keys=True).encode()
     ).hexdigest()
     return launch_job(store, "round", command, run_dir, config=config.to_dict(), key=key)
+
+
+def continue_round(store: Store, round_id: int) -> Job:
+    """Runs `workbench round resume` of a round that waited for people, as a background job.
+
+    Raises:
+        RoundError: no such round, or it still needs human judgments.
+    """
+    needs = human_needs(store, round_id)
+    if needs.missing:
+        raise RoundError(f"round {round_id} still needs {needs.missing} human judgments on {needs.pairs} pairs")
+    run_dir = store.runs_dir / f"round-{round_id}-resume"
+    command = [str(Path(sys.executable).with_name("workbench")), "--home", str(store.home), "round", "resume"]
+    command.append(str(round_id))
+    return launch_job(store, "round", command, run_dir, round_id=round_id)

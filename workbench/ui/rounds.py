@@ -1,4 +1,7 @@
-"""Rounds: the timeline of closed rounds, their metrics, a before/after grid, and a launch button."""
+"""Rounds: the timeline of closed rounds, rounds waiting for people, their metrics, a before/after
+grid, and a launch form (judged by an AI scorer, people, or both)."""
+
+from dataclasses import replace
 
 import polars as pl
 import streamlit as st
@@ -31,11 +34,38 @@ if summaries:
     if finished.height:
         st.caption("Oracle win rate of each round's model against its parent and against the base model")
         st.line_chart(finished.select("round", "win_vs_parent", "win_vs_base"), x="round")
-    waiting = [s for s in summaries if s.status in ("awaiting_judgments", "failed")]
-    for s in waiting:
-        st.warning(f"Round {s.id} is {s.status.replace('_', ' ')}{': ' + s.error if s.error else ''}")
+    for s in summaries:
+        if s.status == "failed":
+            st.warning(f"Round {s.id} failed: {s.error}")
 else:
     st.info("No rounds yet: run `workbench round run` or `workbench demo`, or launch one below.")
+
+waiting = [s for s in summaries if s.status == "awaiting_judgments"]
+if waiting:
+    st.subheader("Waiting for people")
+for s in waiting:
+    needs = rounds.human_needs(store(), s.id)
+    judges = "people and the AI scorer" if needs.feedback == "both" else "people"
+    if needs.missing:
+        st.warning(
+            f"Round {s.id} (judged by {judges}) needs **{needs.missing}** more human judgments on "
+            f"**{needs.pairs}** pairs ({needs.per_pair} per pair): judge them on Annotate / Noisy steps."
+        )
+    else:
+        st.success(f"Round {s.id} has every human judgment it needs ({needs.per_pair} per pair).")
+    given = [{"annotator": name, "judgments": n} for name, n in needs.by_annotator.items()]
+    if needs.ai:
+        given.append({"annotator": "AI scorer", "judgments": needs.ai})
+    if given:
+        st.dataframe(pl.DataFrame(given), hide_index=True, key=f"given_{s.id}")
+    if st.button(
+        f"Continue round {s.id} (curate, train, evaluate)", key=f"continue_{s.id}", disabled=bool(needs.missing)
+    ):
+        try:
+            job = rounds.continue_round(store(), s.id)
+            st.success(f"Continuing in job {job.id}; `workbench jobs show {job.id}` follows it.")
+        except (JobError, rounds.RoundError) as e:
+            st.error(str(e))
 
 if summaries:
     st.subheader("Round metrics")
@@ -70,8 +100,11 @@ if len(models) > 1:
                 col.image(str(grid[model_id][prompt_index]), caption=label, width=96)
 
 st.subheader("Launch")
+JUDGES = {"ai": "an AI scorer", "human": "people", "both": "people and an AI scorer"}
 with st.form("launch_round"):
-    n_rounds = st.number_input("Rounds (AI feedback, each from the last one's model)", 1, 10, 1)
+    feedback = st.selectbox("Judged by", list(JUDGES), format_func=JUDGES.get, key="launch_feedback")
+    per_pair = st.number_input("Human judgments per pair (people)", 1, 10, 1, key="launch_per_pair")
+    n_rounds = st.number_input("Rounds (AI scorer only: each from the last one's model)", 1, 10, 1)
     num_prompts = st.number_input("Prompts per round", 1, 432, rounds.DEMO.num_prompts)
     train_steps = st.number_input("DPO steps per round", 1, 5000, int(rounds.DEMO_DPO["max_steps"]))
     parent = st.selectbox(
@@ -80,12 +113,21 @@ with st.form("launch_round"):
         format_func=lambda m: "base model" if m is None else f"model {m}",
     )
     if st.form_submit_button("Launch in the background"):
-        config = rounds.demo_config(prompts=int(num_prompts), train_steps=int(train_steps))
-        try:
-            job = rounds.launch_round(store(), config, parent, int(n_rounds))
-            st.success(f"Launched job {job.id}; `workbench jobs show {job.id}` follows it.")
-        except JobError as e:
-            st.error(str(e))
+        config = replace(
+            rounds.demo_config(prompts=int(num_prompts), train_steps=int(train_steps)),
+            feedback=feedback,
+            human_judgments_per_pair=int(per_pair),
+        )
+        if feedback != "ai" and n_rounds > 1:
+            st.error("A round judged by people waits for them: launch one at a time.")
+        else:
+            try:
+                job = rounds.launch_round(store(), config, parent, int(n_rounds))
+                st.success(f"Launched job {job.id}; `workbench jobs show {job.id}` follows it.")
+                if feedback != "ai":
+                    st.info("Once its pairs are drawn the round waits for people: its count shows above.")
+            except JobError as e:
+                st.error(str(e))
 jobs = list_jobs(store(), kind="round")
 if jobs:
     st.dataframe(
