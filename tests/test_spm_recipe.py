@@ -63,6 +63,9 @@ def test_one_step_trains_a_step_aware_model(models, snapshot, tmp_path):
     for bucket in ("t0_250", "t250_500", "t500_750", "t750_1000"):
         assert 0 <= record[f"eval_{bucket}_accuracy"] <= 1
         assert record[f"eval_{bucket}_pairs"] >= 1
+        # The clean-image scorer's accuracy on the same cases, before the first step.
+        assert record[f"initial_eval_{bucket}_pairs"] == record[f"eval_{bucket}_pairs"]
+        assert 0 <= record[f"initial_eval_{bucket}_accuracy"] <= 1
     assert 0 <= record["train_accuracy"] <= 1
     assert (tmp_path / "run" / "checkpoints" / "step-00000001").is_dir()
 

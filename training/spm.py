@@ -132,6 +132,11 @@ def main(cfg: SPMConfig) -> Path:
     train_rows = table_rows(train_table)
     eval_rows = table_rows(eval_table)
     per_micro_step = cfg.batch_size * accelerator.num_processes
+    # The held-out accuracy before any training: the clean-image scorer's on the very noisy x0s the
+    # trained model is evaluated on (the modulation starts as the identity), logged with step 1.
+    initial = {}
+    if step == 0 and eval_rows:
+        initial = {f"initial_{k}": v for k, v in evaluate(scorer, eval_rows, cfg, num_train_timesteps, accelerator).items()}
     progress = tqdm(total=cfg.max_steps, initial=step, desc="spm", disable=not accelerator.is_local_main_process)
     while step < cfg.max_steps:
         started = time.perf_counter()
@@ -172,6 +177,8 @@ def main(cfg: SPMConfig) -> Path:
         record["loss"] = loss_sum / (cfg.gradient_accumulation_steps * accelerator.num_processes)
         if (step % cfg.eval_every == 0 or step == cfg.max_steps) and eval_rows:
             record.update(evaluate(scorer, eval_rows, cfg, num_train_timesteps, accelerator))
+        record.update(initial)
+        initial = {}
         modulation_lr, lr = lr_scheduler.get_last_lr()
         pairs_per_s = per_micro_step * cfg.gradient_accumulation_steps / (time.perf_counter() - started)
         run.log(

@@ -29,8 +29,12 @@ def sample_images(
     guidance_scale: float = DEFAULT_GUIDANCE,
     batch_size: int = 64,
     progress: bool = False,
+    eta: float = 0.0,
 ) -> Iterator[tuple[str, int, Image.Image]]:
     """Yields ``(prompt, seed, image)`` for every seed and prompt, seed-major.
+
+    ``eta`` is the DDIM noise of the pipeline's sampler: 0 (the pipeline's default) is
+    deterministic given the initial noise; 1 is how SPO samples while training.
 
     Each image gets its own generator seeded with its seed, so an image depends only on the
     pipeline, its prompt and its seed, never on the batch it was drawn in.
@@ -50,6 +54,7 @@ def sample_images(
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             generator=generators,
+            eta=eta,
         ).images
         for (prompt, seed), image in zip(batch, images, strict=True):
             yield prompt, seed, image
