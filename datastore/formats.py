@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from datastore.datasets import DatasetVersion
 from datastore.errors import ImportFormatError, MediaError, StoreError
-from datastore.media import StoredImage, inspect_image
+from datastore.media import MediaStore, StoredImage
 from datastore.records import (
     ImageRow,
     NewJudgment,
@@ -37,6 +37,11 @@ from datastore.store import Store
 PICKAPIC_REQUIRED = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
 _UID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _BATCH_ROWS = 2048
+MAX_CAPTION_CHARS = 10_000
+"""Longest caption an import accepts."""
+MAX_NAME_CHARS = 256
+"""Longest user id or model name an import accepts (image uids and ranking ids: 128)."""
+_OPTIONAL = ("image_0_uid", "image_1_uid", "model_0", "model_1", "user_id", "ranking_id")
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,8 @@ class ImportReport:
     judgments: int
     images: int
     annotators: int
+    duplicates: int = 0
+    """Rows that repeat an earlier row of the file (same ranking id, or same user and images, same labels)."""
 
 
 def _label_to_outcome(label_0: float, label_1: float) -> str | None:
@@ -60,17 +67,65 @@ def _label_to_outcome(label_0: float, label_1: float) -> str | None:
     return None
 
 
-def _iter_batches(path: Path) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """(first row number, batch) over a Parquet file; row numbers start at 0."""
+def _iter_batches(path: Path, columns: list[str] | None = None) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(first row number, batch) over a Parquet file; row numbers start at 0.
+
+    Raises:
+        ImportFormatError: a page cannot be read (corrupt header or compressed data), naming the
+            first row of the batch and the first column that cannot be read.
+    """
     parquet = pq.ParquetFile(path)
     offset = 0
-    for batch in parquet.iter_batches(batch_size=_BATCH_ROWS):
+    batches = parquet.iter_batches(batch_size=_BATCH_ROWS, columns=columns)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (OSError, pa.ArrowException) as e:
+            raise ImportFormatError(
+                f"corrupt Parquet data in {path.name} ({e})".replace("\n", " ").strip(),
+                row=offset,
+                column=_unreadable_column(path, offset, columns or parquet.schema_arrow.names),
+            ) from None
         yield offset, batch
         offset += batch.num_rows
 
 
+def _unreadable_column(path: Path, offset: int, columns: list[str]) -> str | None:
+    """The first column that cannot be read through row ``offset``'s batch (the slow way: on errors only)."""
+    for column in columns:
+        try:
+            rows = 0
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS, columns=[column]):
+                rows += batch.num_rows
+                if rows > offset:
+                    break
+        except (OSError, pa.ArrowException):
+            return column
+    return None
+
+
+def _batch_columns(batch: pa.RecordBatch, offset: int) -> dict[str, list]:
+    """A batch's columns as Python lists; text that is not UTF-8 is named by row and column."""
+    cols = {}
+    for name in batch.schema.names:
+        column = batch.column(name)
+        try:
+            cols[name] = column.to_pylist()
+        except (UnicodeDecodeError, pa.ArrowException, ValueError) as e:
+            for i in range(len(column)):
+                try:
+                    column[i].as_py()
+                except (UnicodeDecodeError, pa.ArrowException, ValueError):
+                    raise ImportFormatError(f"not valid text ({e})", row=offset + i, column=name) from None
+            raise ImportFormatError(f"cannot be read ({e})", row=offset, column=name) from None
+    return cols
+
+
 @dataclass
 class _Row:
+    number: int
     caption: str
     image_0: StoredImage
     image_1: StoredImage
@@ -83,8 +138,9 @@ class _Row:
     ranking: str
 
 
-def _validate_file(path: Path, max_image_bytes: int) -> tuple[list[_Row], str]:
-    """Check every row of a Pick-a-Pic file; return the parsed rows (no image bytes) and the file hash."""
+def _validate_file(path: Path, media: MediaStore) -> tuple[list[_Row], int]:
+    """Check every row of a Pick-a-Pic file; return the rows to import (no image bytes, duplicates
+    dropped) and how many duplicates were dropped."""
     if not path.is_file():
         raise ImportFormatError(f"{path} does not exist")
     if path.stat().st_size == 0:
@@ -92,25 +148,63 @@ def _validate_file(path: Path, max_image_bytes: int) -> tuple[list[_Row], str]:
     file_hash = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     try:
         schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as e:
+    except (pa.ArrowException, OSError) as e:
         raise ImportFormatError(f"{path} is not a Parquet file: {e}") from e
     missing = [c for c in PICKAPIC_REQUIRED if c not in schema.names]
     if missing:
         raise ImportFormatError(f"{path} lacks the Pick-a-Pic column(s) {missing}", column=missing[0])
+    wanted = [c for c in (*PICKAPIC_REQUIRED, *_OPTIONAL) if c in schema.names]
     rows: list[_Row] = []
-    for offset, batch in tqdm(_iter_batches(path), desc="checking", unit="batch", leave=False):
-        cols = batch.to_pydict()
+    by_ranking: dict[str, _Row] = {}
+    by_pair: dict[tuple, _Row] = {}
+    duplicates = 0
+    for offset, batch in tqdm(_iter_batches(path, wanted), desc="checking", unit="batch", leave=False):
+        cols = _batch_columns(batch, offset)
         for i in range(batch.num_rows):
-            rows.append(_validate_row(cols, i, offset + i, file_hash, max_image_bytes))
+            row = _validate_row(cols, i, offset + i, file_hash, media)
+            if _is_duplicate(row, by_ranking, by_pair):
+                duplicates += 1
+                continue
+            rows.append(row)
     if not rows:
         raise ImportFormatError(f"{path} has no rows")
-    return rows, file_hash
+    return rows, duplicates
 
 
-def _validate_row(cols: dict, i: int, row: int, file_hash: str, max_image_bytes: int) -> _Row:
+def _is_duplicate(row: _Row, by_ranking: dict[str, _Row], by_pair: dict[tuple, _Row]) -> bool:
+    """Whether ``row`` repeats an earlier row; a row that contradicts one is an ImportFormatError."""
+    pair = (row.image_0.id, row.image_1.id, row.user)
+    same = by_ranking.get(row.ranking)
+    if same is not None:
+        if (same.image_0.id, same.image_1.id, same.user, same.outcome) != (*pair, row.outcome):
+            raise ImportFormatError(
+                f"ranking id {row.ranking!r} is also row {same.number}, with other images, user or labels",
+                row=row.number,
+                column="ranking_id",
+            )
+        return True
+    same = by_pair.get(pair)
+    if same is not None:
+        if same.outcome != row.outcome:
+            raise ImportFormatError(
+                f"contradicts row {same.number}: the same user judged the same two images "
+                f"{same.outcome!r} there and {row.outcome!r} here",
+                row=row.number,
+                column="label_0",
+            )
+        return True
+    by_ranking[row.ranking] = by_pair[pair] = row
+    return False
+
+
+def _validate_row(cols: dict, i: int, row: int, file_hash: str, media: MediaStore) -> _Row:
     caption = cols["caption"][i]
     if not isinstance(caption, str) or not caption.strip():
         raise ImportFormatError("caption is empty or not text", row=row, column="caption")
+    if len(caption) > MAX_CAPTION_CHARS:
+        raise ImportFormatError(
+            f"caption has {len(caption)} characters, more than {MAX_CAPTION_CHARS}", row=row, column="caption"
+        )
     labels = []
     for column in ("label_0", "label_1"):
         value = cols[column][i]
@@ -127,24 +221,35 @@ def _validate_row(cols: dict, i: int, row: int, file_hash: str, max_image_bytes:
         data = cols[column][i]
         if not isinstance(data, bytes):
             raise ImportFormatError("image bytes are missing", row=row, column=column)
+        what = f"row {row}, column {column!r}"
         try:
-            images.append(inspect_image(data, max_bytes=max_image_bytes, what=f"row {row}, column {column!r}"))
+            images.append(media.inspect(data, what=what))
         except MediaError as e:
-            raise ImportFormatError(str(e).split(": ", 2)[-1], row=row, column=column) from e
+            raise ImportFormatError(str(e).removeprefix(f"{what}: "), row=row, column=column) from e
+    if images[0].id == images[1].id:
+        raise ImportFormatError("the same image as jpg_0: a pair needs two different images", row=row, column="jpg_1")
     optional = {}
-    for column in ("image_0_uid", "image_1_uid", "model_0", "model_1", "user_id", "ranking_id"):
+    for column in _OPTIONAL:
         value = cols[column][i] if column in cols else None
         if value is not None:
             value = str(value)
             if column.endswith("_uid") or column == "ranking_id":
                 if not _UID_RE.fullmatch(value) or ".." in value:
                     raise ImportFormatError(
-                        f"{value!r} is not a plain identifier (letters, digits, '.', '_', ':', '-'; no '..' or '/')",
+                        f"{value[:40]!r} is not a plain identifier (at most 128 letters, digits, '.', '_', ':', '-'; "
+                        "no '..' or '/')",
                         row=row,
                         column=column,
                     )
+            elif len(value) > MAX_NAME_CHARS or not value.isprintable():
+                raise ImportFormatError(
+                    f"must be at most {MAX_NAME_CHARS} printable characters, got {len(value)} characters",
+                    row=row,
+                    column=column,
+                )
         optional[column] = value
     return _Row(
+        number=row,
         caption=caption.strip(),
         image_0=images[0],
         image_1=images[1],
@@ -164,19 +269,28 @@ def import_pickapic(store: Store, path: Path | str, *, show_progress: bool = Tru
     Any file with the columns caption, jpg_0, jpg_1, label_0, label_1 works; image_0_uid,
     image_1_uid, model_0, model_1, user_id and ranking_id are used when present. Every row is
     checked before anything is written: a malformed file raises ImportFormatError naming the row
-    and column, and the store is left unchanged. Importing the same file twice adds nothing.
-    Each row becomes one judgment by the annotator ``pickapic:<user_id>``.
+    and column, and the store and media folder are left unchanged. Checks: corrupt Parquet pages,
+    text that is not UTF-8, captions up to :data:`MAX_CAPTION_CHARS`, ids and names up to their
+    limits, two different images per row, each one whole still image under the media store's
+    byte and pixel limits (see :func:`~datastore.media.inspect_image`). A row repeating an earlier
+    one (same ranking id, or same user and images, with the same labels) is skipped and counted;
+    one that contradicts it is an error. Importing the same file twice adds nothing. Each row
+    becomes one judgment by the annotator ``pickapic:<user_id>``.
     """
     path = Path(path)
-    rows, _ = _validate_file(path, store.media.max_bytes)
+    rows, duplicates = _validate_file(path, store.media)
 
     # Second pass: the images are written only once the whole file is known to be good.
+    by_number = {r.number: r for r in rows}
     written: set[str] = set()
-    with tqdm(total=len(rows), desc="images", unit="row", disable=not show_progress) as bar:
-        for offset, batch in _iter_batches(path):
-            cols = batch.select(["jpg_0", "jpg_1"]).to_pydict()
+    with tqdm(total=len(rows) + duplicates, desc="images", unit="row", disable=not show_progress) as bar:
+        for offset, batch in _iter_batches(path, ["jpg_0", "jpg_1"]):
+            cols = batch.to_pydict()
             for i in range(batch.num_rows):
-                for column, record in (("jpg_0", rows[offset + i].image_0), ("jpg_1", rows[offset + i].image_1)):
+                row = by_number.get(offset + i)
+                if row is None:  # a duplicate
+                    continue
+                for column, record in (("jpg_0", row.image_0), ("jpg_1", row.image_1)):
                     if record.id not in written:
                         store.media.write_checked(record, cols[column][i], sync=False)
                         written.add(record.id)
@@ -212,7 +326,8 @@ def import_pickapic(store: Store, path: Path | str, *, show_progress: bool = Tru
         insert_judgments(con, new)
         after = {t: scalar(con, f"SELECT count(*) FROM {t}") for t in ("pairs", "images", "annotators")}
     return ImportReport(
-        rows=len(rows),
+        rows=len(rows) + duplicates,
+        duplicates=duplicates,
         pairs=after["pairs"] - before["pairs"],
         judgments=len(new),
         images=after["images"] - before["images"],

@@ -22,7 +22,7 @@ import numpy as np
 from datastore.errors import NotFoundError, StoreError
 from datastore.inbox import INBOX_FILE, Inbox
 from datastore.lock import file_lock
-from datastore.media import MediaStore
+from datastore.media import DEFAULT_MAX_PIXELS, MediaStore
 from datastore.records import NewJudgment, judgment_row, validate_judgment
 from datastore.schema import MIGRATIONS
 from datastore.sql import scalar
@@ -38,10 +38,13 @@ class StoreConfig:
         lock_timeout_s: how long an operation waits for other processes before failing with
             StoreBusyError. Long on purpose: a wait is normal under load, a failure is not.
         max_image_bytes: largest image file the media store accepts.
+        max_image_pixels: largest image (width x height) the media store accepts, checked from
+            the file's header before decoding (a decompression bomb is refused unexpanded).
     """
 
     lock_timeout_s: float = 120.0
     max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
 
 
 class Store:
@@ -57,7 +60,7 @@ class Store:
         self.config = config
         self.db_path = home / DB_FILE
         self.lock_path = home / ".workbench.lock"
-        self.media = MediaStore(home / "media", max_bytes=config.max_image_bytes)
+        self.media = MediaStore(home / "media", max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels)
         self.datasets_dir = home / "datasets"
         self.runs_dir = home / "runs"
         self.models_dir = home / "models"

@@ -3,25 +3,36 @@ readable; never a store that stops opening."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import sqlite3
+import struct
 import subprocess
 import sys
 import time
+import zipfile
+import zlib
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pickapic_data import drawn_image, pickapic_rows, write_parquet
+from PIL import Image
 from test_store_concurrency import ROOT, _seed_pairs
 from typer.testing import CliRunner
 
-from datastore.errors import DuplicateJudgmentError, StoreError
+from datastore.errors import DuplicateJudgmentError, ImportFormatError, StoreError
+from datastore.formats import import_pickapic
 from datastore.records import NewJudgment, ensure_annotator
 from datastore.sql import scalar
-from datastore.store import Store
+from datastore.store import Store, StoreConfig
 from workbench.cli import app
 
 runner = CliRunner()
@@ -162,8 +173,6 @@ def _fuzz_store(factory: pytest.TempPathFactory) -> tuple[Store, int]:
 
 
 def test_numpy_scalars_from_a_frame_are_accepted_as_numbers(store: Store) -> None:
-    import numpy as np
-
     [pair] = _seed_pairs(store, 1)
     ann = _annotator(store)
     store.record_judgment(
@@ -227,7 +236,7 @@ def test_a_second_resume_of_a_round_that_is_running_is_refused(store: Store, tmp
 _HOLD_ROUND = """
 import sys, time
 from pathlib import Path
-from datastore.store import Store
+from datastore.store import Store, StoreConfig
 from workbench.rounds import round_lock
 home, round_id, ready, release = sys.argv[1:]
 with round_lock(Store.open(home), int(round_id)):
@@ -392,3 +401,189 @@ def test_list_commands_and_the_demo_under_a_long_home_path_at_60_columns(tmp_pat
     assert [(r["round"], r["status"]) for r in json.loads(cli("round", "list", "--json"))] == [(1, "finished")]
     text = cli("round", "list")
     assert any(line.strip().endswith("1 -> 2") for line in text.splitlines()), text
+
+
+# 3. Pick-a-Pic import ----------------------------------------------------------------------------
+
+
+def _png(width: int, height: int, idat: bytes | None = None) -> bytes:
+    """A 1-bit greyscale PNG of zeros (or with the given IDAT payload), built chunk by chunk."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    if idat is None:
+        row = b"\x00" * (1 + (width + 7) // 8)
+        compressor = zlib.compressobj(9)
+        idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("payload.txt", "hidden")
+    return buf.getvalue()
+
+
+def _animated_webp() -> bytes:
+    frames = [Image.new("RGB", (16, 16), (i * 60, 0, 0)) for i in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="WEBP", save_all=True, append_images=frames[1:])
+    return buf.getvalue()
+
+
+def _bad_idat_crc(png: bytes) -> bytes:
+    at = png.index(b"IDAT")
+    (length,) = struct.unpack(">I", png[at - 4 : at])
+    crc_at = at + 4 + length
+    return png[:crc_at] + bytes([png[crc_at] ^ 0xFF]) + png[crc_at + 1 :]
+
+
+_IMAGE_CASES = {
+    "bomb": (lambda png: _png(20_000, 20_000), "over 178956970 pixels exceeds the limit of 16777216 pixels"),
+    "header_bomb": (lambda png: _png(60_000, 60_000, idat=b"x"), "over 178956970 pixels exceeds the limit"),
+    "large": (lambda png: _png(12_000, 12_000), "12000 x 12000 pixels exceeds the limit"),
+    "no_iend": (lambda png: png[:-12], "truncated PNG|not a readable image"),
+    "no_crc": (lambda png: png[:-4], "truncated PNG"),
+    "bad_idat_crc": (_bad_idat_crc, "corrupt PNG \\(bad CRC in chunk b'IDAT'\\)"),
+    "zip_appended": (lambda png: png + _zip(), "126 bytes after the PNG's IEND chunk"),
+    "animated_webp": (lambda png: _animated_webp(), "an animated image \\(3 frames\\)"),
+    "jpeg_zip": (lambda png: drawn_image(99, fmt="JPEG") + _zip(), "the JPEG does not end with its end-of-image marker"),
+}
+
+
+def _store_state(store: Store) -> tuple:
+    with store.read() as con:
+        counts = tuple(scalar(con, f"SELECT count(*) FROM {t}") for t in ("prompts", "images", "pairs", "judgments"))
+    return counts, sorted(p.name for p in store.media.root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("case", list(_IMAGE_CASES))
+def test_pickapic_images_that_are_not_one_whole_still_image_are_refused(store: Store, tmp_path: Path, case: str) -> None:
+    cols = pickapic_rows(6)
+    make, message = _IMAGE_CASES[case]
+    cols["jpg_1"][4] = make(drawn_image(1000))
+    before = _store_state(store)
+    with pytest.raises(ImportFormatError, match=f"row 4, column 'jpg_1': ({message})"):
+        import_pickapic(store, write_parquet(tmp_path / "bad.parquet", cols), show_progress=False)
+    assert _store_state(store) == before
+
+
+def test_the_pixel_limit_is_configurable(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "home", StoreConfig(max_image_pixels=31 * 32))
+    cols = pickapic_rows(2)  # 32 x 32 images
+    with pytest.raises(ImportFormatError, match="row 0, column 'jpg_0': 32 x 32 pixels exceeds the limit of 992"):
+        import_pickapic(store, write_parquet(tmp_path / "f.parquet", cols), show_progress=False)
+    assert Store.open(tmp_path / "big", StoreConfig(max_image_pixels=32 * 32)).media.max_pixels == 1024
+
+
+def test_pickapic_rows_that_break_a_rule_are_named_and_change_nothing(store: Store, tmp_path: Path) -> None:
+    def same_images(cols):
+        cols["jpg_1"][3] = cols["jpg_0"][3]
+
+    def long_caption(cols):
+        cols["caption"][2] = "a" * 1_000_000
+
+    def long_user(cols):
+        cols["user_id"] = [str(u) for u in cols["user_id"]]
+        cols["user_id"][5] = "u" * 100_000
+
+    def contradiction(cols):
+        for key in cols:
+            cols[key].append(cols[key][1])
+        cols["label_0"][-1], cols["label_1"][-1] = cols["label_1"][1], cols["label_0"][1]
+
+    cases = {
+        "row 3, column 'jpg_1': the same image as jpg_0": same_images,
+        "row 2, column 'caption': caption has 1000000 characters, more than 10000": long_caption,
+        "row 5, column 'user_id': must be at most 256 printable characters, got 100000": long_user,
+        "row 6, column 'ranking_id': ranking id '1001' is also row 1": contradiction,
+    }
+    before = _store_state(store)
+    for message, mutate in cases.items():
+        cols = pickapic_rows(6)
+        mutate(cols)
+        with pytest.raises(ImportFormatError, match=re.escape(message)):
+            import_pickapic(store, write_parquet(tmp_path / "bad.parquet", cols), show_progress=False)
+        assert _store_state(store) == before, message
+
+
+def test_duplicated_pickapic_rows_are_stored_once(store: Store, tmp_path: Path) -> None:
+    cols = pickapic_rows(6)
+    for key in cols:
+        cols[key] += [cols[key][1], cols[key][2]]  # same ranking ids, images and labels
+    cols["ranking_id"][-1] = 5000  # another ranking id, same user, images and labels
+    report = import_pickapic(store, write_parquet(tmp_path / "dup.parquet", cols), show_progress=False)
+    assert (report.rows, report.duplicates, report.pairs, report.judgments) == (8, 2, 6, 6)
+    with store.read() as con:
+        assert scalar(con, "SELECT count(*) FROM judgments") == 6
+
+
+def test_corrupt_parquet_pages_and_invalid_utf8_are_named(store: Store, tmp_path: Path) -> None:
+    good = write_parquet(tmp_path / "good.parquet", pickapic_rows(4)).read_bytes()
+    before = _store_state(store)
+    for offset in (4, 30, len(good) // 2):
+        data = bytearray(good)
+        for k in range(offset, offset + 20):
+            data[k] ^= 0x5A
+        (tmp_path / "corrupt.parquet").write_bytes(bytes(data))
+        with pytest.raises(ImportFormatError, match=r"row 0, column '\w+': corrupt Parquet data|not a Parquet file"):
+            import_pickapic(store, tmp_path / "corrupt.parquet", show_progress=False)
+    cols = pickapic_rows(4)
+    texts = [c.encode() for c in cols["caption"]]
+    texts[2] = b"caption \xff\xfe"
+    offsets = np.cumsum([0] + [len(t) for t in texts]).astype(np.int32)
+    captions = pa.Array.from_buffers(pa.string(), 4, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"".join(texts))])
+    table = pa.table({**{k: v for k, v in cols.items() if k != "caption"}, "caption": captions})
+    pq.write_table(table, tmp_path / "utf8.parquet")
+    with pytest.raises(ImportFormatError, match="row 2, column 'caption': not valid text"):
+        import_pickapic(store, tmp_path / "utf8.parquet", show_progress=False)
+    assert _store_state(store) == before
+
+
+_BYTES = st.sampled_from(["good", "same", "truncated", "appended", "random", "empty"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    caption=st.one_of(st.text(max_size=20), st.just("x" * 10_001), st.none()),
+    labels=st.tuples(st.sampled_from([0.0, 0.5, 1.0, 2.0, float("nan")]), st.sampled_from([0.0, 0.5, 1.0, -1.0])),
+    image=_BYTES,
+    uid=st.one_of(st.none(), st.text(max_size=12), st.just("../etc"), st.just("u" * 200)),
+    user=st.one_of(st.none(), st.text(max_size=12), st.just("u" * 300)),
+    repeat=st.sampled_from(["none", "same", "flipped"]),
+)
+def test_fuzz_pickapic_rows_are_refused_by_row_and_column_or_imported_and_readable(
+    tmp_path_factory: pytest.TempPathFactory, caption, labels, image, uid, user, repeat
+) -> None:
+    folder = tmp_path_factory.mktemp("pickapic-fuzz")
+    store = Store.open(folder / "home")
+    cols = pickapic_rows(3)
+    cols["user_id"] = [str(u) for u in cols["user_id"]]
+    good = drawn_image(77)
+    cols["jpg_1"][1] = {
+        "good": good, "same": cols["jpg_0"][1], "truncated": good[: len(good) // 2], "appended": good + b"PK\x03\x04",
+        "random": bytes(range(256)) * 3, "empty": b"",
+    }[image]  # fmt: skip
+    cols["caption"][1] = caption
+    cols["label_0"][1], cols["label_1"][1] = labels
+    cols["image_0_uid"][1] = uid
+    cols["user_id"][1] = user
+    if repeat != "none":
+        for key in cols:
+            cols[key].append(cols[key][1])
+        if repeat == "flipped":
+            cols["label_0"][-1], cols["label_1"][-1] = cols["label_1"][1], cols["label_0"][1]
+    path = write_parquet(folder / "f.parquet", cols)
+    before = _store_state(store)
+    try:
+        report = import_pickapic(store, path, show_progress=False)
+    except ImportFormatError as e:
+        assert re.match(r"row \d, column '\w+': .+", str(e)), str(e)
+        assert _store_state(Store.open(store.home)) == before
+        return
+    (prompts, images, pairs, judgments), media = _store_state(Store.open(store.home))
+    assert pairs == judgments == report.judgments == 3
+    assert images == len(media) == 6

@@ -58,6 +58,9 @@ def import_pickapic_command(
     console.print(
         f"imported {report.rows} rows: {report.pairs} new pairs, {report.judgments} new judgments, "
         f"{report.images} new images, {report.annotators} new annotators"
+        + (f"; {report.duplicates} repeated rows skipped" if report.duplicates else ""),
+        highlight=False,
+        soft_wrap=True,
     )
 
 
