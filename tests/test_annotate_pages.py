@@ -1,7 +1,13 @@
-"""The Annotate and Noisy-steps pages, headless through AppTest, on a real store."""
+"""The Annotate and Noisy-steps pages headless through AppTest, on a real store.
+
+AppTest runs no JavaScript: these tests read what the server hands the judging widget and put
+the widget's messages in its place (the browser tests drive the real widget).
+"""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -11,6 +17,7 @@ from streamlit.testing.v1 import AppTest
 from datastore.store import Store
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
+SHOWN, ANSWERED = "2026-03-01T10:00:00.000Z", "2026-03-01T10:00:02.250Z"
 
 
 @pytest.fixture
@@ -28,42 +35,92 @@ def _open(page: str, name: str) -> AppTest:
     return at
 
 
+def widget_args(at: AppTest) -> dict:
+    """What the server handed the judging widget in the last run."""
+    (widget,) = at.get("component_instance")
+    return json.loads(widget.proto.json_args)
+
+
+def answer(pair: dict, side: str, key: str) -> dict:
+    """The widget's message for a key press on ``pair``."""
+    return {
+        "type": "answer", "key": key, "pair": pair["id"], "side": side, "left_image": pair["left_image"],
+        "gold": pair["gold"], "shown_at": SHOWN, "answered_at": ANSWERED,
+    }  # fmt: skip
+
+
+def send(at: AppTest, kind: str, seq: int, outbox: list[dict], held: list[int], skipped: tuple[int, ...] = ()) -> dict:
+    """Deliver a widget message as the browser would and run; returns the widget's new args."""
+    annotator = widget_args(at)["annotator"]
+    value = {"seq": seq, "annotator": annotator, "outbox": outbox, "held": held, "skipped": list(skipped)}
+    at.session_state[f"queue_{kind}_widget"] = value
+    at.run()
+    assert not at.exception
+    return widget_args(at)
+
+
 def _judgments(store: Store) -> list[tuple]:
     with store.read() as con:
         return con.execute(
-            "SELECT j.pair_id, j.outcome, j.left_image, j.source, a.name, j.shown_at, j.answered_at "
+            "SELECT j.pair_id, j.outcome, j.left_image, j.source, a.name, j.shown_at, j.answered_at, j.withdrawn "
             "FROM judgments j JOIN annotators a ON a.id = j.annotator_id ORDER BY j.id"
         ).fetchall()
 
 
-def test_annotate_records_the_clicked_side_with_times(home: Path) -> None:
+def test_the_widget_gets_the_next_pairs_and_its_answers_are_stored_once(home: Path) -> None:
     store = Store.open(home)
-    made = add_shapes_pairs(store, 3)
+    add_shapes_pairs(store, 9)
     at = _open("annotate.py", "ann")
-    shown = []
-    for side in ("left", "right"):
-        item, progress = at.session_state["queue_final"]
-        assert f"`{item.pair_id}`" in at.caption[-1].value and at.subheader[0].value == item.prompt
-        assert len(at.get("image")) == 2
-        shown.append(item)
-        at.button(key=f"final_{side}_{item.pair_id}").click().run()
-        assert not at.exception
+    assert at.query_params["annotator"] == "ann"  # a reconnect after a server restart keeps the name
+    args = widget_args(at)
+    pairs = args["pairs"]
+    assert (len(pairs), args["prefetch"], args["progress"]) == (5, 5, {"done": 0, "remaining": 9})
+    assert {p["left_image"] for p in pairs} == {"a", "b"}  # sides are mixed
+    images = {v["image"] for p in pairs for side in p["sides"] for v in side}
+    assert len(images) == 10 and set(args["images"]) == images
+    assert all(url.startswith("data:image/png;base64,") for url in args["images"].values())
+    with store.read() as con:
+        leased = {r[0] for r in con.execute("SELECT pair_id FROM pair_leases").fetchall()}
+    assert leased == {p["id"] for p in pairs}
+    # Two presses and a skip: both stored with the browser's times, the skipped pair not handed again.
+    outbox = [answer(pairs[0], "left", "a1" * 8), answer(pairs[1], "right", "a2" * 8)]
+    held = [p["id"] for p in pairs[3:]]
+    args = send(at, "final", 1, outbox, held, skipped=(pairs[2]["id"],))
+    assert args["acked"] == ["a1" * 8, "a2" * 8] and args["seen_seq"] == 1
+    handed = [p["id"] for p in args["pairs"]]
+    # Those it holds are handed still (not yet seen by the server), then three new ones.
+    assert handed[:2] == held and len(handed) == 5 and not set(handed) & {p["id"] for p in pairs[:3]}
+    assert set(args["images"]) == {v["image"] for p in args["pairs"] if p["id"] not in held for s in p["sides"] for v in s}
     rows = _judgments(store)
-    assert len(rows) == 2
-    for (pair_id, outcome, left, source, name, shown_at, answered_at), item, side in zip(
-        rows, shown, ("left", "right"), strict=True
-    ):
-        assert (pair_id, left, source, name) == (item.pair_id, item.left_image, "app", "ann")
-        assert outcome == (left if side == "left" else {"a": "b", "b": "a"}[left])
-        assert answered_at > shown_at
-    # Skip moves on without a judgment; then the queue is empty apart from the skipped pair.
-    last, progress = at.session_state["queue_final"]
-    assert progress.done == 2 and progress.remaining == 1
-    at.button(key=f"final_skip_{last.pair_id}").click().run()
-    assert at.session_state["queue_final"][0] is None and len(_judgments(store)) == 2
-    assert {p.pair_id for p in made} == {i.pair_id for i in shown} | {last.pair_id}
-    at.button(key="final_unskip").click().run()
-    assert at.session_state["queue_final"][0].pair_id == last.pair_id
+    flip = {"a": "b", "b": "a"}
+    assert [r[:5] for r in rows] == [
+        (pairs[0]["id"], pairs[0]["left_image"], pairs[0]["left_image"], "app", "ann"),
+        (pairs[1]["id"], flip[pairs[1]["left_image"]], pairs[1]["left_image"], "app", "ann"),
+    ]
+    assert rows[0][5:7] == (datetime(2026, 3, 1, 10, 0), datetime(2026, 3, 1, 10, 0, 2, 250000))
+    # The same outbox again (an acknowledgement lost): nothing new. Then an undo of the second.
+    send(at, "final", 2, outbox, held)
+    assert len(_judgments(store)) == 2
+    args = send(at, "final", 3, [{"type": "undo", "key": "b1" * 8, "target": "a2" * 8}], held)
+    assert args["acked"] == ["b1" * 8] and [r[7] for r in _judgments(store)] == [False, True]
+    assert args["progress"]["done"] == 1
+
+
+def test_malformed_messages_are_dropped_with_a_warning_and_store_nothing(home: Path) -> None:
+    store = Store.open(home)
+    add_shapes_pairs(store, 3)
+    at = _open("annotate.py", "ann")
+    pair = widget_args(at)["pairs"][0]
+    bad_side = answer(pair, "up", "c1" * 8)
+    bad_time = {**answer(pair, "left", "c2" * 8), "shown_at": "yesterday"}
+    args = send(at, "final", 1, [bad_side, bad_time, {"type": "answer", "key": "no"}], [pair["id"]])
+    assert args["acked"] == ["c1" * 8, "c2" * 8]  # dropped for good; the keyless one cannot be acknowledged
+    assert "side" in args["error"] or "key" in args["error"]
+    assert at.warning and _judgments(store) == []
+    # A message of another annotator (a switch in the same browser) is not theirs to answer.
+    at.session_state["queue_final_widget"] = {"seq": 2, "annotator": 999, "outbox": [answer(pair, "left", "c3" * 8)]}
+    at.run()
+    assert _judgments(store) == []
 
 
 def test_noisy_steps_shows_the_chain_position_and_records_step_judgments(home: Path) -> None:
@@ -71,20 +128,21 @@ def test_noisy_steps_shows_the_chain_position_and_records_step_judgments(home: P
     add_shapes_pairs(store, 2, kind="step")
     add_shapes_pairs(store, 2, seed=5)  # final pairs stay out of this page
     at = _open("noisy_steps.py", "bob")
-    item, _ = at.session_state["queue_step"]
-    assert item.kind == "step"
-    assert f"Step **{item.step_index} of 20**" in at.get("progress")[1].proto.text
-    assert f"t = {item.timestep}" in at.get("progress")[1].proto.text
-    assert "All 2 candidates" in at.expander[0].label
-    at.button(key=f"step_tie_{item.pair_id}").click().run()
-    nxt, _ = at.session_state["queue_step"]
-    at.button(key=f"step_both_bad_{nxt.pair_id}").click().run()
-    assert not at.exception
+    args = widget_args(at)
+    assert len(args["pairs"]) == 2
+    with store.read() as con:
+        steps = dict(
+            con.execute(
+                "SELECT p.id, sp.step_index || ' of ' || sp.num_steps || ' of the denoising chain · timestep t = ' "
+                "|| p.timestep FROM pairs p JOIN step_pools sp ON sp.id = p.pool_id"
+            ).fetchall()
+        )
+    assert {p["id"]: p["context"] for p in args["pairs"]} == {i: f"Step {text}" for i, text in steps.items()}
+    first, second = args["pairs"]
+    args = send(at, "step", 1, [answer(first, "tie", "d1" * 8), answer(second, "both_bad", "d2" * 8)], [])
     rows = _judgments(store)
-    assert [(r[0], r[1], r[4]) for r in rows] == [(item.pair_id, "tie", "bob"), (nxt.pair_id, "both_bad", "bob")]
-    assert all(r[2] in ("a", "b") and r[6] > r[5] for r in rows)
-    assert at.session_state["queue_step"][0] is None
-    assert "Nothing left" in at.success[0].value
+    assert [(r[0], r[1], r[4]) for r in rows] == [(first["id"], "tie", "bob"), (second["id"], "both_bad", "bob")]
+    assert args["pairs"] == [] and args["exhausted"] and args["progress"] == {"done": 2, "remaining": 0}
 
 
 def test_configured_annotators_are_offered_as_a_list(home: Path) -> None:
@@ -95,4 +153,4 @@ def test_configured_annotators_are_offered_as_a_list(home: Path) -> None:
     assert at.selectbox(key="annotator_pick").options == ["ann", "bob"]
     at.selectbox(key="annotator_pick").select("bob").run()
     assert at.session_state["annotator"][1] == "bob"
-    assert "Nothing left" in at.success[0].value
+    assert widget_args(at)["pairs"] == [] and widget_args(at)["exhausted"]

@@ -181,12 +181,19 @@ def _answer(message: dict) -> Answer:
     )
 
 
+def _numbered(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("seq"), int)
+
+
 def _receive(kind: str, annotator_id: int, value: Any) -> None:
     """Handle a widget message: its answers and undos in order, each once per key."""
     session = _session(kind)
-    if not isinstance(value, dict) or value.get("annotator") != annotator_id:
+    if not _numbered(value):
+        return
+    session.seen_seq = value["seq"]
+    if value.get("annotator") != annotator_id:
         return  # a message of the person this widget showed before
-    session.last, session.seen_seq, session.error = value, int(value.get("seq", 0)), None
+    session.last, session.error = value, None
     for message in value.get("outbox", []):
         key = message.get("key") if isinstance(message, dict) else None
         if not isinstance(key, str) or not _KEY.fullmatch(key):
@@ -285,7 +292,7 @@ def _widget(kind: str, annotator_id: int, views: Views, context: Callable[[Queue
         st.warning(session.error)
     # The first run of a new server session (after a restart) has no callback yet for the message
     # the browser sent it: handle it here and draw again.
-    if isinstance(value, dict) and int(value.get("seq", 0)) > session.seen_seq:
+    if _numbered(value) and value["seq"] > session.seen_seq:
         _on_message(kind, annotator_id, views, context, value)
         st.rerun()
 
