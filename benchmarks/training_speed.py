@@ -1,0 +1,465 @@
+"""Training speed of each recipe against a straightforward configuration of itself, in one run (CPU).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/training_speed.py --out benchmarks/out/training_speed.json
+
+On the shipped toy model (32 px) with pairs the toy model drew and the shapes oracle judged:
+
+- DPO LoRA and DPO full. "ours" is `training.dpo.main` with its defaults (cached latents and text
+  embeddings, winner and loser in one UNet call, the LoRA reference as the same UNet with its
+  adapter off, fused AdamW, metrics written every ``log_every`` steps). "straightforward" is what
+  the research code does, written out here: fp32, latents and text embeddings encoded again every
+  step, a separate reference UNet (a copy, for LoRA too), and winner, loser and both reference
+  predictions as four UNet calls, with the default AdamW. Both draw the same pairs, timesteps and
+  noise (`training.dpo.make_batch`), so their first losses and their weights after N steps must
+  agree up to float rounding. ``--compile`` adds "ours" with ``compile_unet`` and reports the
+  compile time on its own.
+- SPO and SPM through their recipes as they are (`training.spo.main`, `training.spm.main`); their
+  straightforward configuration is fp32 with the recipe's other defaults.
+
+Each configuration runs in a fresh process (so its peak RSS is its own) on one thread. The steady
+figure of a recipe run is the difference between a run of 1 + N steps and a run of 1 step, which
+leaves out loading, the feature cache, compilation and the final save; those are reported on
+their own. Figures: pairs per process CPU-second and per wall second, peak RSS, first-step loss
+and the largest weight difference after 1 + N steps in units of learning rate x steps (Adam moves
+a weight by about the learning rate per step). ``--levers`` also times single levers on the
+UNet: the LoRA reference in the same call as the policy, channels_last, fused AdamW.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from safetensors.torch import load_file  # noqa: E402
+from torch.optim.lr_scheduler import LambdaLR  # noqa: E402
+
+from training import dpo  # noqa: E402
+from training.config import DPOConfig, SPMConfig, SPOConfig  # noqa: E402
+from training.data import preference_pairs  # noqa: E402
+from training.losses import denoising_error, diffusion_dpo_loss  # noqa: E402
+from workbench.toy import TOY_IMAGE_SIZE, TOY_MODEL_DIR  # noqa: E402
+
+RECIPES = ("dpo-lora", "dpo-full", "spo", "spm")
+
+
+# --- the straightforward DPO step, as the research code writes it -------------------------------
+
+
+def straightforward_losses(
+    batch: dpo.Batch, unet: torch.nn.Module, reference: torch.nn.Module, noise_scheduler, beta: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-pair DPO loss with four UNet calls: policy on winners, on losers, reference on each."""
+
+    def error(model: torch.nn.Module, side: int) -> torch.Tensor:
+        latents = batch.latents[side]
+        noisy = noise_scheduler.add_noise(latents, batch.noise, batch.timesteps)
+        if noise_scheduler.config.prediction_type == "v_prediction":
+            target = noise_scheduler.get_velocity(latents, batch.noise, batch.timesteps)
+        else:
+            target = batch.noise
+        added = None
+        if batch.pooled is not None:
+            added = {"text_embeds": batch.pooled, "time_ids": batch.time_ids[side]}
+        prediction = model(noisy, batch.timesteps, batch.hidden, added_cond_kwargs=added).sample
+        return denoising_error(prediction, target)
+
+    model_w, model_l = error(unet, 0), error(unet, 1)
+    with torch.no_grad():
+        ref_w, ref_l = error(reference, 0), error(reference, 1)
+    return diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta)
+
+
+def straightforward_dpo(cfg: DPOConfig, device: torch.device, autocast_dtype: torch.dtype | None = None):
+    """Builds the straightforward trainer of ``cfg``: returns ``(step, unet)`` where ``step(i)``
+    trains on micro-batch ``i`` and returns its mean loss (a tensor)."""
+    parts = dpo.load_parts(cfg.pretrained_model)
+    for module in (parts.vae, parts.text_encoder, parts.text_encoder_2):
+        if module is not None:
+            module.to(device)
+    features = dpo.Features(parts, cfg.resolution, device)
+    pairs = preference_pairs(cfg.dataset)
+    unet = parts.unet.to(device)
+    reference = copy.deepcopy(unet).requires_grad_(False).eval()
+    if cfg.mode == "full":
+        unet.requires_grad_(True)
+    else:
+        dpo.add_lora(unet, cfg, device, torch.float32)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warmup = round(cfg.warmup_fraction * cfg.max_steps)
+    schedule = LambdaLR(optimizer, lambda done: min(1.0, (done + 1) / warmup) if warmup else 1.0)
+
+    def step(i: int) -> torch.Tensor:
+        batch = dpo.make_batch(
+            pairs, features, parts.noise_scheduler, cfg, range(i * cfg.batch_size, (i + 1) * cfg.batch_size)
+        )
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss, _ = straightforward_losses(batch, unet, reference, parts.noise_scheduler, cfg.beta)
+        loss = loss.mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        schedule.step()
+        return loss.detach()
+
+    return step, unet
+
+
+# --- one configuration in one process ------------------------------------------------------------
+
+
+def dpo_config(dataset: Path, out: Path, mode: str, steps: int, **overrides) -> DPOConfig:
+    options = {
+        "pretrained_model": str(TOY_MODEL_DIR),
+        "dataset": dataset,
+        "output_dir": out,
+        "mode": mode,
+        "resolution": TOY_IMAGE_SIZE,
+        "batch_size": 8,
+        "max_steps": steps,
+        "learning_rate": 1e-4 if mode == "lora" else 1e-5,
+        "warmup_fraction": 0.0,
+        "cache_dir": out.parent / "cache",
+    }
+    return DPOConfig(**{**options, **overrides})
+
+
+def spo_config(out: Path, steps: int) -> SPOConfig:
+    from reward_models.shapes import train_captions
+
+    return SPOConfig(
+        pretrained_model=str(TOY_MODEL_DIR),
+        output_dir=out,
+        prompts=tuple(train_captions()[:64]),
+        scorer="shapes-oracle",
+        score_scale=10.0,
+        resolution=TOY_IMAGE_SIZE,
+        max_steps=steps,
+    )
+
+
+def spm_config(dataset: Path, reward_model: Path, out: Path, steps: int) -> SPMConfig:
+    return SPMConfig(
+        pretrained_model=str(TOY_MODEL_DIR),
+        reward_model=str(reward_model),
+        dataset=dataset,
+        output_dir=out,
+        resolution=TOY_IMAGE_SIZE,
+        batch_size=8,
+        max_steps=steps,
+        eval_fraction=0.0,
+    )
+
+
+def run_one(job: dict) -> dict:
+    """Runs one configuration for ``job["steps"]`` steps in this process and measures it."""
+    torch.set_num_threads(job["threads"])
+    out, steps, recipe = Path(job["out"]), job["steps"], job["recipe"]
+    lr = None
+    cpu, wall = time.process_time(), time.perf_counter()
+    if recipe.startswith("dpo") and job["variant"] == "straightforward":
+        cfg = dpo_config(Path(job["dataset"]), out, recipe.removeprefix("dpo-"), steps)
+        step, unet = straightforward_dpo(cfg, torch.device("cpu"))
+        losses = []
+        for i in range(steps):
+            if i == 1:  # steps after the first: the steady figure
+                cpu, wall = time.process_time(), time.perf_counter()
+            losses.append(step(i).item())
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        final = out / "final"
+        if cfg.mode == "full":
+            unet.save_pretrained(final / "unet")
+        else:
+            dpo.write_lora(unet, False, final)
+        first_loss, lr, pairs = losses[0], cfg.learning_rate, cfg.batch_size * (steps - 1)
+        return measured(job, cpu, wall, pairs, first_loss, lr, steady=True)
+    if recipe.startswith("dpo"):
+        overrides = {"compile_unet": True} if job["variant"] == "compiled" else {}
+        cfg = dpo_config(Path(job["dataset"]), out, recipe.removeprefix("dpo-"), steps, **overrides)
+        dpo.main(cfg)
+        lr = cfg.learning_rate
+    elif recipe == "spo":
+        from training import spo
+
+        cfg = spo_config(out, steps)
+        spo.main(cfg)
+        lr = cfg.learning_rate
+    else:
+        from training import spm
+
+        cfg = spm_config(Path(job["dataset"]), Path(job["reward_model"]), out, steps)
+        spm.main(cfg)
+        lr = cfg.learning_rate
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    if recipe == "spo":
+        pairs = sum(m["pairs"] for m in metrics)
+    else:
+        pairs = cfg.batch_size * cfg.gradient_accumulation_steps * len(metrics)
+    return measured(job, cpu, wall, pairs, metrics[0].get("loss"), lr, steady=False)
+
+
+def measured(job: dict, cpu: float, wall: float, pairs: float, first_loss: float, lr: float, steady: bool):
+    return {
+        **job,
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "pairs": pairs,
+        "first_loss": first_loss,
+        "learning_rate": lr,
+        "steady": steady,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def in_fresh_process(job: dict) -> dict:
+    """Runs `run_one` in a new Python process with one thread and its own inductor cache."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(job["threads"]),
+        "TORCHINDUCTOR_CACHE_DIR": str(Path(job["out"]).parent / f"inductor-{Path(job['out']).name}"),
+    }
+    result = subprocess.run(
+        [sys.executable, __file__, "--job", json.dumps(job)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode:
+        raise RuntimeError(f"{job['recipe']} {job['variant']} failed:\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# --- comparing the configurations ----------------------------------------------------------------
+
+
+def weight_difference(a: Path, b: Path) -> tuple[float, int]:
+    """Largest absolute difference over every tensor of the safetensors files under ``b`` and their
+    namesakes under ``a`` (a full run's ``a`` also holds the frozen VAE and text encoder)."""
+    files = sorted(p.relative_to(b) for p in b.rglob("*.safetensors"))
+    if not files or not all((a / name).is_file() for name in files):
+        raise RuntimeError(f"{a} does not hold the weight files of {b}")
+    worst, n = 0.0, 0
+    for name in files:
+        x, y = load_file(a / name), load_file(b / name)
+        for key, tensor in x.items():
+            worst = max(worst, (tensor.float() - y[key].float()).abs().max().item())
+            n += tensor.numel()
+    return worst, n
+
+
+def steady(long: dict, short: dict) -> dict:
+    """Figures of the steps a long run made beyond a short one."""
+    cpu, wall = long["cpu_s"] - short["cpu_s"], long["wall_s"] - short["wall_s"]
+    pairs = long["pairs"] - short["pairs"]
+    return {
+        "pairs": pairs,
+        "cpu_s": round(cpu, 3),
+        "wall_s": round(wall, 3),
+        "pairs_per_cpu_s": round(pairs / cpu, 2),
+        "pairs_per_s": round(pairs / wall, 2),
+    }
+
+
+def bench_recipe(recipe: str, base: dict, steps: int, compile_too: bool, in_process: bool) -> dict:
+    """Both configurations of one recipe, alternated, and their comparison."""
+
+    def job(variant: str, n: int, tag: str) -> dict:
+        out = str(Path(base["root"]) / f"{recipe}-{variant}-{tag}")
+        spec = {**base, "recipe": recipe, "variant": variant, "steps": n, "out": out}
+        return run_one(spec) if in_process else in_fresh_process(spec)
+
+    out: dict = {"recipe": recipe, "steps": 1 + steps}
+    if recipe.startswith("dpo"):
+        setup = job("ours", 1, "setup")  # builds the feature cache
+        short = job("ours", 1, "short")
+        ours = job("ours", 1 + steps, "long")
+        straight = job("straightforward", 1 + steps, "long")
+        straight_steady = {
+            "pairs": straight["pairs"],
+            "cpu_s": round(straight["cpu_s"], 3),
+            "wall_s": round(straight["wall_s"], 3),
+            "pairs_per_cpu_s": round(straight["pairs"] / straight["cpu_s"], 2),
+            "pairs_per_s": round(straight["pairs"] / straight["wall_s"], 2),
+        }
+        out["feature_cache_cpu_s"] = round(setup["cpu_s"] - short["cpu_s"], 3)
+    else:
+        short = job("ours", 1, "short")
+        ours = job("ours", 1 + steps, "long")
+        straight_short = job("straightforward", 1, "short")
+        straight = job("straightforward", 1 + steps, "long")
+        straight_steady = steady(straight, straight_short)
+    out["ours"] = {**steady(ours, short), "peak_rss_mb": round(ours["peak_rss_mb"])}
+    out["straightforward"] = {**straight_steady, "peak_rss_mb": round(straight["peak_rss_mb"])}
+    out["ratio_pairs_per_cpu_s"] = round(
+        out["ours"]["pairs_per_cpu_s"] / straight_steady["pairs_per_cpu_s"], 2
+    )
+    out["ratio_pairs_per_s"] = round(out["ours"]["pairs_per_s"] / straight_steady["pairs_per_s"], 2)
+    out["first_loss"] = {"ours": ours["first_loss"], "straightforward": straight["first_loss"]}
+    worst, n = weight_difference(Path(ours["out"]) / "final", Path(straight["out"]) / "final")
+    out["weights"] = {
+        "tensors_elements": n,
+        "max_abs_difference": worst,
+        "in_lr_steps": worst / (ours["learning_rate"] * (1 + steps)),
+    }
+    if compile_too and recipe.startswith("dpo"):
+        compiled_short = job("compiled", 1, "short")
+        compiled = job("compiled", 1 + steps, "long")
+        out["compiled"] = {
+            **steady(compiled, compiled_short),
+            "compile_cpu_s": round(compiled_short["cpu_s"] - short["cpu_s"], 1),
+            "compile_wall_s": round(compiled_short["wall_s"] - short["wall_s"], 1),
+        }
+        saved = 1 / out["ours"]["pairs_per_cpu_s"] - 1 / out["compiled"]["pairs_per_cpu_s"]
+        out["compiled"]["pays_back_after_pairs"] = (
+            round(out["compiled"]["compile_cpu_s"] / saved) if saved > 0 else None
+        )
+    return out
+
+
+# --- single levers on the UNet ---------------------------------------------------------------------
+
+
+def levers(threads: int, batch: int, repeats: int = 5) -> dict:
+    """CPU milliseconds per call of single levers on the toy UNet, alternated, medians."""
+    from diffusers import UNet2DConditionModel
+
+    torch.set_num_threads(threads)
+    unet = UNet2DConditionModel.from_pretrained(TOY_MODEL_DIR, subfolder="unet")
+    generator = torch.Generator().manual_seed(0)
+    side = unet.config.sample_size
+    x = torch.randn(4 * batch, unet.config.in_channels, side, side, generator=generator)
+    hidden = torch.randn(4 * batch, 77, unet.config.cross_attention_dim, generator=generator)
+    t = torch.randint(1000, (4 * batch,), generator=generator)
+    n = 2 * batch  # winners and losers
+
+    def train(rows: int, sample: torch.Tensor) -> None:
+        unet(sample[:rows], t[:rows], hidden[:rows]).sample.pow(2).mean().backward()
+
+    def separate() -> None:
+        train(n, x)
+        with torch.no_grad():
+            unet(x[n:], t[n:], hidden[n:])
+
+    params = list(unet.parameters())
+    for p in params:
+        p.grad = torch.randn_like(p)
+    loop_adam = torch.optim.AdamW(params, lr=1e-5, foreach=False)
+    fused_adam = torch.optim.AdamW(params, lr=1e-5, fused=True)
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    cases = {
+        "policy_and_reference_as_two_calls": separate,
+        "policy_and_reference_in_one_call": lambda: train(2 * n, x),
+        "fwd_bwd_contiguous": lambda: train(n, x),
+        "fwd_bwd_channels_last": lambda: train(n, channels_last),
+        "adamw_loop": loop_adam.step,
+        "adamw_fused": fused_adam.step,
+    }
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            unet.to(memory_format=torch.channels_last if "channels_last" in name else torch.contiguous_format)
+            fn()
+            start = time.process_time()
+            fn()
+            times[name].append((time.process_time() - start) * 1000)
+    return {name: round(sorted(ms)[len(ms) // 2], 2) for name, ms in times.items()}
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+
+def make_dataset(home: Path, prompts: int) -> Path:
+    """Toy-model candidates for the first training captions, judged by the shapes oracle."""
+    from datastore.datasets import DatasetFilters, create_dataset_version
+    from datastore.store import Store
+    from labeling.ai_feedback import label_with_scorer
+    from reward_models.shapes import ShapesOracle, train_captions
+    from workbench.generation import GenerationConfig, generate_pairs
+    from workbench.pipelines import load_pipeline
+
+    store = Store.open(home)
+    pipe = load_pipeline(str(TOY_MODEL_DIR), device="cpu")
+    cfg = GenerationConfig(per_prompt=4, seed=0, batch_size=64, pool_k=0)
+    generate_pairs(store, pipe, "toy", train_captions()[:prompts], cfg, progress=False)
+    label_with_scorer(store, ShapesOracle(), kinds=("final",))
+    return create_dataset_version(store, "speed", DatasetFilters(kinds=("final",), include_ties=False)).path
+
+
+def tiny_reward_model(folder: Path) -> Path:
+    """A seeded tiny CLIP for the SPM recipe to start from (the tests' builder)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from tiny_clip import build_tiny_clip
+
+    return build_tiny_clip(folder)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--job", help=argparse.SUPPRESS)
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
+    parser.add_argument("--steps", type=int, default=30, help="Measured DPO steps N (after a first one).")
+    parser.add_argument("--spo-steps", type=int, default=3, help="Measured SPO steps.")
+    parser.add_argument("--spm-steps", type=int, default=20, help="Measured SPM steps.")
+    parser.add_argument("--prompts", type=int, default=48, help="Training captions to draw pairs for.")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--compile", action="store_true", help="Also time ours with compile_unet.")
+    parser.add_argument("--levers", action="store_true", help="Also time single levers on the UNet.")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="Run every configuration in this process (quick check; peak RSS is then the process's).",
+    )
+    parser.add_argument("--out", type=Path, help="Write the figures as JSON here too.")
+    args = parser.parse_args()
+    if args.job:
+        print(json.dumps(run_one(json.loads(args.job))))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        base = {
+            "root": str(root),
+            "threads": args.threads,
+            "dataset": str(make_dataset(root / "home", args.prompts)),
+        }
+        if "spm" in args.recipes:
+            base["reward_model"] = str(tiny_reward_model(root / "clip"))
+        figures: dict = {
+            "model": "toy",
+            "threads": args.threads,
+            "pairs_in_dataset": len(preference_pairs(base["dataset"])),
+            "recipes": {},
+        }
+        for recipe in args.recipes:
+            steps = {"spo": args.spo_steps, "spm": args.spm_steps}.get(recipe, args.steps)
+            figures["recipes"][recipe] = bench_recipe(recipe, base, steps, args.compile, args.in_process)
+            print(json.dumps(figures["recipes"][recipe], indent=2), flush=True)
+        if args.levers:
+            figures["levers_cpu_ms"] = levers(args.threads, batch=8)
+    print(json.dumps(figures, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

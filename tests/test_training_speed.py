@@ -1,0 +1,41 @@
+"""The training speed benchmark runs end to end for two steps of every recipe."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_training_speed_benchmark_compares_every_recipe_for_two_steps(tmp_path):
+    out = tmp_path / "speed.json"
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "training_speed.py"),
+        "--in-process",
+        "--prompts",
+        "6",
+    ]
+    command += ["--steps", "1", "--spo-steps", "1", "--spm-steps", "1", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    recipes = json.loads(out.read_text())["recipes"]
+    assert sorted(recipes) == ["dpo-full", "dpo-lora", "spm", "spo"]
+    for name, figures in recipes.items():
+        assert figures["steps"] == 2
+        for variant in ("ours", "straightforward"):
+            assert figures[variant]["pairs"] > 0 and figures[variant]["cpu_s"] > 0, (name, variant)
+        assert figures["ratio_pairs_per_cpu_s"] == round(
+            figures["ours"]["pairs_per_cpu_s"] / figures["straightforward"]["pairs_per_cpu_s"], 2
+        )
+        assert figures["first_loss"]["ours"] == figures["first_loss"]["straightforward"], name
+    for name in ("dpo-lora", "dpo-full"):
+        # Policy = reference at the first step, in both configurations.
+        assert math.isclose(recipes[name]["first_loss"]["ours"], math.log(2), abs_tol=1e-6)
+        # Same pairs, noise and timesteps: the weights agree up to rounding (well under one Adam step).
+        assert recipes[name]["weights"]["in_lr_steps"] < 0.1, recipes[name]["weights"]
+        assert recipes[name]["feature_cache_cpu_s"] > 0
