@@ -587,3 +587,93 @@ def test_fuzz_pickapic_rows_are_refused_by_row_and_column_or_imported_and_readab
     (prompts, images, pairs, judgments), media = _store_state(Store.open(store.home))
     assert pairs == judgments == report.judgments == 3
     assert images == len(media) == 6
+
+
+# 5. Training inputs ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_sd15(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_models import build_tiny_sd15
+
+    return build_tiny_sd15(tmp_path_factory.mktemp("sd15") / "sd15")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"learning_rate": "abc"}, "learning_rate must be a finite number, got 'abc'"),
+        ({"max_steps": 1.5}, "max_steps must be a whole number, got 1.5"),
+        ({"beta": float("inf")}, "beta must be a finite number, got inf"),
+        ({"random_flip": "yes"}, "random_flip must be true or false, got 'yes'"),
+        ({"lora_targets": "to_q"}, "lora_targets must be a list of str, got 'to_q'"),
+        ([1, 2], "must hold a JSON object of DPOConfig options, got a list"),
+    ],
+)
+def test_a_bad_config_json_is_refused_naming_the_field(tmp_path: Path, change, message: str) -> None:
+    from training.config import ConfigError, DPOConfig
+
+    base = {"pretrained_model": "/m", "dataset": "/d", "output_dir": str(tmp_path / "out")}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**base, **change} if isinstance(change, dict) else change))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        DPOConfig.from_json(path)
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot read the DPOConfig file"):
+        DPOConfig.from_json(path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_unet_weights_are_refused_when_the_config_is_made(tiny_sd15: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from tiny_models import tiny_dpo_config, write_snapshot
+
+    from training.config import ConfigError
+
+    model = Path(shutil.copytree(tiny_sd15, tmp_path / "model"))
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    snapshot = write_snapshot(tmp_path / "snapshot", n_pairs=2)
+    tiny_dpo_config(model, snapshot, tmp_path / "out")  # whole weights are accepted
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(ConfigError, match=f"pretrained_model: the weights file {re.escape(str(weights))} is truncated"):
+        tiny_dpo_config(model, snapshot, tmp_path / "out")
+
+
+def test_a_bad_snapshot_fails_before_any_training(tiny_sd15: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from tiny_models import tiny_dpo_config, write_snapshot
+
+    from training.data import SnapshotError
+    from training.dpo import main
+
+    good = write_snapshot(tmp_path / "good", n_pairs=2)
+
+    def csv_pairs(folder: Path) -> None:
+        (folder / "pairs.parquet").write_text("pair_id,prompt\n1,a red circle\n")
+
+    def corrupt_pairs(folder: Path) -> None:
+        data = bytearray((folder / "pairs.parquet").read_bytes())
+        data[4:40] = bytes(36)
+        (folder / "pairs.parquet").write_bytes(bytes(data))
+
+    def image_missing(folder: Path) -> None:
+        sorted((folder / "images").iterdir())[0].unlink()
+
+    def bad_manifest(folder: Path) -> None:
+        (folder / "manifest.json").write_text("{truncated")
+
+    cases = {
+        "pairs.parquet is not a readable Parquet file": csv_pairs,
+        "pairs.parquet is not a readable Parquet file:": corrupt_pairs,
+        "1 image file(s) named in pairs.parquet are missing": image_missing,
+        "manifest.json is not valid JSON": bad_manifest,
+    }
+    for message, damage in cases.items():
+        folder = Path(shutil.copytree(good, tmp_path / damage.__name__))
+        damage(folder)
+        out = tmp_path / f"out-{damage.__name__}"
+        with pytest.raises(SnapshotError, match=re.escape(message)):
+            main(tiny_dpo_config(tiny_sd15, folder, out))
+        assert not list(out.glob("checkpoints/*")) and not (out / "final").exists()  # nothing trained

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import struct
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +24,7 @@ SPMTrainable = Literal["modulation", "vision", "all"]
 FlipUnit = Literal["pair", "image"]
 VAELatents = Literal["mean", "sample"]
 SPMStepPairs = Literal["none", "completion", "all"]
+SPOStepJudge = Literal["x0", "completion"]
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
@@ -35,17 +39,23 @@ class ConfigError(TrainingError, ValueError):
 
 
 class RecipeConfig:
-    """What every recipe config dataclass shares: Literal checks, JSON out and in."""
+    """What every recipe config dataclass shares: type and Literal checks, JSON out and in."""
+
+    _MODEL_FIELDS = ("pretrained_model", "reward_model")
 
     def _check_choices(self) -> None:
-        """Raises ConfigError for a field typed ``Literal[...]`` whose value is not one of the choices."""
+        """Raises ConfigError naming the field: a value of the wrong type (``"abc"`` for a float,
+        1.5 for an int), a number that is not finite, a ``Literal[...]`` value not among its
+        choices, or a local model folder whose safetensors weights are truncated."""
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _check_type(f.name, value, hints[f.name])
             choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else ()
-            if choices and getattr(self, f.name) not in choices:
-                raise ConfigError(
-                    f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}"
-                )
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
+            if f.name in self._MODEL_FIELDS and value and Path(value).is_dir():
+                _check_weights(f.name, Path(value))
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the config as JSON-ready values (paths as strings, tuples as lists)."""
@@ -60,12 +70,76 @@ class RecipeConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> typing.Self:
         """Reads a config written by `to_dict` (or by hand); unknown keys are an error."""
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ConfigError(f"cannot read the {cls.__name__} file {path}: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a JSON object of {cls.__name__} options, got a {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(data.keys() - known)
         if unknown:
             raise ConfigError(f"unknown {cls.__name__} options in {path}: {', '.join(unknown)}")
-        return cls(**data)
+        hints = typing.get_type_hints(cls)
+        for name, value in data.items():
+            # JSON has no paths or tuples: a string for a path and a list for a tuple are what to_dict writes.
+            _check_type(name, value, hints[name], from_json=True)
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise ConfigError(f"{path}: {e}") from e
+
+
+def _check_type(name: str, value: Any, hint: Any, *, from_json: bool = False) -> None:
+    """Raises ConfigError unless ``value`` fits the field's type hint (bools are not numbers)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return  # checked against its choices
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        expected = "a finite number"
+    elif hint is int:
+        ok, expected = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+    elif hint is bool:
+        ok, expected = isinstance(value, bool), "true or false"
+    elif hint is str:
+        ok, expected = isinstance(value, str), "text"
+    elif hint is Path:
+        ok, expected = isinstance(value, str | Path), "a path"
+    elif origin is tuple:
+        element = args[0]
+        ok = isinstance(value, list if from_json else tuple | list) and all(
+            isinstance(v, element) and not isinstance(v, bool) for v in value
+        )
+        expected = f"a list of {element.__name__}"
+    else:
+        return
+    if not ok:
+        raise ConfigError(f"{name} must be {expected}, got {value!r}")
+
+
+def _check_weights(name: str, folder: Path) -> None:
+    """Raises ConfigError for a safetensors file under a local model folder that is not whole.
+
+    Cheap: reads each file's header and compares the data size it declares with the file's.
+    """
+    for file in sorted(folder.rglob("*.safetensors")):
+        size = file.stat().st_size
+        try:
+            with file.open("rb") as f:
+                (header_len,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(header_len)) if header_len < size else None
+            ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+            whole = 8 + header_len + max(ends, default=0) == size
+        except (OSError, struct.error, ValueError, TypeError, KeyError, IndexError, AttributeError):
+            whole = False
+        if not whole:
+            raise ConfigError(f"{name}: the weights file {file} is truncated or corrupt; copy or download it again")
 
 
 @dataclass
@@ -338,6 +412,12 @@ class SPOConfig(RecipeConfig):
     )
     max_timestep: int = option(
         750, help="Upper end of the trained timesteps (paper: about 750; 950 was much worse)."
+    )
+    step_judge: SPOStepJudge = option(
+        "x0",
+        help="What the scorer judges of a candidate: x0 = its decoded predicted x0 at its timestep (the paper, "
+        "for a step-aware scorer such as the SPM); completion = the finished image its deterministic (eta 0) "
+        "completion reaches (any final-image scorer; costs the remaining denoising steps per candidate).",
     )
     threshold: float = option(
         0.3,

@@ -26,6 +26,9 @@ class SnapshotError(TrainingError, ValueError):
 def read_pairs(snapshot: str | Path) -> pl.DataFrame:
     """Reads ``pairs.parquet`` of a snapshot, with image paths made absolute.
 
+    The whole snapshot is checked first, so that a bad one fails before any work: the manifest,
+    the Parquet file, its columns, and every image file it names.
+
     Args:
         snapshot: Snapshot folder.
 
@@ -34,29 +37,56 @@ def read_pairs(snapshot: str | Path) -> pl.DataFrame:
         absolute paths.
 
     Raises:
-        SnapshotError: The folder, the Parquet file or a needed column is missing.
+        SnapshotError: The folder, the manifest, the Parquet file, a needed column or an image
+            file is missing or malformed.
     """
     folder = Path(snapshot)
     table_path = folder / "pairs.parquet"
     if not table_path.is_file():
         raise SnapshotError(f"{folder} is not a dataset snapshot: {table_path} does not exist")
-    table = pl.read_parquet(table_path)
+    snapshot_hash(folder)
+    try:
+        table = pl.read_parquet(table_path)
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise SnapshotError(f"{table_path} is not a readable Parquet file: {e}") from e
     missing = [c for c in PAIR_COLUMNS if c not in table.columns]
     if missing:
         raise SnapshotError(f"{table_path} lacks the columns {', '.join(missing)}")
-    root = str(folder.resolve())
+    root = folder.resolve()
+    names = set(table["image_0"].to_list()) | set(table["image_1"].to_list())
+    absent = sorted(
+        str(n) for n in names
+        if not isinstance(n, str) or not (root / n).resolve().is_relative_to(root) or not (root / n).is_file()
+    )  # fmt: skip
+    if absent:
+        raise SnapshotError(
+            f"{folder}: {len(absent)} image file(s) named in pairs.parquet are missing or outside the snapshot, "
+            f"e.g. {absent[0]}"
+        )
     return table.sort("pair_id").with_columns(
-        (pl.lit(root + "/") + pl.col("image_0")).alias("image_0"),
-        (pl.lit(root + "/") + pl.col("image_1")).alias("image_1"),
+        (pl.lit(str(root) + "/") + pl.col("image_0")).alias("image_0"),
+        (pl.lit(str(root) + "/") + pl.col("image_1")).alias("image_1"),
     )
 
 
 def snapshot_hash(snapshot: str | Path) -> str:
-    """Returns the snapshot's content hash from its ``manifest.json``."""
+    """Returns the snapshot's content hash from its ``manifest.json``.
+
+    Raises:
+        SnapshotError: the manifest is missing, not JSON, or has no content hash.
+    """
     manifest = Path(snapshot) / "manifest.json"
     if not manifest.is_file():
         raise SnapshotError(f"{Path(snapshot)} is not a dataset snapshot: {manifest} does not exist")
-    return json.loads(manifest.read_text())["content_hash"]
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise SnapshotError(f"{manifest} is not valid JSON: {e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("content_hash"), str):
+        raise SnapshotError(f"{manifest} must be a JSON object with a content_hash")
+    if not isinstance(data.get("id", ""), str):
+        raise SnapshotError(f"{manifest}: id must be text, got {data['id']!r}")
+    return data["content_hash"]
 
 
 @dataclass(frozen=True)
