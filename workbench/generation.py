@@ -18,6 +18,7 @@ import json
 import random
 import secrets
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -327,7 +328,8 @@ def generate_pairs(
     Each candidate has its own generator seeded with `image_seed`, so it is reproducible alone:
     the same base seed gives the same image bytes. Candidates of several prompts share a UNet
     batch. Per batch of prompts, the image files are written first, then one transaction records
-    the prompts, the model, one ``generations`` row per image, the images and the pairs.
+    the prompts, the model, one ``generations`` row per image, the images and the pairs; a writer
+    thread does this (PNG encoding, hashing, files, transaction) while the next batch is denoised.
 
     Args:
         store: Where images and rows go.
@@ -355,7 +357,43 @@ def generate_pairs(
     base_seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
     report = GenerationReport(seed=base_seed, prompts=len(prompts))
     n = cfg.per_prompt
-    with tqdm(total=len(prompts) * n, unit="img", desc="final pairs", disable=not progress) as bar:
+
+    def write(batch: Sequence[str], seeds: list[int], images: list) -> None:
+        stored = [store.media.put_image(image) for image in images]
+        with store.write() as con:
+            model_id = register_model(con, model_name, _model_path(pipe))
+            prompt_ids = upsert_prompts(con, batch)
+            rows, pairs = [], []
+            for p, prompt in enumerate(batch):
+                mine = stored[p * n : (p + 1) * n]
+                for j, image in enumerate(mine):
+                    generation_id = insert_generation(
+                        con,
+                        model_id=model_id,
+                        prompt_id=prompt_ids[prompt],
+                        seed=seeds[p * n + j],
+                        sampler=SAMPLER,
+                        steps=cfg.num_inference_steps,
+                        guidance=cfg.guidance_scale,
+                        width=width,
+                        height=height,
+                        params=_sampler_params(scheduler, cfg, base_seed, kind="final", candidate=j),
+                    )
+                    rows.append(ImageRow(image=image, generation_id=generation_id))
+                rng = random.Random(derive_seed(base_seed, prompt, "pairing"))
+                pairs += _pairs_of(mine, cfg.pairing, rng, report, prompt_id=prompt_ids[prompt], kind="final")
+            insert_images(con, rows)
+            insert_pairs(con, pairs)
+        report.images += len(images)
+        report.pairs += len(pairs)
+
+    # One batch is written while the next is denoised; only the writer touches the report and the
+    # store until its batch is done, and a failed write raises here at the next batch or the end.
+    with (
+        tqdm(total=len(prompts) * n, unit="img", desc="final pairs", disable=not progress) as bar,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as writer,
+    ):
+        written: Future | None = None
         for batch in _chunks(prompts, max(1, cfg.batch_size // n)):
             text = encode_prompts(pipe, batch, height=height, width=width)
             seeds = [image_seed(base_seed, prompt, j) for prompt in batch for j in range(n)]
@@ -375,35 +413,11 @@ def generate_pairs(
                 )
                 images.extend(decode(pipe, latents, cfg.batch_size))
                 bar.update(len(part))
-            stored = [store.media.put_image(image) for image in images]
-            with store.write() as con:
-                model_id = register_model(con, model_name, _model_path(pipe))
-                prompt_ids = upsert_prompts(con, batch)
-                rows, pairs = [], []
-                for p, prompt in enumerate(batch):
-                    mine = stored[p * n : (p + 1) * n]
-                    for j, image in enumerate(mine):
-                        generation_id = insert_generation(
-                            con,
-                            model_id=model_id,
-                            prompt_id=prompt_ids[prompt],
-                            seed=seeds[p * n + j],
-                            sampler=SAMPLER,
-                            steps=cfg.num_inference_steps,
-                            guidance=cfg.guidance_scale,
-                            width=width,
-                            height=height,
-                            params=_sampler_params(scheduler, cfg, base_seed, kind="final", candidate=j),
-                        )
-                        rows.append(ImageRow(image=image, generation_id=generation_id))
-                    rng = random.Random(derive_seed(base_seed, prompt, "pairing"))
-                    pairs += _pairs_of(
-                        mine, cfg.pairing, rng, report, prompt_id=prompt_ids[prompt], kind="final"
-                    )
-                insert_images(con, rows)
-                insert_pairs(con, pairs)
-            report.images += len(images)
-            report.pairs += len(pairs)
+            if written is not None:
+                written.result()
+            written = writer.submit(write, batch, seeds, images)
+        if written is not None:
+            written.result()
     return report
 
 
