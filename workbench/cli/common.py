@@ -20,8 +20,10 @@ from reward_models.base import ScorerError
 from workbench.errors import WorkbenchError
 from workbench.settings import Settings
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: a line of text is never broken by us (the terminal wraps it), so what a command
+# prints reads the same at any width; tables are drawn to the width (see print_table).
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (StoreError, ScorerError, WorkbenchError, LabelingError)
 """Errors a user can act on: printed as one line, exit code 1, no traceback."""
