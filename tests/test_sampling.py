@@ -22,7 +22,7 @@ from reward_models.base import Scorer
 from training.config import SPOConfig
 from training.dpo import Features, load_parts
 from training.sampling import complete, decode, denoise, latent_shape, predict_noise, vae_scale_factor
-from training.spo import conditioning, judge_pools, main, pool_steps, sample_pools
+from training.spo import candidate_images, conditioning, judge_pools, main, pool_steps, sample_pools
 from workbench import sampling as pipeline_sampling
 from workbench.generation import GenerationConfig, ddim_scheduler, generate_pairs, generate_step_pools
 from workbench.pipelines import load_pipeline
@@ -111,7 +111,9 @@ def test_generation_and_spo_decode_at_the_requested_resolution(models, factor, t
         assert [p.step for p in pools] == [2, 3, 4] == list(pool_steps(scheduler, spo))
         latent_side = resolution // pipe.vae_scale_factor
         assert pools[0].candidates.shape == (2, 4, 4, latent_side, latent_side)
-        pairs, _ = judge_pools(pools, parts, PROMPTS, scorer, spo)
+        images, timesteps = candidate_images(pools, parts.unet, parts, scheduler, text, spo)
+        assert timesteps == [p.timestep for p in pools for _ in range(8)]
+        pairs, _ = judge_pools(pools, images, timesteps, PROMPTS, scorer, spo)
         assert scorer.sizes == {(resolution, resolution)}
         assert len(pairs) > 0 and pairs.winner.shape[-1] == latent_side
 
@@ -282,3 +284,43 @@ def test_completion_previews_are_stored_for_every_candidate(models, tmp_path) ->
         preview_path = con.execute("SELECT path FROM images WHERE id = ?", [preview_id]).fetchone()[0]
     actual = np.asarray(store.media.open_image(preview_path), dtype=np.int16)
     assert np.abs(actual - expected).max() <= 1
+
+
+def test_spo_completion_judge_scores_the_finished_images_of_the_candidates(models, tmp_path) -> None:
+    path = models[4]
+    side = resolution_of(path)
+    spo = SPOConfig(
+        pretrained_model=str(path),
+        output_dir=tmp_path / "spo",
+        prompts=tuple(PROMPTS),
+        resolution=side,
+        num_inference_steps=4,
+        warmup_steps=1,
+        max_timestep=999,
+        num_candidates=2,
+        step_judge="completion",
+    )
+    parts = load_parts(str(path))
+    scheduler = DDIMScheduler.from_config(parts.noise_scheduler.config)
+    scheduler.set_timesteps(4)
+    text = conditioning(Features(parts, side, torch.device("cpu")), PROMPTS, False, side)
+    pools = sample_pools(
+        parts.unet, parts, scheduler, text, [torch.Generator().manual_seed(s) for s in (5, 6)], spo
+    )
+    images, timesteps = candidate_images(pools, parts.unet, parts, scheduler, text, spo)
+    assert len(images) == 3 * 2 * 2 and set(timesteps) == {0}
+    # The first pool's candidates (step 2), completed by hand.
+    repeated = text.select(torch.arange(2).repeat_interleave(2))
+    finished = complete(
+        parts.unet,
+        scheduler,
+        repeated,
+        pools[0].candidates.flatten(0, 1),
+        from_step=2,
+        guidance_scale=spo.guidance_scale,
+    )
+    for image, expected in zip(images[:4], decode(parts.vae, finished), strict=True):
+        assert np.abs(np.asarray(image, dtype=np.int16) - np.asarray(expected, dtype=np.int16)).max() <= 1
+    # The last pool's candidates are finished images already: their completion is themselves.
+    last = decode(parts.vae, pools[-1].candidates.flatten(0, 1))
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images[-4:], last, strict=True))

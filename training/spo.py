@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from diffusers import DDIMScheduler, UNet2DConditionModel
+from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -37,7 +38,15 @@ from training.ddim import ddim_step, transition_log_prob, transition_std
 from training.dpo import Features, Parts, add_lora, load_parts, write_lora
 from training.losses import spo_step_loss
 from training.runs import Run, check_finite, replace_folder
-from training.sampling import StepPool, TextConditioning, decode, denoise, guided_output, latent_shape
+from training.sampling import (
+    StepPool,
+    TextConditioning,
+    complete,
+    decode,
+    denoise,
+    guided_output,
+    latent_shape,
+)
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -132,7 +141,8 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
         generators = chain_generators(cfg.seed, step, accelerator.process_index, len(batch_prompts))
         with accelerator.autocast():
             pools = sample_pools(base_unet, parts, scheduler, text, generators, cfg)
-        pairs, stats = judge_pools(pools, parts, batch_prompts, scorer, cfg)
+            images, judged_at = candidate_images(pools, base_unet, parts, scheduler, text, cfg)
+        pairs, stats = judge_pools(pools, images, judged_at, batch_prompts, scorer, cfg)
         sampled = time.perf_counter()
         unet.train()
         step += 1
@@ -228,16 +238,62 @@ def sample_pools(
 
 
 @torch.no_grad()
+def candidate_images(
+    pools: list[StepPool],
+    unet: UNet2DConditionModel,
+    parts: Parts,
+    scheduler: DDIMScheduler,
+    text: TextConditioning,
+    cfg: SPOConfig,
+) -> tuple[list[Image.Image], list[int]]:
+    """What the scorer judges for every candidate of every pool, pool-major, and the timestep it is judged at.
+
+    ``step_judge`` x0: each candidate's decoded predicted x0, at the candidate's timestep (the
+    paper, for a step-aware scorer). completion: the finished image of the candidate's
+    deterministic (eta 0) completion, at t = 0: what a final-image scorer, or a person looking at
+    completion previews, judges a continuation by.
+    """
+    n_chains, k = pools[0].candidates.shape[:2]
+    if cfg.step_judge == "x0":
+        latents = torch.cat([pool.pred_x0.flatten(0, 1) for pool in pools])
+        timesteps = [pool.timestep for pool in pools for _ in range(n_chains * k)]
+    else:
+        candidate_text = text.select(torch.arange(n_chains, device=text.hidden.device).repeat_interleave(k))
+        latents = torch.cat(
+            [
+                complete(
+                    unet,
+                    scheduler,
+                    candidate_text,
+                    pool.candidates.flatten(0, 1),
+                    from_step=pool.step,
+                    guidance_scale=cfg.guidance_scale,
+                )
+                for pool in pools
+            ]
+        )
+        timesteps = [0] * len(latents)
+    # The VAE decodes fastest on CPU in batches of about 32.
+    return decode(parts.vae, latents, 32), timesteps
+
+
+@torch.no_grad()
 def judge_pools(
-    pools: list[StepPool], parts: Parts, prompts: list[str], scorer: Scorer, cfg: SPOConfig
+    pools: list[StepPool],
+    images: list[Image.Image],
+    timesteps: list[int],
+    prompts: list[str],
+    scorer: Scorer,
+    cfg: SPOConfig,
 ) -> tuple[StepPairs, dict[str, float]]:
-    """Scores every candidate's decoded predicted x0 at its timestep and keeps the decisive best-worst pairs.
+    """Scores every candidate's image and keeps each pool's best-worst pair when it is decisive.
 
     Args:
         pools: The pools of B chains (`sample_pools`).
-        parts: Supplies the VAE.
+        images: What is judged of each candidate, pool-major (`candidate_images`).
+        timesteps: The timestep each image is judged at.
         prompts: The B chains' prompts, for the scorer.
-        scorer: Judges decoded predicted x0s.
+        scorer: Judges the images.
         cfg: Run config (threshold, score scale).
 
     Returns:
@@ -247,9 +303,6 @@ def judge_pools(
     """
     stats = {"pairs": 0.0, "pools": 0.0, "scored": 0.0, "score_sum": 0.0, "gap_sum": 0.0}
     n_chains, k = pools[0].candidates.shape[:2]
-    # Every candidate of every pool in one decode and one scorer call.
-    images = decode(parts.vae, torch.cat([pool.pred_x0.flatten(0, 1) for pool in pools]), n_chains * k)
-    timesteps = [pool.timestep for pool in pools for _ in range(n_chains * k)]
     scores = scorer.score(images, [p for _ in pools for p in prompts for _ in range(k)], timesteps)
     scores = torch.from_numpy(np.asarray(scores, dtype=np.float64) * cfg.score_scale).view(len(pools), n_chains, k)
 
