@@ -84,7 +84,8 @@ class Store:
         return store
 
     def record_judgment(self, judgment: NewJudgment) -> int:
-        """Record one judgment through the inbox; returns its inbox row id once it is on disk.
+        """Record one judgment through the inbox; returns its inbox row id once it is on disk, or 0
+        when its ``idempotency_key`` was accepted before (a resend: nothing is written).
 
         Takes a few milliseconds and never waits for DuckDB: the judgment is applied by the next
         ``read()`` or ``write()`` of any process, so every read started after this returns sees
