@@ -280,7 +280,7 @@ def test_a_removed_admin_loses_the_train_pages_job_panel_without_a_reload(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from playwright.sync_api import sync_playwright
-    from test_annotate_browser import CHROMIUM_ARGS, _free_port, serving
+    from test_annotate_browser import CHROMIUM_ARGS, free_port, serving, streamlit_command
 
     from workbench.access import add_user, remove_user
 
@@ -290,13 +290,8 @@ def test_a_removed_admin_loses_the_train_pages_job_panel_without_a_reload(
     add_user(store, users, "bob", "admin", "bob's password")  # with no user left, nobody need sign in
     monkeypatch.setenv("WORKBENCH_REQUIRE_SIGN_IN", "1")
     monkeypatch.delenv("WORKBENCH_USERS_FILE", raising=False)
-    port = _free_port()
-    command = [
-        sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
-        "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-        "--browser.gatherUsageStats", "false",
-    ]  # fmt: skip
-    with serving(command, store.home, port) as url, sync_playwright() as p:
+    port = free_port()
+    with serving(streamlit_command(port), store.home, port) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1200})
         page.set_default_timeout(120_000)
