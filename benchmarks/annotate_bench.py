@@ -5,10 +5,15 @@
 Builds a store in a temporary folder: shapes-world images (shared among pairs), 100,000 pairs
 bulk-inserted with SQL (one in 50 gold), and judgments by 50 people on a third of them. Then:
 
-- queue: ``next_pair`` and ``record_answer`` latency through the library (one process);
-- browser: ``workbench app`` serves the store, chromium (playwright) enters a name and answers
-  pairs with the keys 1-4; the figure is the time from a key press to the next pair's images
-  being on screen;
+- queue: ``next_pair``, ``record_answer`` and ``next_pairs`` (a browser's batch of 5, leased)
+  latency through the library (one process);
+- browser: ``workbench app`` serves the store and chromium (playwright) judges on the Annotate
+  page's widget. First one session presses 1-4 ``--presses`` times with no pause (the next press
+  as soon as a pair is on screen), then ``--sessions`` sessions annotate at once for
+  ``--session-seconds``. Key press to next pair painted is the widget's own performance measure
+  (the key event's time to the frame after the swap); every press is checked in the store
+  (once, against the pair on screen, with its side); the server's CPU time per judgment is read
+  from /proc;
 - scorers: images per second of the shapes oracle and of a tiny CLIP on the CPU, and pairs per
   second of ``label_with_scorer`` with the oracle (store reads and writes included).
 """
@@ -16,6 +21,7 @@ bulk-inserted with SQL (one in 50 gold), and judgments by 50 people on a third o
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import random
@@ -26,6 +32,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +48,7 @@ from tiny_clip import build_tiny_clip_model, build_tiny_clip_processor  # noqa: 
 
 from datastore.store import Store  # noqa: E402
 from labeling.ai_feedback import label_with_scorer  # noqa: E402
-from labeling.queue import QueueConfig, answer_and_next, human_annotator, next_pair, record_answer  # noqa: E402
+from labeling.queue import QueueConfig, human_annotator, next_pair, next_pairs, record_answer  # noqa: E402
 from reward_models.clip import ClipScorer  # noqa: E402
 from reward_models.shapes import ShapesOracle, all_captions, render  # noqa: E402
 
@@ -100,9 +108,10 @@ def fill(store: Store, n_pairs: int, n_images: int, n_judged: int) -> dict:
 
 
 def bench_queue(store: Store, answers: int) -> dict:
+    """Library latencies: one pair read, one answer through the inbox, a browser's batch of 5 leased."""
     annotator = human_annotator(store, "bench queue")
     config = QueueConfig()
-    fetch, write, both = [], [], []
+    fetch, write, batch = [], [], []
     for _ in range(answers):
         start = time.perf_counter()
         item, _ = next_pair(store, annotator, config=config)
@@ -110,12 +119,11 @@ def bench_queue(store: Store, answers: int) -> dict:
         start = time.perf_counter()
         record_answer(store, item, annotator, "left")
         write.append(time.perf_counter() - start)
-    item, _ = next_pair(store, annotator, config=config)
-    for _ in range(answers):
+    for _ in range(answers // 5):
         start = time.perf_counter()
-        item, _ = answer_and_next(store, item, annotator, "right", config=config)
-        both.append(time.perf_counter() - start)
-    return {"next_pair": _percentiles(fetch), "record_answer": _percentiles(write), "answer_and_next": _percentiles(both)}
+        next_pairs(store, annotator, 5, config=config)
+        batch.append(time.perf_counter() - start)
+    return {"next_pair": _percentiles(fetch), "record_answer": _percentiles(write), "next_pairs_5": _percentiles(batch)}
 
 
 def _free_port() -> int:
@@ -138,50 +146,145 @@ def _wait_healthy(port: int, proc: subprocess.Popen, timeout_s: float = 120) -> 
     raise RuntimeError(f"the app did not answer on port {port} within {timeout_s} s")
 
 
-# The id of the pair on screen, once the run is over and both images have loaded: what the annotator sees.
-_SHOWN_JS = """() => {
-    if (document.querySelector('[data-stale="true"]')) return null;
-    const code = document.querySelector('[data-testid="stCaptionContainer"] code');
-    const imgs = [...document.querySelectorAll('[data-testid="stImage"] img')];
-    if (!code || imgs.length !== 2 || !imgs.every(i => i.complete && i.naturalWidth > 0)) return null;
-    return code.textContent;
-}"""
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_browser(home: Path, presses: int, screenshot: Path | None) -> dict:
-    from playwright.sync_api import sync_playwright
-
+@contextmanager
+def serving(home: Path) -> Iterator[tuple[str, int]]:
+    """``workbench app`` on the store; yields its URL and process id."""
     port = _free_port()
-    env = {**os.environ, "WORKBENCH_HOME": str(home)}
     workbench = Path(sys.executable).parent / "workbench"
-    proc = subprocess.Popen([str(workbench), "app", "--port", str(port)], env=env,
+    proc = subprocess.Popen([str(workbench), "app", "--port", str(port)], env={**os.environ, "WORKBENCH_HOME": str(home)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_healthy(port, proc)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"http://127.0.0.1:{port}/annotate")
-            name = page.get_by_label("Your name")
-            name.fill("bench browser")
-            name.press("Enter")
-            page.wait_for_function(_SHOWN_JS, timeout=60_000)
-            latencies = []
-            for i in range(presses):
-                before = page.evaluate(_SHOWN_JS)
-                start = time.perf_counter()
-                page.keyboard.press("1234"[i % 4])
-                page.wait_for_function(f"(before) => {{ const s = ({_SHOWN_JS})(); return s && s !== before; }}",
-                                       arg=before, polling="raf", timeout=60_000)
-                latencies.append(time.perf_counter() - start)
-            if screenshot is not None:
-                screenshot.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(screenshot))
-            browser.close()
+        yield f"http://127.0.0.1:{port}", proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    return _percentiles(latencies)
+
+
+# In the widget's frame: the pair on screen once its images have loaded (null while none is).
+_ON_SCREEN = """() => {
+    const id = document.getElementById('root').dataset.pair;
+    const imgs = [...document.querySelectorAll('#pair img')];
+    return id && imgs.length && imgs.every(i => i.complete && i.naturalWidth > 0) ? Number(id) : null;
+}"""
+_SAVED = "() => document.getElementById('status').dataset.state === 'saved'"
+_MEASURES = """() => performance.getEntriesByType('measure')
+    .filter(m => m.name.startsWith('judge-next-')).map(m => m.duration)"""
+
+
+async def _open(browser, url: str, name: str):
+    page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(180_000)
+    await page.goto(f"{url}/annotate?annotator={name}")
+    await page.wait_for_selector("iframe")
+    frame = next(f for f in page.frames if "/component/" in f.url)
+    await frame.wait_for_function(_ON_SCREEN)
+    return page, frame
+
+
+async def _annotate(page, frame, *, presses: int | None, until: float | None, think_s: float) -> dict:
+    """Press 1-4 as soon as a pair is on screen (plus ``think_s``), ``presses`` times or until ``until``."""
+    stalls, stalled_s, i = 0, 0.0, 0
+    while (presses is None or i < presses) and (until is None or time.monotonic() < until):
+        if await frame.evaluate(_ON_SCREEN) is None:  # the browser's queue ran dry: wait for pairs
+            stalls += 1
+            start = time.monotonic()
+            await frame.wait_for_function(_ON_SCREEN, polling="raf")
+            stalled_s += time.monotonic() - start
+        await page.keyboard.press("1234"[i % 4])
+        i += 1
+        if think_s:
+            await asyncio.sleep(think_s)
+    await frame.wait_for_function(_SAVED)
+    return {
+        "presses": i,
+        "log": await frame.evaluate("() => window.judgeLog"),
+        "ignored": await frame.evaluate("() => window.judgeIgnored"),
+        "measures_ms": await frame.evaluate(_MEASURES),
+        "stalls": stalls,
+        "stalled_s": round(stalled_s, 2),
+    }
+
+
+def _outcome(entry: dict, left: str) -> str:
+    return {"left": left, "right": "b" if left == "a" else "a"}.get(entry["side"], entry["side"])
+
+
+def _check_stored(store: Store, name: str, log: list[dict]) -> dict:
+    """Each press of the log in the store once, against the pair that was on screen, with its side."""
+    with store.read() as con:
+        rows = con.execute(
+            "SELECT j.idempotency_key, j.pair_id, j.outcome, j.left_image FROM judgments j "
+            "JOIN annotators a ON a.id = j.annotator_id WHERE a.name = ?",
+            [name],
+        ).fetchall()
+    by_key = {key: (pair, outcome, left) for key, pair, outcome, left in rows}
+    right = sum(1 for e in log if e["key"] in by_key and by_key[e["key"]][:2] == (e["pair"], _outcome(e, by_key[e["key"]][2])))
+    pairs = [pair for pair, _, _ in by_key.values()]
+    return {"stored": len(rows), "right_pair_and_side": right, "duplicate_pairs": len(pairs) - len(set(pairs))}
+
+
+def _ms(values: list[float]) -> dict:
+    return _percentiles([v / 1000 for v in values])
+
+
+def bench_browser(
+    store: Store, presses: int, sessions: int, session_s: float, think_s: float, screenshot: Path | None
+) -> dict:
+    """One session pressing ``presses`` times without pause, then ``sessions`` at once for ``session_s``."""
+    from playwright.async_api import async_playwright
+
+    async def run() -> dict:
+        results = {}
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            with serving(store.home) as (url, pid):
+                page, frame = await _open(browser, url, "bench burst")
+                cpu = _cpu_s(pid)
+                burst = await _annotate(page, frame, presses=presses, until=None, think_s=0.0)
+                cpu = _cpu_s(pid) - cpu
+                results["burst"] = {
+                    "press_to_painted": _ms(burst["measures_ms"]),
+                    "server_cpu_ms_per_judgment": round(1000 * cpu / max(1, len(burst["log"])), 1),
+                    **{k: burst[k] for k in ("presses", "ignored", "stalls", "stalled_s")},
+                    **_check_stored(store, "bench burst", burst["log"]),
+                }
+                if screenshot is not None:
+                    screenshot.parent.mkdir(parents=True, exist_ok=True)
+                    await page.screenshot(path=str(screenshot))
+                await page.close()
+                opened = [await _open(browser, url, f"bench session {k}") for k in range(sessions)]
+                cpu, start = _cpu_s(pid), time.monotonic()
+                done = await asyncio.gather(
+                    *(_annotate(pg, fr, presses=None, until=start + session_s, think_s=think_s) for pg, fr in opened)
+                )
+                seconds, cpu = time.monotonic() - start, _cpu_s(pid) - cpu
+                checks = [_check_stored(store, f"bench session {k}", d["log"]) for k, d in enumerate(done)]
+                judged = sum(len(d["log"]) for d in done)
+                results["sessions"] = {
+                    "sessions": sessions,
+                    "seconds": round(seconds, 1),
+                    "think_s": think_s,
+                    "presses": sum(d["presses"] for d in done),
+                    "judgments_logged": judged,
+                    "stored": sum(c["stored"] for c in checks),
+                    "right_pair_and_side": sum(c["right_pair_and_side"] for c in checks),
+                    "duplicate_pairs_per_annotator": sum(c["duplicate_pairs"] for c in checks),
+                    "ignored": sum(d["ignored"] for d in done),
+                    "stalls": sum(d["stalls"] for d in done),
+                    "press_to_painted": _ms([m for d in done for m in d["measures_ms"]]),
+                    "server_cpu_ms_per_judgment": round(1000 * cpu / max(1, judged), 1),
+                }
+            await browser.close()
+        return results
+
+    return asyncio.run(run())
 
 
 def bench_scorers(n_images: int) -> dict:
@@ -214,9 +317,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--judged", type=int, default=33_000, help="pairs that get two judgments each")
     parser.add_argument("--answers", type=int, default=100, help="queue answers through the library")
-    parser.add_argument("--presses", type=int, default=60, help="key presses in the browser")
+    parser.add_argument("--presses", type=int, default=200, help="key presses without pause in one browser session")
+    parser.add_argument("--sessions", type=int, default=8, help="browser sessions annotating at once")
+    parser.add_argument("--session-seconds", type=float, default=120.0, help="how long the sessions annotate")
+    parser.add_argument("--think", type=float, default=0.25, help="seconds between a session's presses")
     parser.add_argument("--scorer-images", type=int, default=1024)
     parser.add_argument("--ai-pairs", type=int, default=2000)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["queue", "browser", "ai", "scorers"])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--screenshot", type=Path, help="save the Annotate page after the presses (PNG)")
     args = parser.parse_args()
@@ -226,14 +333,20 @@ def main() -> None:
         store = Store.open(Path(tmp) / "home")
         results["store"] = fill(store, args.pairs, args.images, args.judged)
         print("store", results["store"], flush=True)
-        results["queue"] = bench_queue(store, args.answers)
-        print("queue", results["queue"], flush=True)
-        results["browser"] = bench_browser(store.home, args.presses, args.screenshot)
-        print("browser", results["browser"], flush=True)
-        results["ai_labeling"] = bench_ai_labeling(store, args.ai_pairs)
-        print("ai_labeling", results["ai_labeling"], flush=True)
-    results["scorers"] = bench_scorers(args.scorer_images)
-    print("scorers", results["scorers"], flush=True)
+        if "queue" not in args.skip:
+            results["queue"] = bench_queue(store, args.answers)
+            print("queue", results["queue"], flush=True)
+        if "browser" not in args.skip:
+            results["browser"] = bench_browser(
+                store, args.presses, args.sessions, args.session_seconds, args.think, args.screenshot
+            )
+            print("browser", json.dumps(results["browser"]), flush=True)
+        if "ai" not in args.skip:
+            results["ai_labeling"] = bench_ai_labeling(store, args.ai_pairs)
+            print("ai_labeling", results["ai_labeling"], flush=True)
+    if "scorers" not in args.skip:
+        results["scorers"] = bench_scorers(args.scorer_images)
+        print("scorers", results["scorers"], flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from labeling_data import add_shapes_pairs
 from playwright.sync_api import Browser, Frame, Page, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
 from datastore.store import Store
 
@@ -81,9 +82,24 @@ def open_widget(browser: Browser, url: str, name: str, page_path: str = "annotat
     page.set_default_timeout(120_000)  # a busy machine can take long to load the page
     page.goto(f"{url}/{page_path}?annotator={name}")
     page.wait_for_selector("iframe")
-    frame = next(f for f in page.frames if "/component/" in f.url)
+    frame = _widget_frame(page)
     wait_for_pair(frame)
     return page, frame
+
+
+def _widget_frame(page: Page) -> Frame:
+    """The widget's frame once its page has one that is attached and rendered."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for frame in page.frames:
+            if "/component/" in frame.url and not frame.is_detached():
+                try:
+                    frame.wait_for_function("() => window.judgeLog !== undefined", timeout=5_000)
+                    return frame
+                except PlaywrightError:  # detached while waiting: look again
+                    continue
+        time.sleep(0.2)
+    raise AssertionError("no judging widget on the page within 120 s")
 
 
 def wait_for_pair(frame: Frame) -> int:
@@ -213,11 +229,16 @@ def test_a_server_restart_mid_session_loses_and_duplicates_nothing(home: Path) -
             wait_for_pair(frame)
         frame.wait_for_function("() => document.getElementById('status').dataset.state === 'offline'")
         assert len(stored(store, "ray")) == 4
+        log = judge_log(frame)
         with serving(streamlit_command(port), home, port):
+            # The page reconnects by itself; its widget frame may be a new one, whose unsent
+            # answers come from the browser's storage.
+            page.wait_for_function("() => document.querySelector('iframe') !== null")
+            frame = _widget_frame(page)
             wait_saved(frame)
             page.keyboard.press("4")
             wait_saved(frame)
-            log = judge_log(frame)
+            log += [e for e in judge_log(frame) if e not in log]
     assert len([e for e in log if "side" in e]) == 8
     assert_log_stored(store, "ray", log)
 

@@ -5,8 +5,8 @@ custom component) holds the next pairs with their images and owns the keyboard: 
 shows the next pair at once, and the answer goes to the server in the background with the pair
 that was on screen and an idempotency key. Each message from the widget reruns only the widget's
 fragment, which records the answers and undos (`labeling.queue`), tops the browser's queue up to
-``prefetch`` leased pairs, and acknowledges the keys it handled; the widget resends what is not
-acknowledged.
+``prefetch`` leased pairs once half of it is gone, and acknowledges the keys it handled; the
+widget resends what is not acknowledged.
 """
 
 from __future__ import annotations
@@ -142,11 +142,13 @@ class _Session:
 
     Attributes:
         handed: payloads of the pairs handed to the browser and not yet answered or skipped.
+        paths: media path of each image of those payloads.
         handled: idempotency keys of the messages handled (acknowledged in every render).
         last: the widget's last message; seen_seq its number.
     """
 
     handed: dict[int, dict] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=dict)
     handled: set[str] = field(default_factory=set)
     last: dict = field(default_factory=dict)
     seen_seq: int = 0
@@ -221,16 +223,18 @@ def _receive(kind: str, annotator_id: int, value: Any) -> None:
         session.handled.add(key)
 
 
-def _payload(item: QueueItem, views: Views, context: Callable[[QueueItem], str] | None) -> dict:
+def _payload(item: QueueItem, views: Views, context: Callable[[QueueItem], str] | None) -> tuple[dict, dict]:
+    """A pair as the widget gets it, and the media paths of its images."""
     sides = views(item)
-    return {
+    payload = {
         "id": item.pair_id,
         "prompt": item.prompt,
         "context": context(item) if context else "",
         "left_image": item.left_image,
         "gold": item.gold_outcome is not None,
-        "sides": [[{"image": v.image_id, "caption": v.caption, "path": v.path} for v in side] for side in sides],
+        "sides": [[{"image": v.image_id, "caption": v.caption} for v in side] for side in sides],
     }
+    return payload, {v.image_id: v.path for side in sides for v in side}
 
 
 def _top_up(kind: str, annotator_id: int, views: Views, context: Callable[[QueueItem], str] | None) -> None:
@@ -243,7 +247,8 @@ def _top_up(kind: str, annotator_id: int, views: Views, context: Callable[[Queue
     holding = {int(p) for p in value.get("held", []) if isinstance(p, int)} | set(session.handed)
     need = config.prefetch - len(holding)
     asked = not session.seen_seq or value.get("poll") or value.get("unskip")
-    if need <= 0 or (session.exhausted and not asked):
+    # Refill once half the queue is gone: fewer, larger draws (each is a store write).
+    if need <= 0 or (len(holding) > config.prefetch // 2 and not asked) or (session.exhausted and not asked):
         return
     try:
         items, session.progress = next_pairs(
@@ -254,7 +259,8 @@ def _top_up(kind: str, annotator_id: int, views: Views, context: Callable[[Queue
         return
     session.exhausted = len(items) < need
     for item in items:
-        session.handed[item.pair_id] = _payload(item, views, context)
+        session.handed[item.pair_id], paths = _payload(item, views, context)
+        session.paths.update(paths)
 
 
 @st.fragment
@@ -265,7 +271,7 @@ def _widget(kind: str, annotator_id: int, views: Views, context: Callable[[Queue
     held = set(session.last.get("held", []))
     pairs = list(session.handed.values())
     images = {
-        view["image"]: image_url(view["image"], view["path"])
+        view["image"]: image_url(view["image"], session.paths[view["image"]])
         for pair in pairs
         if pair["id"] not in held
         for side in pair["sides"]

@@ -26,12 +26,14 @@
     seq: 0,
     inFlight: 0, // seq of the send awaiting a render, 0 when none
     sentAt: 0,
+    unansweredSince: 0, // when the oldest send still unanswered went out, 0 when none
     lastPoll: 0,
     ignored: 0, // presses with no pair on screen
     pressed: 0,
   };
-  // For tests and benchmarks: what was on screen for every accepted press.
+  // For tests and benchmarks: what was on screen for every accepted press; presses with none.
   window.judgeLog = [];
+  window.judgeIgnored = 0;
 
   const post = (type, extra) => window.parent.postMessage({ isStreamlitMessage: true, type, ...extra }, "*");
   const nowIso = () => new Date(performance.timeOrigin + performance.now()).toISOString();
@@ -62,7 +64,11 @@
       saved = [];
     }
     const have = new Set(state.outbox.map((m) => m.key));
-    for (const m of saved) if (!have.has(m.key)) state.outbox.push(m);
+    for (const m of saved) {
+      if (have.has(m.key)) continue;
+      state.outbox.push(m);
+      if (m.type === "answer") state.known.add(m.pair); // answered already: never shown again
+    }
   }
 
   // --- talking to the server -------------------------------------------------------------------
@@ -77,6 +83,7 @@
     state.seq += 1;
     state.inFlight = state.seq;
     state.sentAt = performance.now();
+    if (!state.unansweredSince) state.unansweredSince = state.sentAt;
     for (const m of state.outbox) state.sentKeys.add(m.key);
     post("streamlit:setComponentValue", {
       dataType: "json",
@@ -94,7 +101,7 @@
 
   function flush() {
     if (state.inFlight) return; // the render that answers it sends the rest
-    const low = holdings().length < state.args.prefetch && !state.args.exhausted && !state.args.error;
+    const low = holdings().length <= state.args.prefetch / 2 && !state.args.exhausted && !state.args.error;
     if (state.outbox.some((m) => !state.sentKeys.has(m.key)) || low) send({});
   }
 
@@ -133,7 +140,10 @@
         state.queue.push(pair);
       }
     }
-    if (state.inFlight && args.seen_seq >= state.inFlight) state.inFlight = 0;
+    if (state.inFlight && args.seen_seq >= state.inFlight) {
+      state.inFlight = 0;
+      state.unansweredSince = 0;
+    }
     if (!state.current) showNext();
     else showProgress();
     flush();
@@ -224,7 +234,7 @@
   function showStatus() {
     const el = $("status");
     const unsent = state.outbox.length;
-    const late = state.inFlight && performance.now() - state.sentAt > RESEND_MS;
+    const late = state.unansweredSince && performance.now() - state.unansweredSince > RESEND_MS;
     el.dataset.state = !unsent ? "saved" : late ? "offline" : "unsent";
     el.textContent = !unsent ? "saved" : late ? `${unsent} unsent · retrying` : `${unsent} unsent`;
   }
@@ -244,6 +254,7 @@
     state.pressed += 1;
     if (!state.current) {
       state.ignored += 1;
+      window.judgeIgnored = state.ignored;
       return;
     }
     const { pair, shownAt } = state.current;
