@@ -48,9 +48,9 @@ GRID_CAPTIONS = 3  # held-out captions in the Rounds page's before/after grid
 TRAIN_FORM = {"max_steps": "60", "resolution": "32", "batch_size": "8", "learning_rate": "0.001"}
 IDLE_JS = "() => !document.querySelector('[data-stale=\"true\"]') && !document.querySelector('[data-testid=\"stSpinner\"]')"
 PAIR_JS = """() => {
-    const imgs = [...document.querySelectorAll('[data-testid="stImage"] img')];
+    const imgs = [...document.querySelectorAll('#pair img')];
     return imgs.length === 2 && imgs.every(i => i.complete && i.naturalWidth > 0);
-}"""
+}"""  # in the judging widget's frame
 CHARTS_JS = """(n) => {
     const charts = [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')];
     return charts.filter(c => c.querySelector('canvas, svg')).length >= n;
@@ -159,7 +159,8 @@ def annotate(page: Page, url: str) -> None:
     name = page.get_by_label("Your name")
     name.fill("kim")
     name.press("Enter")
-    page.wait_for_function(PAIR_JS)
+    page.wait_for_selector("iframe")
+    next(f for f in page.frames if "/component/" in f.url).wait_for_function(PAIR_JS)
     save(page, "annotate")
 
 
