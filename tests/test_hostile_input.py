@@ -473,7 +473,11 @@ def test_the_pixel_limit_is_configurable(tmp_path: Path) -> None:
     cols = pickapic_rows(2)  # 32 x 32 images
     with pytest.raises(ImportFormatError, match="row 0, column 'jpg_0': 32 x 32 pixels exceeds the limit of 992"):
         import_pickapic(store, write_parquet(tmp_path / "f.parquet", cols), show_progress=False)
-    assert Store.open(tmp_path / "big", StoreConfig(max_image_pixels=32 * 32)).media.max_pixels == 1024
+    path = write_parquet(tmp_path / "f.parquet", cols)
+    result = runner.invoke(app, ["--home", str(tmp_path / "cli"), "import", "pickapic", str(path), "--max-pixels", "992"])
+    assert result.exit_code == 1 and "32 x 32 pixels exceeds the limit of 992 pixels" in result.output
+    result = runner.invoke(app, ["--home", str(tmp_path / "cli"), "import", "pickapic", str(path), "--max-pixels", "1024"])
+    assert result.exit_code == 0 and "2 new judgments" in result.output
 
 
 def test_pickapic_rows_that_break_a_rule_are_named_and_change_nothing(store: Store, tmp_path: Path) -> None:

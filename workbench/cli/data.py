@@ -15,6 +15,7 @@ from datastore.datasets import (
 )
 from datastore.formats import export_dataset, import_pickapic
 from datastore.records import store_stats
+from datastore.store import Store, StoreConfig
 from workbench.cli.common import console, open_store, print_json, print_table, user_errors
 
 import_app = typer.Typer(no_args_is_help=True, help="Import preference data into the store.")
@@ -50,11 +51,15 @@ def stats(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help
 
 @import_app.command("pickapic")
 def import_pickapic_command(
-    ctx: typer.Context, file: Path = typer.Argument(..., help="Pick-a-Pic-format Parquet file.")
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="Pick-a-Pic-format Parquet file."),
+    max_pixels: int = typer.Option(
+        StoreConfig.max_image_pixels, "--max-pixels", help="Largest image (width x height) accepted."
+    ),
 ) -> None:
     """Import a Pick-a-Pic-format Parquet file (caption, jpg_0, jpg_1, label_0, label_1) as pairs + judgments."""
     with user_errors():
-        report = import_pickapic(open_store(ctx), file)
+        report = import_pickapic(Store.open(ctx.obj.home, StoreConfig(max_image_pixels=max_pixels)), file)
     console.print(
         f"imported {report.rows} rows: {report.pairs} new pairs, {report.judgments} new judgments, "
         f"{report.images} new images, {report.annotators} new annotators"
