@@ -205,6 +205,17 @@ def test_undo_takes_back_the_last_judgment_and_shows_its_pair_again(home: Path) 
         page.keyboard.press("4")
         wait_saved(frame)
         log = judge_log(frame)
+        # ? shows and hides the shortcuts; z zooms while held.
+        hidden = "() => document.getElementById('help').hidden"
+        page.keyboard.press("?")
+        assert frame.evaluate(hidden) is False
+        page.keyboard.press("?")
+        assert frame.evaluate(hidden) is True
+        zoomed = "() => document.getElementById('root').classList.contains('zoom')"
+        page.keyboard.down("z")
+        assert frame.evaluate(zoomed) is True
+        page.keyboard.up("z")
+        assert frame.evaluate(zoomed) is False
     assert_log_stored(store, "una", log)
     live = sorted((pair, outcome) for pair, outcome, _, withdrawn, _ in stored(store, "una") if not withdrawn)
     assert live == sorted([(first, "both_bad")])
