@@ -36,6 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -82,15 +84,24 @@ def straightforward_losses(
     return diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta)
 
 
-def straightforward_dpo(cfg: DPOConfig, device: torch.device, autocast_dtype: torch.dtype | None = None):
-    """Builds the straightforward trainer of ``cfg``: returns ``(step, unet)`` where ``step(i)``
-    trains on micro-batch ``i`` and returns its mean loss (a tensor)."""
-    parts = dpo.load_parts(cfg.pretrained_model)
+@dataclass
+class Trainer:
+    """A DPO trainer taken apart for timing: ``batch(i)`` builds micro-batch i, ``loss(batch)`` is its
+    mean loss (the UNet calls only), ``step(i)`` one optimizer step on micro-batch i."""
+
+    unet: torch.nn.Module
+    reference: torch.nn.Module | None
+    batch: Callable[[int], dpo.Batch]
+    loss: Callable[[dpo.Batch], torch.Tensor]
+    step: Callable[[int], float | None]
+
+
+def straightforward_dpo(cfg: DPOConfig, parts: dpo.Parts, pairs: list, device: torch.device) -> Trainer:
+    """The straightforward fp32 trainer of ``cfg``; its step returns the loss as a Python float."""
     for module in (parts.vae, parts.text_encoder, parts.text_encoder_2):
         if module is not None:
             module.to(device)
     features = dpo.Features(parts, cfg.resolution, device)
-    pairs = preference_pairs(cfg.dataset)
     unet = parts.unet.to(device)
     reference = copy.deepcopy(unet).requires_grad_(False).eval()
     if cfg.mode == "full":
@@ -105,21 +116,23 @@ def straightforward_dpo(cfg: DPOConfig, device: torch.device, autocast_dtype: to
     warmup = round(cfg.warmup_fraction * cfg.max_steps)
     schedule = LambdaLR(optimizer, lambda done: min(1.0, (done + 1) / warmup) if warmup else 1.0)
 
-    def step(i: int) -> torch.Tensor:
-        batch = dpo.make_batch(
-            pairs, features, parts.noise_scheduler, cfg, range(i * cfg.batch_size, (i + 1) * cfg.batch_size)
-        )
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss, _ = straightforward_losses(batch, unet, reference, parts.noise_scheduler, cfg.beta)
-        loss = loss.mean()
-        loss.backward()
+    def batch(i: int) -> dpo.Batch:
+        positions = range(i * cfg.batch_size, (i + 1) * cfg.batch_size)
+        return dpo.make_batch(pairs, features, parts.noise_scheduler, cfg, positions)
+
+    def loss(batch: dpo.Batch) -> torch.Tensor:
+        return straightforward_losses(batch, unet, reference, parts.noise_scheduler, cfg.beta)[0].mean()
+
+    def step(i: int) -> float:
+        value = loss(batch(i))
+        value.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad()
         schedule.step()
-        return loss.detach()
+        return value.item()  # logged every step, as the research code does
 
-    return step, unet
+    return Trainer(unet, reference, batch, loss, step)
 
 
 # --- one configuration in one process ------------------------------------------------------------
@@ -176,12 +189,13 @@ def run_one(job: dict) -> dict:
     cpu, wall = time.process_time(), time.perf_counter()
     if recipe.startswith("dpo") and job["variant"] == "straightforward":
         cfg = dpo_config(Path(job["dataset"]), out, recipe.removeprefix("dpo-"), steps)
-        step, unet = straightforward_dpo(cfg, torch.device("cpu"))
-        losses = []
+        parts = dpo.load_parts(cfg.pretrained_model)
+        trainer = straightforward_dpo(cfg, parts, preference_pairs(cfg.dataset), torch.device("cpu"))
+        unet, losses = trainer.unet, []
         for i in range(steps):
             if i == 1:  # steps after the first: the steady figure
                 cpu, wall = time.process_time(), time.perf_counter()
-            losses.append(step(i).item())
+            losses.append(trainer.step(i))
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         final = out / "final"
         if cfg.mode == "full":

@@ -1,0 +1,370 @@
+"""DPO training speed on one GPU: SD1.5-shaped UNet at 512 px and SDXL-shaped at 1024 px, random weights.
+
+    .venv/bin/python benchmarks/training_gpu.py --out benchmarks/out/training_gpu.json
+    .venv/bin/python benchmarks/training_gpu.py --tiny     # the same cases on tiny shapes (CPU too)
+
+Builds the pipelines' components in memory with random weights (nothing is downloaded, nothing is
+saved): SD1.5's UNet (320/640/1280/1280, cross-attention 768), VAE and CLIP-L text encoder; SDXL's
+UNet (320/640/1280, 2 and 10 transformer layers, cross-attention 2048, text-time embedding), VAE
+and both text encoders (CLIP-L and bigG). Random weights compute what real weights of the same
+shapes compute, so the timings hold for real checkpoints. The training images are random PNGs of
+the target size.
+
+Every case runs in a fresh process (its own CUDA context, peak memory and compile cache) and
+reports pairs/s over ``--steps`` steps after ``--warmup`` steps (the first of which compiles, when
+compiling: its time is reported on its own), peak ``torch.cuda.max_memory_allocated``, the model
+FLOPs of a step from ``torch.utils.flop_counter`` (the UNet calls of the loss and their backward;
+the same for both configurations of a case) and MFU against ``--peak-tflops`` (default: 989, the
+dense bf16 peak of an H100/H200 SXM; pass the fp32 or your GPU's figure to compare otherwise).
+
+Cases, each against the straightforward configuration of the same recipe in the same run
+(`training_speed.straightforward_dpo`: fp32, latents and text embeddings encoded every step, a
+separate reference UNet, four UNet calls, default AdamW, a host sync per step):
+- SD1.5 DPO LoRA and full: ours in bf16 (the recipe's step: cached features, one call for winner
+  and loser, the adapter-off reference for LoRA, fused AdamW, no host sync), in fp16, with the
+  classic attention processor instead of SDPA, and compiled;
+- SDXL DPO LoRA: ours in bf16, with gradient checkpointing, compiled; the straightforward
+  configuration in fp32 (it may not fit at the batch size: reported as out of memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCHMARKS.parent))
+sys.path.insert(0, str(BENCHMARKS))
+
+from accelerate import Accelerator  # noqa: E402
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: E402
+from diffusers.models.attention_processor import AttnProcessor  # noqa: E402
+from generation_gpu import offline_tokenizer  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from training_speed import Trainer, straightforward_dpo  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
+
+from training import dpo  # noqa: E402
+from training.config import DPOConfig  # noqa: E402
+from training.data import PreferencePair  # noqa: E402
+
+H100_BF16_DENSE_TFLOPS = 989.0
+
+
+def text_encoder(hidden: int, layers: int, projection: int | None = None) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 64),
+        max_position_embeddings=77,
+        projection_dim=projection or hidden,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+def build_parts(family: str, tiny: bool, device: torch.device) -> tuple[dpo.Parts, int]:
+    """The components of an SD1.5- or SDXL-shaped pipeline with random weights, and the image side."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        if tiny:
+            vae = AutoencoderKL(
+                block_out_channels=(32, 64),
+                down_block_types=("DownEncoderBlock2D",) * 2,
+                up_block_types=("UpDecoderBlock2D",) * 2,
+                latent_channels=4,
+                layers_per_block=1,
+            )
+            unet_shape = {
+                "sample_size": 8,
+                "block_out_channels": (32, 64),
+                "layers_per_block": 1,
+                "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+                "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+                "attention_head_dim": 8,
+            }
+            encoders = [text_encoder(32, 2)] + (
+                [text_encoder(32, 2, projection=32)] if family == "sdxl" else []
+            )
+        else:
+            vae = AutoencoderKL(
+                block_out_channels=(128, 256, 512, 512),
+                down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4,
+                layers_per_block=2,
+                latent_channels=4,
+                scaling_factor=0.18215 if family == "sd15" else 0.13025,
+            )
+            if family == "sd15":
+                unet_shape, encoders = {"sample_size": 64}, [text_encoder(768, 12)]
+            else:
+                unet_shape = {
+                    "sample_size": 128,
+                    "block_out_channels": (320, 640, 1280),
+                    "layers_per_block": 2,
+                    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                    "transformer_layers_per_block": (1, 2, 10),
+                    "attention_head_dim": (5, 10, 20),
+                }
+                encoders = [text_encoder(768, 12), text_encoder(1280, 32, projection=1280)]
+        cross = sum(e.config.hidden_size for e in encoders)
+        if family == "sdxl":
+            time_dim = 8 if tiny else 256
+            pooled = encoders[1].config.projection_dim
+            unet_shape |= {
+                "use_linear_projection": True,
+                "addition_embed_type": "text_time",
+                "addition_time_embed_dim": time_dim,
+                "projection_class_embeddings_input_dim": 6 * time_dim + pooled,
+            }
+        unet = UNet2DConditionModel(cross_attention_dim=cross, **unet_shape)
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    sdxl = family == "sdxl"
+    parts = dpo.Parts(
+        unet=unet,
+        vae=vae,
+        tokenizer=offline_tokenizer(),
+        text_encoder=encoders[0],
+        tokenizer_2=offline_tokenizer() if sdxl else None,
+        text_encoder_2=encoders[1] if sdxl else None,
+        noise_scheduler=scheduler,
+        is_sdxl=sdxl,
+    )
+    side = unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
+    return parts, side
+
+
+def write_pairs(folder: Path, n: int, side: int) -> list[PreferencePair]:
+    """``n`` pairs of random PNGs of ``side`` pixels and a snapshot manifest for the feature cache."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    pairs = []
+    for i in range(n):
+        paths = []
+        for side_name in ("w", "l"):
+            path = folder / f"{i}-{side_name}.png"
+            Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path)
+            paths.append(path)
+        pairs.append(PreferencePair(i, f"a red circle number {i}", *paths))
+    (folder / "manifest.json").write_text(json.dumps({"content_hash": f"random-{n}-{side}"}))
+    return pairs
+
+
+def run_case(case: dict) -> dict:
+    """One configuration: builds it, counts the FLOPs of a step, warms up, times ``steps`` steps."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    root = Path(case["root"])
+    parts, side = build_parts(case["family"], case["tiny"], device)
+    data = root / f"pairs-{case['family']}-{side}"
+    pairs = write_pairs(data, case["pairs"], side)
+    cfg = DPOConfig(
+        pretrained_model=case["family"],
+        dataset=data,
+        output_dir=root / case["name"],
+        mode=case["mode"],
+        resolution=side,
+        batch_size=case["batch"],
+        mixed_precision=case["precision"],
+        gradient_checkpointing=case["checkpointing"],
+        learning_rate=1e-5,
+    )
+    if case["attention"] == "classic":
+        parts.unet.set_attn_processor(AttnProcessor())
+    build = straightforward_dpo if case["variant"] == "straightforward" else ours
+    trainer = build(cfg, parts, pairs, device)
+
+    batch, counter = trainer.batch(0), FlopCounterMode(display=False)
+    with counter:
+        trainer.loss(batch).backward()
+    flops = float(counter.get_total_flops())
+    trainer.unet.zero_grad(set_to_none=True)
+    if case["compile"]:
+        for model in (trainer.unet, trainer.reference):
+            if model is not None:
+                model.compile()
+
+    def timed(steps: range) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        for i in steps:
+            trainer.step(i)
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    first_step_s = timed(range(1))
+    timed(range(1, case["warmup"]))
+    seconds = timed(range(case["warmup"], case["warmup"] + case["steps"]))
+    tflops = flops * case["steps"] / seconds / 1e12
+    return {
+        **case,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "pairs_per_s": round(case["steps"] * cfg.batch_size / seconds, 3),
+        "first_step_s": round(first_step_s, 2),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        "model_gflop_per_step": round(flops / 1e9, 3),
+        "achieved_tflops": round(tflops, 3),
+        "mfu": round(tflops / case["peak_tflops"], 4),
+    }
+
+
+def ours(cfg: DPOConfig, parts: dpo.Parts, pairs: list[PreferencePair], device: torch.device) -> Trainer:
+    """The recipe's step as `training.dpo.main` runs it, on components built in memory."""
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    weight_dtype = dpo.DTYPES[cfg.mixed_precision]
+    for module in (parts.text_encoder, parts.text_encoder_2):
+        if module is not None:
+            module.to(device, weight_dtype)
+    parts.vae.to(device, torch.float32)
+    features = dpo.cached_features(dpo.Features(parts, cfg.resolution, device), pairs, cfg, accelerator)
+    del parts.vae, parts.text_encoder, parts.text_encoder_2
+    unet, reference = parts.unet, None
+    if cfg.mode == "full":
+        reference = copy.deepcopy(unet).requires_grad_(False).eval()
+        unet.requires_grad_(True)
+    else:
+        dpo.add_lora(unet, cfg, device, weight_dtype)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
+    prepared, optimizer = accelerator.prepare(unet, optimizer)
+
+    def batch(i: int) -> dpo.Batch:
+        positions = range(i * cfg.batch_size, (i + 1) * cfg.batch_size)
+        return dpo.make_batch(pairs, features, parts.noise_scheduler, cfg, positions)
+
+    def loss(batch: dpo.Batch) -> torch.Tensor:
+        return dpo.pair_losses(batch, prepared, unet, reference, parts.noise_scheduler, cfg, accelerator)[
+            0
+        ].mean()
+
+    def step(i: int) -> None:
+        accelerator.backward(loss(batch(i)))
+        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    return Trainer(unet, reference, batch, loss, step)
+
+
+def in_fresh_process(case: dict) -> dict:
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(Path(case["root"]) / f"inductor-{case['name']}")}
+    result = subprocess.run(
+        [sys.executable, __file__, "--case", json.dumps(case)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode:
+        error = result.stderr[-3000:]
+        if "OutOfMemoryError" in error or "out of memory" in error:
+            return {**case, "out_of_memory": True}
+        raise RuntimeError(f"case {case['name']} failed:\n{error}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def cases(args: argparse.Namespace) -> list[dict]:
+    """Every case of the benchmark; names say family, recipe and configuration."""
+    sd_batch = 2 if args.tiny else args.sd15_batch
+    xl_batch = 2 if args.tiny else args.sdxl_batch
+    base = {
+        "tiny": args.tiny,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "pairs": 2 * max(sd_batch, xl_batch),
+    }
+    base |= {"peak_tflops": args.peak_tflops, "attention": "sdpa", "compile": False, "checkpointing": False}
+    out = []
+    for mode in ("lora", "full"):
+        sd = {**base, "family": "sd15", "mode": mode, "batch": sd_batch}
+        out += [
+            {**sd, "name": f"sd15-{mode}-straightforward", "variant": "straightforward", "precision": "no"},
+            {**sd, "name": f"sd15-{mode}-ours-bf16", "variant": "ours", "precision": "bf16"},
+            {**sd, "name": f"sd15-{mode}-ours-fp16", "variant": "ours", "precision": "fp16"},
+            {**sd, "name": f"sd15-{mode}-ours-bf16-classic-attention", "variant": "ours", "precision": "bf16",
+             "attention": "classic"},
+        ]  # fmt: skip
+        if args.compile:
+            out.append({**sd, "name": f"sd15-{mode}-ours-bf16-compiled", "variant": "ours", "precision": "bf16",
+                        "compile": True})  # fmt: skip
+    if not args.skip_sdxl:
+        xl = {**base, "family": "sdxl", "mode": "lora", "batch": xl_batch}
+        out += [
+            {**xl, "name": "sdxl-lora-straightforward", "variant": "straightforward", "precision": "no"},
+            {**xl, "name": "sdxl-lora-ours-bf16", "variant": "ours", "precision": "bf16"},
+            {**xl, "name": "sdxl-lora-ours-bf16-checkpointing", "variant": "ours", "precision": "bf16",
+             "checkpointing": True},
+        ]  # fmt: skip
+        if args.compile:
+            out.append({**xl, "name": "sdxl-lora-ours-bf16-compiled", "variant": "ours", "precision": "bf16",
+                        "compile": True})  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--tiny", action="store_true", help="Tiny shapes (runs on the CPU when there is no GPU)."
+    )
+    parser.add_argument("--steps", type=int, default=10, help="Timed steps per case.")
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="Untimed steps first (compilation happens here)."
+    )
+    parser.add_argument("--sd15-batch", type=int, default=16, help="Pairs per step at 512 px.")
+    parser.add_argument("--sdxl-batch", type=int, default=4, help="Pairs per step at 1024 px.")
+    parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
+    parser.add_argument("--compile", action="store_true", help="Also the compiled cases.")
+    parser.add_argument("--skip-sdxl", action="store_true")
+    parser.add_argument("--out", type=Path, help="Write the figures as JSON here too.")
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(json.loads(args.case))))
+        return
+    cuda = torch.cuda.is_available()
+    if not args.tiny and not cuda:
+        sys.exit("no CUDA device: run with --tiny for the CPU check, or on a GPU machine")
+    with tempfile.TemporaryDirectory() as tmp:
+        results = []
+        for case in cases(args):
+            if case["precision"] == "fp16" and not cuda:
+                continue  # accelerate autocasts fp16 on CUDA only
+            results.append(in_fresh_process({**case, "root": tmp}))
+            print(json.dumps(results[-1]), flush=True)
+    by_name = {r["name"]: r for r in results}
+    for r in results:
+        straight = by_name.get(f"{r['family']}-{r['mode']}-straightforward")
+        if straight and "pairs_per_s" in straight and "pairs_per_s" in r:
+            r["vs_straightforward"] = round(r["pairs_per_s"] / straight["pairs_per_s"], 2)
+    figures = {"tiny": args.tiny, "cases": results}
+    print(json.dumps(figures, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
