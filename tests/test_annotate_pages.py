@@ -113,8 +113,10 @@ def test_malformed_messages_are_dropped_with_a_warning_and_store_nothing(home: P
     pair = widget_args(at)["pairs"][0]
     bad_side = answer(pair, "up", "c1" * 8)
     bad_time = {**answer(pair, "left", "c2" * 8), "shown_at": "yesterday"}
-    args = send(at, "final", 1, [bad_side, bad_time, {"type": "answer", "key": "no"}], [pair["id"]])
-    assert args["acked"] == ["c1" * 8, "c2" * 8]  # dropped for good; the keyless one cannot be acknowledged
+    no_pair = {**answer(pair, "left", "c4" * 8), "pair": 10**6}
+    outbox = [bad_side, bad_time, no_pair, {"type": "answer", "key": "no"}]
+    args = send(at, "final", 1, outbox, [pair["id"]])
+    assert args["acked"] == ["c1" * 8, "c2" * 8, "c4" * 8]  # dropped for good; the keyless one cannot be acknowledged
     assert "side" in args["error"] or "key" in args["error"]
     assert at.warning and _judgments(store) == []
     # A message of another annotator (a switch in the same browser) is not theirs to answer.

@@ -24,7 +24,7 @@ from typing import Any
 import streamlit as st
 import streamlit.components.v1 as components
 
-from datastore.errors import StoreError
+from datastore.errors import NotFoundError, StoreError
 from labeling.errors import LabelingError
 from labeling.queue import (
     SIDES,
@@ -170,8 +170,9 @@ def _time(value: Any, name: str) -> datetime:
 
 def _answer(message: dict) -> Answer:
     """The answer of a widget message, checked field by field."""
-    if not isinstance(message.get("pair"), int) or message.get("side") not in SIDES:
-        raise LabelingError(f"an answer needs an integer pair and a side of {SIDES}, got {message!r}")
+    pair = message.get("pair")
+    if not isinstance(pair, int) or not 0 < pair < 2**63 or message.get("side") not in SIDES:
+        raise LabelingError(f"an answer needs a pair id and a side of {SIDES}, got {message!r}")
     return Answer(
         key=message["key"],
         pair_id=message["pair"],
@@ -215,7 +216,7 @@ def _receive(kind: str, annotator_id: int, value: Any) -> None:
                     session.progress = Progress(max(0, session.progress.done - 1), session.progress.remaining + 1)
             else:
                 raise LabelingError(f"unknown widget message type {message.get('type')!r}")
-        except LabelingError as e:
+        except (LabelingError, NotFoundError) as e:
             session.error = f"a malformed judgment was dropped: {e}"
         except StoreError as e:
             session.error = f"judgments wait in the browser and will be resent: {e}"
