@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -280,3 +281,26 @@ def test_answers_by_key_are_recorded_once_and_undo_opens_the_pair_again(store: S
     assert progress(store, ann).done == 2
     with pytest.raises(LabelingError, match="side must be one of"):
         record_answers(store, ann, [_answer(first, "up", "k5")])
+
+
+def test_an_inbox_file_from_before_idempotency_keys_gets_their_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    home = tmp_path / "home"
+    home.mkdir()
+    old = sqlite3.connect(home / "inbox.sqlite")
+    columns = ", ".join(f.name for f in dataclasses.fields(NewJudgment) if f.name != "idempotency_key")
+    old.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        f"CREATE TABLE pending (id INTEGER PRIMARY KEY AUTOINCREMENT, {columns});"
+        "CREATE TABLE answered (pair_id INTEGER NOT NULL, annotator_id INTEGER NOT NULL,"
+        " PRIMARY KEY (pair_id, annotator_id)) WITHOUT ROWID;"
+    )
+    old.close()
+    store = Store.open(home)
+    add_shapes_pairs(store, 1)
+    ann = human_annotator(store, "ann")
+    item, _ = next_pair(store, ann)
+    assert record_answers(store, ann, [_answer(item, key="f1")] * 2) == ["saved", "resent"]
+    with store.read() as con:
+        assert con.execute("SELECT idempotency_key FROM judgments").fetchall() == [("f1",)]
