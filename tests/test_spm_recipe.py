@@ -112,6 +112,7 @@ def test_step_pair_without_timestep_is_named(models, snapshot, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "images").symlink_to(snapshot / "images")
+    (broken / "manifest.json").write_bytes((snapshot / "manifest.json").read_bytes())
     table = pl.read_parquet(snapshot / "pairs.parquet")
     table.with_columns(timestep=pl.lit(None, dtype=pl.Int64)).write_parquet(broken / "pairs.parquet")
     with pytest.raises(SnapshotError, match="step pair 2 has no timestep"):
