@@ -156,3 +156,30 @@ def test_configured_annotators_are_offered_as_a_list(home: Path) -> None:
     at.selectbox(key="annotator_pick").select("bob").run()
     assert at.session_state["annotator"][1] == "bob"
     assert widget_args(at)["pairs"] == [] and widget_args(at)["exhausted"]
+
+
+def _preview_page() -> None:
+    """A page whose sides show two views each: the pair's other image large, its own small."""
+    from workbench.ui.judging import View, annotator, judge_queue
+
+    def views(item):
+        (a, b) = item.left, item.right
+        return [View(*b, "preview"), View(*a, "own")], [View(*a, "preview"), View(*b, "own")]
+
+    annotator_id = annotator()
+    if annotator_id is not None:
+        judge_queue("final", annotator_id, views=views, context=lambda item: f"pair {item.pair_id}")
+
+
+def test_a_page_can_show_several_captioned_views_per_side(home: Path) -> None:
+    store = Store.open(home)
+    add_shapes_pairs(store, 2)
+    at = AppTest.from_function(_preview_page, default_timeout=60).run()
+    at.text_input(key="annotator_typed").input("ann").run()
+    assert not at.exception
+    args = widget_args(at)
+    for pair in args["pairs"]:
+        left, right = pair["sides"]
+        assert [v["caption"] for v in left] == ["preview", "own"] and pair["context"] == f"pair {pair['id']}"
+        assert (left[0]["image"], left[1]["image"]) == (right[1]["image"], right[0]["image"])
+    assert len(args["images"]) == 4
