@@ -76,6 +76,7 @@ class Inbox:
         self.busy_timeout_s = busy_timeout_s
         self._lock = threading.Lock()
         self._con: sqlite3.Connection | None = None
+        self._quarantined: list[tuple[int, int]] = []  # (pair, annotator) of rows the last apply() refused
         self._pid = -1
         with self._lock:
             con = self._connection()
@@ -185,19 +186,27 @@ class Inbox:
         return [(inbox_id, dict(zip(_COLUMNS, values, strict=True))) for inbox_id, *values in rows]
 
     def forget_through(self, inbox_id: int) -> None:
-        """Delete the pending rows up to ``inbox_id`` (call only after they are committed to DuckDB)."""
+        """Delete the pending rows up to ``inbox_id`` (call only after they are committed to DuckDB).
+
+        The annotators of rows that the last :meth:`apply` quarantined may answer those pairs again.
+        """
+        released, self._quarantined = self._quarantined, []
         with self._lock, self._write_lock():
             con = self._connection()
             with con:
                 con.execute("DELETE FROM pending WHERE id <= ?", [inbox_id])
+                con.executemany(
+                    "UPDATE answered SET withdrawn = 1 WHERE pair_id = ? AND annotator_id = ?", released
+                )
 
     def apply(self, con: duckdb.DuckDBPyConnection) -> int:
         """Insert the pending judgments not yet applied, inside the caller's DuckDB transaction.
 
-        Records the new high-water mark in ``inbox_applied`` in the same transaction. Returns the
-        highest inbox id now applied (0 when nothing was pending); pass it to
-        :meth:`forget_through` after the commit.
+        Records the new high-water mark in ``inbox_applied`` in the same transaction, and the rows
+        that cannot be applied in ``inbox_quarantine``. Returns the highest inbox id now applied
+        (0 when nothing was pending); pass it to :meth:`forget_through` after the commit.
         """
+        self._quarantined = []
         rows = self.pending()
         if not rows:
             return 0
@@ -210,6 +219,8 @@ class Inbox:
                 fresh.append(stored_judgment(values))
             except StoreError as e:
                 refused.append([self.inbox_id, inbox_row, json.dumps(values, default=repr), str(e)])
+                if all(isinstance(values[k], int) for k in ("pair_id", "annotator_id")):
+                    self._quarantined.append((values["pair_id"], values["annotator_id"]))
         through = rows[-1][0]
         if fresh or refused:
             insert_judgments(con, fresh)

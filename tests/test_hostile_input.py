@@ -88,6 +88,7 @@ def _append_raw(store: Store, **values) -> None:
     with con:
         columns = ", ".join(values)
         con.execute(f"INSERT INTO pending ({columns}) VALUES ({', '.join('?' * len(values))})", list(values.values()))
+        con.execute("INSERT INTO answered (pair_id, annotator_id) VALUES (?, ?)", [values["pair_id"], values["annotator_id"]])
     con.close()
 
 
@@ -111,6 +112,9 @@ def test_an_inbox_row_that_cannot_be_applied_is_quarantined_and_stats_report_it(
     assert result.exit_code == 0, result.output
     counts = json.loads(result.output)
     assert (counts["judgments"], counts["quarantined_judgments"]) == (2, 2)
+    # A quarantined answer does not count as given: its annotator may answer the pair again.
+    store.record_judgment(NewJudgment(pairs[1], ann, "app", "b", score_a=0.5))
+    assert _judgment_count(store) == 3
 
 
 _TEXT = st.one_of(st.none(), st.text(max_size=30), st.integers(), st.booleans(), st.floats())
