@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from labeling_data import add_shapes_pairs
-from playwright.sync_api import Browser, Frame, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Frame, Page, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
 from datastore.store import Store
@@ -76,9 +76,13 @@ def chromium() -> Iterator[Browser]:
             browser.close()
 
 
-def open_widget(browser: Browser, url: str, name: str, page_path: str = "annotate") -> tuple[Page, Frame]:
-    """A new browser session on a judging page as ``name``; returns once a pair is on screen."""
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+def open_widget(
+    browser: Browser | BrowserContext, url: str, name: str, page_path: str = "annotate"
+) -> tuple[Page, Frame]:
+    """A new page (in a new browser session, or in the given one) on a judging page as ``name``;
+    returns once a pair is on screen."""
+    page = browser.new_page()
+    page.set_viewport_size({"width": 1400, "height": 1000})
     page.set_default_timeout(120_000)  # a busy machine can take long to load the page
     page.goto(f"{url}/{page_path}?annotator={name}")
     page.wait_for_selector("iframe")
@@ -252,6 +256,28 @@ def test_a_server_restart_mid_session_loses_and_duplicates_nothing(home: Path) -
             log += [e for e in judge_log(frame) if e not in log]
     assert len([e for e in log if "side" in e]) == 8
     assert_log_stored(store, "ray", log)
+
+
+def test_answers_left_unsent_in_a_closed_page_are_sent_by_the_next_one(home: Path) -> None:
+    store = Store.open(home)
+    add_shapes_pairs(store, 10)
+    port = free_port()
+    with chromium() as browser:
+        context = browser.new_context()  # one browser profile: the pages share local storage
+        with serving(streamlit_command(port), home, port) as url:
+            page, frame = open_widget(context, url, "lea")
+        for key in "12":  # the server is gone
+            page.keyboard.press(key)
+            wait_for_pair(frame)
+        log = judge_log(frame)
+        page.close()  # closed with two answers unsent
+        assert stored(store, "lea") == []
+        with serving(streamlit_command(port), home, port) as url:
+            _, frame = open_widget(context, url, "lea")
+            wait_saved(frame)
+            shown = wait_for_pair(frame)
+    assert len(log) == 2 and shown not in {e["pair"] for e in log}
+    assert_log_stored(store, "lea", log)
 
 
 def test_two_sessions_on_the_last_pairs_never_exceed_the_overlap(home: Path) -> None:

@@ -44,31 +44,49 @@
     return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
   }
 
-  function storageKey() {
-    return `judge:${state.args.storage_key}:${state.annotator}`;
+  // Each page keeps its outbox under a key of its own (two tabs of one person must not overwrite
+  // each other's) and rewrites it on every change and tick. A page that starts takes over every
+  // outbox stored for this person: those of closed or crashed pages are sent again, and taking
+  // a live page's is harmless (the keys make a resend a no-op; that page writes its own again).
+  const instance = newKey();
+
+  function storagePrefix() {
+    return `judge:${state.args.storage_key}:${state.annotator}:`;
   }
 
   function persist() {
     try {
-      localStorage.setItem(storageKey(), JSON.stringify(state.outbox));
+      if (state.outbox.length) localStorage.setItem(storagePrefix() + instance, JSON.stringify(state.outbox));
+      else localStorage.removeItem(storagePrefix() + instance);
     } catch (e) {
       // Storage full or disabled: the outbox still lives in memory.
     }
   }
 
   function restore() {
-    let saved = [];
-    try {
-      saved = JSON.parse(localStorage.getItem(storageKey()) || "[]");
-    } catch (e) {
-      saved = [];
-    }
+    const prefix = storagePrefix();
     const have = new Set(state.outbox.map((m) => m.key));
-    for (const m of saved) {
-      if (have.has(m.key)) continue;
-      state.outbox.push(m);
-      if (m.type === "answer") state.known.add(m.pair); // answered already: never shown again
+    try {
+      for (const key of Object.keys(localStorage)) {
+        if (!key.startsWith(prefix) || key === prefix + instance) continue;
+        let saved = [];
+        try {
+          saved = JSON.parse(localStorage.getItem(key)) || [];
+        } catch (e) {
+          saved = [];
+        }
+        localStorage.removeItem(key);
+        for (const m of saved) {
+          if (have.has(m.key)) continue;
+          have.add(m.key);
+          state.outbox.push(m);
+          if (m.type === "answer") state.known.add(m.pair); // answered already: never shown again
+        }
+      }
+    } catch (e) {
+      // Storage disabled: nothing was kept.
     }
+    persist();
   }
 
   // --- talking to the server -------------------------------------------------------------------
@@ -116,6 +134,7 @@
     } else {
       flush();
     }
+    persist();
     showStatus();
   }
 
