@@ -1,4 +1,4 @@
-"""`workbench toy ...`: train and evaluate the shapes world's toy text-to-image model."""
+"""`workbench toy ...`: train and evaluate the shapes world's toy text-to-image model, and train its scorer."""
 
 from __future__ import annotations
 
@@ -10,10 +10,41 @@ from typing import get_type_hints
 
 import typer
 
-from workbench.toy import TOY_MODEL_DIR
-from workbench.toy.config import ToyTrainConfig
+from workbench.toy import TOY_MODEL_DIR, TOY_SCORER_DIR
+from workbench.toy.config import ToyScorerConfig, ToyTrainConfig
 
 app = typer.Typer(no_args_is_help=True, help="The shapes world's toy text-to-image model.")
+
+
+def _with_config_options(command, config_class, out_default: Path, out_help: str):
+    """Gives `command` one CLI option per field of `config_class`, with the field's default and help,
+    so the dataclass stays the single place where settings are defined; plus ``--out``."""
+    hints = get_type_hints(config_class)
+    command.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter(
+                "out",
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=Path,
+                default=typer.Option(out_default, "--out", help=out_help),
+            ),
+            *(
+                inspect.Parameter(
+                    f.name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    annotation=hints[f.name],
+                    default=typer.Option(f.default, "--" + f.name.replace("_", "-"), help=f.metadata["help"]),
+                )
+                for f in fields(config_class)
+            ),
+        ]
+    )
+    command.__annotations__ = {
+        "out": Path,
+        **{f.name: hints[f.name] for f in fields(config_class)},
+        "return": None,
+    }
+    return command
 
 
 def train(out: Path, **options) -> None:
@@ -30,36 +61,35 @@ def train(out: Path, **options) -> None:
         typer.echo("held-out accuracy: " + json.dumps(result.evals[-1]))
 
 
-# One CLI option per ToyTrainConfig field, with the field's default and help, so the dataclass
-# stays the single place where settings are defined.
-_hints = get_type_hints(ToyTrainConfig)
-train.__signature__ = inspect.Signature(
-    [
-        inspect.Parameter(
-            "out",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=Path,
-            default=typer.Option(
-                TOY_MODEL_DIR, "--out", help="Folder to write the pipeline to (default: the shipped model)."
-            ),
-        ),
-        *(
-            inspect.Parameter(
-                f.name,
-                inspect.Parameter.KEYWORD_ONLY,
-                annotation=_hints[f.name],
-                default=typer.Option(f.default, "--" + f.name.replace("_", "-"), help=f.metadata["help"]),
-            )
-            for f in fields(ToyTrainConfig)
-        ),
-    ]
+app.command()(
+    _with_config_options(
+        train, ToyTrainConfig, TOY_MODEL_DIR, "Folder to write the pipeline to (default: the shipped model)."
+    )
 )
-train.__annotations__ = {
-    "out": Path,
-    **{f.name: _hints[f.name] for f in fields(ToyTrainConfig)},
-    "return": None,
-}
-app.command()(train)
+
+
+def train_scorer(out: Path, **options) -> None:
+    """Train the shapes world's PickScore (a small CLIP: contrastive, then oracle-judged pairs) and save it."""
+    from workbench.toy.scorer import train_toy_scorer
+
+    try:
+        cfg = ToyScorerConfig(**options)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+    result = train_toy_scorer(cfg, out)
+    typer.echo(f"saved {result.out_dir}; process CPU seconds: " + json.dumps(result.cpu_seconds))
+    if result.evaluation:
+        typer.echo("held-out pairs: " + json.dumps(result.evaluation))
+
+
+app.command("train-scorer")(
+    _with_config_options(
+        train_scorer,
+        ToyScorerConfig,
+        TOY_SCORER_DIR,
+        "Folder to write the CLIP model and processor to (default: the shipped scorer).",
+    )
+)
 
 
 @app.command()

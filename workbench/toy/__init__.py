@@ -24,6 +24,12 @@ from reward_models.shapes import (
 TOY_MODEL_DIR = Path(__file__).parent / "model"
 """The shipped pipeline folder, made by ``workbench toy train`` with the default settings."""
 
+TOY_SCORER_DIR = Path(__file__).parent / "scorer"
+"""The shapes world's PickScore (a CLIPModel + CLIPProcessor folder), made by ``workbench toy train-scorer``.
+
+Load it like PickScore: ``scorer_from_spec(f"pickscore:{TOY_SCORER_DIR}")``.
+"""
+
 TOY_IMAGE_SIZE = 32
 """Side in pixels of the images the shipped model draws."""
 
@@ -38,6 +44,7 @@ __all__ = [
     "DEFAULT_STEPS",
     "TOY_IMAGE_SIZE",
     "TOY_MODEL_DIR",
+    "TOY_SCORER_DIR",
     "Caption",
     "ShapesOracle",
     "SimulatedAnnotator",
