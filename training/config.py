@@ -226,9 +226,8 @@ class DPOConfig(RecipeConfig):
     seed: int = option(0, help="Seed of data order, noise, timesteps, dropout and LoRA initialisation.")
     compile_unet: bool = option(
         False,
-        help="torch.compile the UNet (and the full mode's reference). Compiling costs about a minute of "
-        "CPU on the toy model and saved 16 % of a CPU step, so it pays only on long runs or on GPUs "
-        "(benchmarks/RESULTS.md).",
+        help="torch.compile the UNet (and the full mode's reference), for GPUs. On the CPU it did not "
+        "pay: 86 CPU-s to compile on the toy model and no faster steps (benchmarks/RESULTS.md).",
     )
     log_every: int = option(
         10,
