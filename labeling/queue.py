@@ -292,12 +292,14 @@ def next_pairs(
 ) -> tuple[list[QueueItem], Progress]:
     """Up to ``n`` pairs for an annotator's browser, leased to them for ``config.lease_s``.
 
-    One write: expired leases go, the pairs are drawn as :func:`next_pair` would draw them one
-    after the other (gold draws included), and their leases and those of ``held`` are renewed.
+    One write: expired leases go, and so do the annotator's leases of ``exclude``; the pairs are
+    drawn as :func:`next_pair` would draw them one after the other (gold draws included), and
+    their leases and those of ``held`` are renewed.
 
     Args:
         held: pairs the browser already holds: not handed again, their leases renewed.
-        exclude: pair ids not to offer now (e.g. those skipped in this session).
+        exclude: pair ids not to offer now (e.g. those skipped in this session): not handed, and
+            no longer reserved for this annotator.
 
     Returns:
         The items in the order to show them, and the progress before any of them is answered.
@@ -307,7 +309,10 @@ def next_pairs(
         raise LabelingError(f"n must be >= 0, got {n}")
     when = now()
     with store.write() as con:
-        con.execute("DELETE FROM pair_leases WHERE expires_at <= ?", [when])
+        con.execute(
+            "DELETE FROM pair_leases WHERE expires_at <= ? OR (annotator_id = ? AND list_contains(?, pair_id))",
+            [when, annotator_id, list(exclude)],
+        )
         items, progress_now = _next(con, annotator_id, kinds, config, (*held, *exclude), n, when)
         leased = [item.pair_id for item in items] + list(held)
         if leased:

@@ -244,6 +244,9 @@ def test_leases_keep_the_last_pairs_within_the_overlap(store: Store) -> None:
     assert again == []
     with store.read() as con:
         assert con.execute("SELECT count(*) FROM pair_leases WHERE annotator_id = ?", [ann]).fetchall() == [(3,)]
+    # A pair the browser skipped is no longer reserved for it.
+    next_pairs(store, ann, 0, config=config, held=(held[1].pair_id,), exclude=(held[2].pair_id,))
+    assert [i.pair_id for i in next_pairs(store, bob, 3, config=config)[0]] == [held[2].pair_id]
 
 
 def _all_pairs(store: Store) -> list[int]:
