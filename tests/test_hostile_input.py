@@ -396,6 +396,11 @@ def test_list_commands_and_the_demo_under_a_long_home_path_at_60_columns(tmp_pat
     # The text forms never break a value over lines, whatever the width.
     assert any(version["id"] in line for line in cli("dataset", "list").splitlines())
     assert any("ada" in line and "admin" in line for line in cli("user", "list").splitlines())
+    cli("curation", "save", "people", "--min-judgments", "2")
+    [saved] = json.loads(cli("curation", "list", "--json"))
+    assert (saved["name"], saved["filters"]["min_judgments"]) == ("people", 2)
+    assert any("min_judgments=2" in line for line in cli("curation", "list").splitlines())
+    assert json.loads(cli("jobs", "list", "--json")) == []
     tiny = ["--prompts", "2", "--train-steps", "1", "--eval-prompts", "2", "--eval-seeds", "1", "--steps", "2"]
     demo = json.loads(cli("demo", "--rounds", "1", *tiny, "--json"))
     assert demo["home"] == str(home) and [r["round"] for r in demo["rounds"]] == [1]

@@ -11,7 +11,7 @@ from rich.table import Table
 from datastore.datasets import DatasetFilters, judgments_frame
 from labeling.agreement import agreement_report
 from labeling.curation import Curation, build_curation, list_curations, near_duplicate_pairs, save_curation
-from workbench.cli.common import console, open_store, user_errors
+from workbench.cli.common import console, open_store, print_json, print_table, user_errors
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -98,18 +98,21 @@ def save(
 
 
 @app.command("list")
-def list_(ctx: typer.Context) -> None:
+def list_(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Saved curations, by name, with the settings that differ from the defaults."""
     with user_errors():
         curations = list_curations(open_store(ctx))
+    if as_json:
+        print_json([{"name": c.name, "method": c.method, **c.settings()} for c in curations])
+        return
     defaults = Curation("default").settings()
-    table = Table("name", "method", "settings")
+    rows = []
     for c in curations:
         settings = c.settings()
         changed = {k: v for k, v in settings["filters"].items() if v != defaults["filters"][k]}
         changed.update({k: v for k, v in settings.items() if k != "filters" and v != defaults[k]})
-        table.add_row(c.name, c.method, ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults")
-    console.print(table)
+        rows.append({"name": c.name, "method": c.method, "settings": ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults"})
+    print_table(rows, empty="no saved curations yet")
 
 
 @app.command()

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from training.config import ConfigError
 from workbench import jobs
-from workbench.cli.common import console, open_store, user_errors
+from workbench.cli.common import console, open_store, print_json, print_table, user_errors
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -20,17 +19,26 @@ def _progress(job: jobs.Job) -> str:
 
 
 @app.command("list")
-def list_(ctx: typer.Context) -> None:
+def list_(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Jobs, newest first; running jobs whose process is gone are marked failed first."""
     with user_errors():
         found = jobs.list_jobs(open_store(ctx))
-    table = Table("id", "kind", "status", "progress", "attempts", "started", "run folder")
-    for job in found:
-        started = job.started_at.strftime("%Y-%m-%d %H:%M:%S") if job.started_at else ""
-        table.add_row(
-            str(job.id), job.kind, job.status, _progress(job), str(job.attempts), started, str(job.run_dir)
-        )
-    console.print(table)
+    rows = [
+        {
+            "id": job.id,
+            "kind": job.kind,
+            "status": job.status,
+            "progress": _progress(job),
+            "attempts": job.attempts,
+            "started": job.started_at.strftime("%Y-%m-%d %H:%M:%S") if job.started_at else "",
+            "run folder": str(job.run_dir),
+        }
+        for job in found
+    ]
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, empty="no jobs yet")
 
 
 @app.command()
