@@ -223,8 +223,8 @@ def run_case(case: dict) -> dict:
         "first_step_s": round(first_step_s, 2),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "model_gflop_per_step": round(flops / 1e9, 3),
-        "achieved_tflops": round(tflops, 3),
-        "mfu": round(tflops / case["peak_tflops"], 4),
+        "achieved_tflops": float(f"{tflops:.4g}"),
+        "mfu": float(f"{tflops / case['peak_tflops']:.4g}"),
     }
 
 
@@ -339,6 +339,12 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
     parser.add_argument("--compile", action="store_true", help="Also the compiled cases.")
     parser.add_argument("--skip-sdxl", action="store_true")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="Run the cases in this process (quick check; accelerate then allows one mixed precision, "
+        "so only without fp16 cases, as on the CPU).",
+    )
     parser.add_argument("--out", type=Path, help="Write the figures as JSON here too.")
     args = parser.parse_args()
     if args.case:
@@ -352,7 +358,8 @@ def main() -> None:
         for case in cases(args):
             if case["precision"] == "fp16" and not cuda:
                 continue  # accelerate autocasts fp16 on CUDA only
-            results.append(in_fresh_process({**case, "root": tmp}))
+            case["root"] = tmp
+            results.append(run_case(case) if args.in_process else in_fresh_process(case))
             print(json.dumps(results[-1]), flush=True)
     by_name = {r["name"]: r for r in results}
     for r in results:
