@@ -59,7 +59,11 @@ CREATE TABLE IF NOT EXISTS answered (
 -- Every idempotency key ever accepted, so that a resent judgment is recognised quietly.
 CREATE TABLE IF NOT EXISTS idempotency_keys (idempotency_key TEXT PRIMARY KEY) WITHOUT ROWID;
 """
-_ADDED_COLUMNS = (("pending", "idempotency_key TEXT"), ("answered", "withdrawn INTEGER NOT NULL DEFAULT 0"))
+_ADDED_COLUMNS = (
+    ("pending", "idempotency_key TEXT"),
+    ("answered", "withdrawn INTEGER NOT NULL DEFAULT 0"),
+    ("pending", "preview TEXT"),
+)
 """Columns newer than some inbox files: added on open where missing."""
 
 

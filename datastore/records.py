@@ -223,6 +223,8 @@ class NewJudgment:
             it identifies the judgment for idempotent merges.
         idempotency_key: made by the client for one answer (a key press in the browser); the
             inbox accepts a key once and ignores a resend of it.
+        preview: what a step judgment was made on: None = the pair's own images (predicted x0),
+            ``completion`` = their completion previews (the finished images they lead to).
     """
 
     pair_id: int
@@ -239,7 +241,11 @@ class NewJudgment:
     external_id: str | None = None
     external_updated_at: str | None = None
     idempotency_key: str | None = None
+    preview: Literal["completion"] | None = None
 
+
+PREVIEW_KINDS: tuple[str, ...] = ("completion",)
+"""Kinds of preview a judgment may have been made on (``NewJudgment.preview``, ``image_previews.kind``)."""
 
 _JUDGMENT_SCHEMA = pa.schema(
     [
@@ -257,6 +263,7 @@ _JUDGMENT_SCHEMA = pa.schema(
         ("external_id", pa.string()),
         ("external_updated_at", pa.string()),
         ("idempotency_key", pa.string()),
+        ("preview", pa.string()),
     ]
 )
 
@@ -279,6 +286,8 @@ def validate_judgment(j: NewJudgment) -> None:
         raise StoreError(f"judgment source must be one of {SOURCES}, got {j.source!r}")
     if j.left_image is not None and (not isinstance(j.left_image, str) or j.left_image not in ("a", "b")):
         raise StoreError(f"left_image must be 'a', 'b' or None, got {j.left_image!r}")
+    if j.preview is not None and (not isinstance(j.preview, str) or j.preview not in PREVIEW_KINDS):
+        raise StoreError(f"judgment preview must be one of {PREVIEW_KINDS} or None, got {j.preview!r}")
     for name in ("confidence", "score_a", "score_b"):
         value = getattr(j, name)
         if value is None:
@@ -329,7 +338,7 @@ def insert_judgments(con: duckdb.DuckDBPyConnection, judgments: Sequence[NewJudg
     try:
         ids = con.execute(
             "INSERT INTO judgments (pair_id, annotator_id, source, outcome, left_image, confidence, score_a, score_b, "
-            "shown_at, answered_at, is_gold, external_id, external_updated_at, idempotency_key) "
+            "shown_at, answered_at, is_gold, external_id, external_updated_at, idempotency_key, preview) "
             "SELECT * FROM incoming_judgments RETURNING id"
         ).fetchall()
     finally:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -410,6 +411,8 @@ class Answer:
         side: the key's meaning: ``left``, ``right``, ``tie`` or ``both_bad``.
         is_gold: whether the pair was handed out as a gold pair.
         shown_at, answered_at: the browser's times of display and key press (naive UTC).
+        preview: what the pair was judged on: None = its own images, ``completion`` = the
+            completion previews of a step pair's candidates (see :func:`completion_previews`).
     """
 
     key: str | None
@@ -419,6 +422,7 @@ class Answer:
     is_gold: bool
     shown_at: datetime
     answered_at: datetime
+    preview: str | None = None
 
     def judgment(self, annotator_id: int) -> NewJudgment:
         """The judgment this answer records (source ``app``).
@@ -436,6 +440,32 @@ class Answer:
             answered_at=self.answered_at,
             is_gold=self.is_gold,
             idempotency_key=self.key,
+            preview=self.preview,
+        )
+
+
+def completion_previews(store: Store, image_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """The completion previews of the given images (step-pool candidates): image id -> (preview
+    image id, its file relative to the media folder); images without one are left out."""
+    with store.read() as con:
+        rows = con.execute(
+            "SELECT v.image_id, v.preview_id, i.path FROM image_previews v JOIN images i ON i.id = v.preview_id "
+            "WHERE v.kind = 'completion' AND list_contains(?, v.image_id)",
+            [list(image_ids)],
+        ).fetchall()
+    return {image_id: (preview_id, path) for image_id, preview_id, path in rows}
+
+
+def step_pairs_have_previews(store: Store) -> bool:
+    """Whether some step pair has a completion preview for both of its candidates."""
+    with store.read() as con:
+        return bool(
+            scalar(
+                con,
+                "SELECT EXISTS (SELECT 1 FROM pairs p "
+                "JOIN image_previews va ON va.image_id = p.image_a AND va.kind = 'completion' "
+                "JOIN image_previews vb ON vb.image_id = p.image_b AND vb.kind = 'completion' WHERE p.kind = 'step')",
+            )
         )
 
 

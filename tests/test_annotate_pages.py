@@ -15,8 +15,13 @@ from labeling_data import add_shapes_pairs
 from streamlit.testing.v1 import AppTest
 
 from datastore.store import Store
+from workbench.access import add_user, remove_user
+from workbench.generation import GenerationConfig, generate_step_pools
+from workbench.pipelines import load_pipeline
+from workbench.toy import TOY_MODEL_DIR
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
+COMPLETION, X0 = "finished image this continuation leads to", "predicted x0 at this step"
 SHOWN, ANSWERED = "2026-03-01T10:00:00.000Z", "2026-03-01T10:00:02.250Z"
 
 
@@ -45,7 +50,7 @@ def answer(pair: dict, side: str, key: str) -> dict:
     """The widget's message for a key press on ``pair``."""
     return {
         "type": "answer", "key": key, "pair": pair["id"], "side": side, "left_image": pair["left_image"],
-        "gold": pair["gold"], "shown_at": SHOWN, "answered_at": ANSWERED,
+        "gold": pair["gold"], "preview": pair["preview"], "shown_at": SHOWN, "answered_at": ANSWERED,
     }  # fmt: skip
 
 
@@ -130,8 +135,11 @@ def test_noisy_steps_shows_the_chain_position_and_records_step_judgments(home: P
     add_shapes_pairs(store, 2, kind="step")
     add_shapes_pairs(store, 2, seed=5)  # final pairs stay out of this page
     at = _open("noisy_steps.py", "bob")
+    assert "meant for scorers" in at.info[0].value  # no completion previews: only predicted x0s to judge
     args = widget_args(at)
     assert len(args["pairs"]) == 2
+    assert all(p["preview"] is None for p in args["pairs"])
+    assert {v["caption"] for p in args["pairs"] for side in p["sides"] for v in side} == {f"{X0} (no completion preview)"}
     with store.read() as con:
         steps = dict(
             con.execute(
@@ -144,7 +152,48 @@ def test_noisy_steps_shows_the_chain_position_and_records_step_judgments(home: P
     args = send(at, "step", 1, [answer(first, "tie", "d1" * 8), answer(second, "both_bad", "d2" * 8)], [])
     rows = _judgments(store)
     assert [(r[0], r[1], r[4]) for r in rows] == [(first["id"], "tie", "bob"), (second["id"], "both_bad", "bob")]
+    assert _previews(store) == [None, None]
     assert args["pairs"] == [] and args["exhausted"] and args["progress"] == {"done": 2, "remaining": 0}
+
+
+def _previews(store: Store) -> list[str | None]:
+    with store.read() as con:
+        return [r[0] for r in con.execute("SELECT preview FROM judgments ORDER BY id").fetchall()]
+
+
+def test_noisy_steps_shows_completion_previews_large_and_records_what_was_judged(home: Path) -> None:
+    store = Store.open(home)
+    cfg = GenerationConfig(num_inference_steps=4, pool_k=3, pool_steps=(2,), seed=3, batch_size=4, previews="completion")
+    generate_step_pools(store, load_pipeline(TOY_MODEL_DIR), "toy", ["a red circle at the top left"], cfg, progress=False)
+    (bare,) = add_shapes_pairs(store, 1, kind="step")  # a step pair without previews
+    with store.read() as con:
+        completion = dict(con.execute("SELECT image_id, preview_id FROM image_previews WHERE kind = 'completion'").fetchall())
+        pairs = dict(con.execute("SELECT id, [image_a, image_b] FROM pairs WHERE pool_id IS NOT NULL").fetchall())
+    assert len(completion) == 3 and len(pairs) == 4  # 3 candidates paired all ways, and the bare pair
+    at = _open("noisy_steps.py", "cy")
+    assert not at.info  # some step pairs can be judged on their finished images
+    args = widget_args(at)
+    by_preview = {p["id"]: p["preview"] for p in args["pairs"]}
+    assert by_preview == {i: None if i == bare.pair_id else "completion" for i in pairs}
+    for pair in args["pairs"]:
+        if pair["preview"] is None:
+            continue
+        shown = [pairs[pair["id"]][i] for i in ((0, 1) if pair["left_image"] == "a" else (1, 0))]
+        # Each side: the completion of its candidate large, the candidate's predicted x0 small beside it.
+        for side, image in zip(pair["sides"], shown, strict=True):
+            assert [(v["image"], v["caption"]) for v in side] == [(completion[image], COMPLETION), (image, X0)]
+    assert set(args["images"]) == set(completion) | set(completion.values()) | set(pairs[bare.pair_id])
+    previewed = next(p for p in args["pairs"] if p["preview"] == "completion")
+    bare_pair = next(p for p in args["pairs"] if p["id"] == bare.pair_id)
+    # An answer claiming another preview than the pair was handed with is dropped; so is an unknown kind.
+    lie = {**answer(bare_pair, "left", "e0" * 8), "preview": "completion"}
+    unknown = {**answer(previewed, "left", "e1" * 8), "preview": "x0"}
+    args = send(at, "step", 1, [lie, unknown], [p["id"] for p in args["pairs"]])
+    assert args["acked"] == ["e0" * 8, "e1" * 8] and "preview" in args["error"] and _judgments(store) == []
+    outbox = [answer(previewed, "left", "e2" * 8), answer(bare_pair, "right", "e3" * 8)]
+    send(at, "step", 2, outbox, [p["id"] for p in args["pairs"] if p["id"] not in (previewed["id"], bare.pair_id)])
+    assert [(r[0], r[4]) for r in _judgments(store)] == [(previewed["id"], "cy"), (bare.pair_id, "cy")]
+    assert _previews(store) == ["completion", None]
 
 
 def test_configured_annotators_are_offered_as_a_list(home: Path) -> None:
@@ -183,3 +232,38 @@ def test_a_page_can_show_several_captioned_views_per_side(home: Path) -> None:
         assert [v["caption"] for v in left] == ["preview", "own"] and pair["context"] == f"pair {pair['id']}"
         assert (left[0]["image"], left[1]["image"]) == (right[1]["image"], right[0]["image"])
     assert len(args["images"]) == 4
+
+
+def _widget_callback() -> None:
+    """The widget's message callback alone, as Streamlit runs it before the page (and its sign-in check)."""
+    import streamlit as st
+
+    from workbench.ui.judging import _on_message, pair_views
+
+    if "message" in st.session_state:
+        _on_message("final", st.session_state["message"]["annotator"], pair_views, None, st.session_state["message"])
+
+
+def test_answers_of_a_person_removed_meanwhile_are_refused(home: Path, monkeypatch) -> None:
+    monkeypatch.delenv("WORKBENCH_USERS_FILE", raising=False)
+    monkeypatch.setenv("WORKBENCH_REQUIRE_SIGN_IN", "1")
+    store = Store.open(home)
+    made = add_shapes_pairs(store, 3)
+    ann = add_user(store, home / "users.toml", "ann", "annotator", "ann's password")
+    add_user(store, home / "users.toml", "ada", "admin", "ada's password")
+    at = AppTest.from_function(_widget_callback, default_timeout=60)
+    at.session_state["signed_in"] = "ann"
+
+    def deliver(seq: int, pair_id: int) -> None:
+        pair = {"id": pair_id, "left_image": "a", "gold": False, "preview": None}
+        at.session_state["message"] = {"seq": seq, "annotator": ann.annotator_id, "outbox": [answer(pair, "left", f"f{seq}" * 8)]}
+        at.run()
+        assert not at.exception
+
+    deliver(1, made[0].pair_id)
+    remove_user(home / "users.toml", "ann")
+    deliver(2, made[1].pair_id)  # in flight when ann was removed
+    remove_user(home / "users.toml", "ada")  # nobody left: sign-in is no longer asked on loopback
+    deliver(3, made[2].pair_id)
+    assert [r[0] for r in _judgments(store)] == [made[0].pair_id]
+    assert "signed_in" not in at.session_state

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 from test_store_concurrency import _count, _seed_pairs, _wait_for, _worker
 
 from datastore.errors import DuplicateJudgmentError, NotFoundError, StoreError
-from datastore.records import NewJudgment, ensure_annotator
+from datastore.records import NewJudgment, ensure_annotator, insert_judgments
 from datastore.store import Store
 
 
@@ -133,3 +135,43 @@ def test_sigkill_of_writers_and_drainers_at_random_moments_keeps_every_acknowled
     # A killed writer may have committed one judgment it never got to acknowledge.
     assert len(set(judged) - acked) <= 2 * 3
     assert 0 < len(acked) < 2 * 240  # killed part-way
+
+
+def test_a_judgment_records_what_it_was_made_on_and_a_bad_preview_is_refused(store: Store) -> None:
+    pairs = _seed_pairs(store, 3)
+    [ann] = _annotators(store, 1)
+    for bad in ("x0", "Completion", 1, True):
+        with pytest.raises(StoreError, match=f"judgment preview must be one of \\('completion',\\) or None, got {bad!r}"):
+            store.record_judgment(NewJudgment(pairs[0], ann, "app", "a", preview=bad))
+        with pytest.raises(StoreError, match="judgment preview"), store.write() as con:
+            insert_judgments(con, [NewJudgment(pairs[0], ann, "ai", "a", preview=bad)])
+    assert store.inbox.pending() == []
+    store.record_judgment(NewJudgment(pairs[0], ann, "app", "a", preview="completion"))
+    store.record_judgment(NewJudgment(pairs[1], ann, "app", "b"))
+    with store.read() as con:
+        rows = con.execute("SELECT pair_id, preview FROM judgments ORDER BY id").fetchall()
+    assert rows == [(pairs[0], "completion"), (pairs[1], None)]
+
+
+def test_an_inbox_file_from_before_previews_gets_the_column_and_its_rows_apply(store: Store) -> None:
+    pairs = _seed_pairs(store, 3)
+    [ann] = _annotators(store, 1)
+    (store.home / "inbox.sqlite").unlink()
+    old = sqlite3.connect(store.home / "inbox.sqlite")
+    columns = [f.name for f in dataclasses.fields(NewJudgment) if f.name != "preview"]
+    old.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        f"CREATE TABLE pending (id INTEGER PRIMARY KEY AUTOINCREMENT, {', '.join(columns)});"
+        "CREATE TABLE answered (pair_id INTEGER NOT NULL, annotator_id INTEGER NOT NULL,"
+        " withdrawn INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (pair_id, annotator_id)) WITHOUT ROWID;"
+    )
+    row = {**dict.fromkeys(columns), "pair_id": pairs[0], "annotator_id": ann, "source": "app", "outcome": "a", "is_gold": 0}
+    old.execute(f"INSERT INTO pending ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", list(row.values()))
+    old.commit()
+    old.close()
+    reopened = Store.open(store.home)  # a judgment an older version acknowledged, still pending
+    reopened.record_judgment(NewJudgment(pairs[1], ann, "app", "b", preview="completion"))
+    with reopened.read() as con:
+        rows = con.execute("SELECT pair_id, preview FROM judgments ORDER BY id").fetchall()
+        quarantined = con.execute("SELECT count(*) FROM inbox_quarantine").fetchall()[0][0]
+    assert rows == [(pairs[0], None), (pairs[1], "completion")] and quarantined == 0

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import streamlit as st
 import streamlit.components.v1 as components
 
 from datastore.errors import NotFoundError, StoreError
+from datastore.records import PREVIEW_KINDS
 from labeling.errors import LabelingError
 from labeling.queue import (
     SIDES,
@@ -54,13 +55,23 @@ class View:
     caption: str = ""
 
 
-Views = Callable[[QueueItem], tuple[list[View], list[View]]]
-"""What a page shows of a pair: the views of its left side and of its right side."""
+class Sides(NamedTuple):
+    """What a page shows of a pair: the views of its left side and of its right side, and what
+    they show (None: the pair's own images; ``completion``: the candidates' completion previews),
+    recorded with the judgment."""
+
+    left: list[View]
+    right: list[View]
+    preview: str | None = None
 
 
-def pair_views(item: QueueItem) -> tuple[list[View], list[View]]:
+Views = Callable[[QueueItem], Sides | tuple[list[View], list[View]]]
+"""What a page shows of a pair (a plain (left, right) tuple: the pair's own images)."""
+
+
+def pair_views(item: QueueItem) -> Sides:
     """The default views: each side is its image."""
-    return [View(*item.left)], [View(*item.right)]
+    return Sides([View(*item.left)], [View(*item.right)])
 
 
 @st.cache_data(max_entries=4096, show_spinner=False)
@@ -173,6 +184,8 @@ def _answer(message: dict) -> Answer:
     pair = message.get("pair")
     if not isinstance(pair, int) or not 0 < pair < 2**63 or message.get("side") not in SIDES:
         raise LabelingError(f"an answer needs a pair id and a side of {SIDES}, got {message!r}")
+    if message.get("preview") not in (None, *PREVIEW_KINDS):
+        raise LabelingError(f"an answer's preview must be one of {PREVIEW_KINDS} or null, got {message['preview']!r}")
     return Answer(
         key=message["key"],
         pair_id=message["pair"],
@@ -181,6 +194,7 @@ def _answer(message: dict) -> Answer:
         is_gold=message.get("gold") is True,
         shown_at=_time(message.get("shown_at"), "shown_at"),
         answered_at=_time(message.get("answered_at"), "answered_at"),
+        preview=message.get("preview"),
     )
 
 
@@ -207,6 +221,12 @@ def _receive(kind: str, annotator_id: int, value: Any) -> None:
         try:
             if message.get("type") == "answer":
                 answer = _answer(message)
+                handed = session.handed.get(answer.pair_id)
+                if handed is not None and handed["preview"] != answer.preview:
+                    raise LabelingError(
+                        f"pair {answer.pair_id} was handed out with preview {handed['preview']!r}, "
+                        f"answered as seen on {answer.preview!r}"
+                    )
                 status = record_answers(store(), annotator_id, [answer])[0]
                 session.handed.pop(answer.pair_id, None)
                 if status == "saved":
@@ -226,16 +246,17 @@ def _receive(kind: str, annotator_id: int, value: Any) -> None:
 
 def _payload(item: QueueItem, views: Views, context: Callable[[QueueItem], str] | None) -> tuple[dict, dict]:
     """A pair as the widget gets it, and the media paths of its images."""
-    sides = views(item)
+    sides = Sides(*views(item))
     payload = {
         "id": item.pair_id,
         "prompt": item.prompt,
         "context": context(item) if context else "",
         "left_image": item.left_image,
         "gold": item.gold_outcome is not None,
-        "sides": [[{"image": v.image_id, "caption": v.caption} for v in side] for side in sides],
+        "preview": sides.preview,
+        "sides": [[{"image": v.image_id, "caption": v.caption} for v in side] for side in sides[:2]],
     }
-    return payload, {v.image_id: v.path for side in sides for v in side}
+    return payload, {v.image_id: v.path for side in sides[:2] for v in side}
 
 
 def _top_up(kind: str, annotator_id: int, views: Views, context: Callable[[QueueItem], str] | None) -> None:
@@ -266,6 +287,9 @@ def _top_up(kind: str, annotator_id: int, views: Views, context: Callable[[Queue
 
 @st.fragment
 def _widget(kind: str, annotator_id: int, views: Views, context: Callable[[QueueItem], str] | None) -> None:
+    if not _still_annotating(annotator_id):  # a fragment's reruns skip the page's sign-in check
+        st.error("Sign in to annotate.")
+        st.stop()
     session = _session(kind)
     if not session.seen_seq and not session.handed:
         _top_up(kind, annotator_id, views, context)
@@ -304,9 +328,23 @@ def _widget(kind: str, annotator_id: int, views: Views, context: Callable[[Queue
         st.rerun()
 
 
+def _still_annotating(annotator_id: int) -> bool:
+    """Whether this session may still judge as ``annotator_id``: its sign-in, read again from the
+    users file (a removed person is signed out), names that annotator; or, sign-in not asked, the
+    name given in this session does."""
+    user = signed_in()
+    if user is not None:
+        return user.annotator_id == annotator_id
+    chosen = st.session_state.get("annotator")
+    return not sign_in_needed() and chosen is not None and chosen[0] == annotator_id
+
+
 def _on_message(
     kind: str, annotator_id: int, views: Views, context: Callable[[QueueItem], str] | None, value: Any = None
 ) -> None:
+    # A callback runs before the page's own checks: refuse the answers of a person signed out since.
+    if not _still_annotating(annotator_id):
+        return
     _receive(kind, annotator_id, st.session_state[f"queue_{kind}_widget"] if value is None else value)
     _top_up(kind, annotator_id, views, context)
 

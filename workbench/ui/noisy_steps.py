@@ -1,9 +1,14 @@
-"""Noisy steps: judge candidates of a step pool, each shown as its predicted final image (x0)."""
+"""Noisy steps: judge candidates of a step pool, each shown as the finished image its continuation
+leads to (its completion preview) when it has one, with its predicted final image (x0) beside it."""
 
 import streamlit as st
 
-from labeling.queue import QueueItem
-from workbench.ui.judging import annotator, judge_queue
+from labeling.queue import QueueItem, completion_previews, step_pairs_have_previews
+from workbench.ui.judging import Sides, View, annotator, judge_queue
+from workbench.ui.state import store
+
+COMPLETION = "finished image this continuation leads to"
+X0 = "predicted x0 at this step"
 
 
 def _position(item: QueueItem) -> str:
@@ -12,11 +17,30 @@ def _position(item: QueueItem) -> str:
     return f"Step {item.step_index} of {item.num_steps} of the denoising chain · timestep t = {item.timestep}"
 
 
+def _views(item: QueueItem) -> Sides:
+    previews = completion_previews(store(), (item.image_a, item.image_b))
+    if len(previews) < 2:
+        bare = f"{X0} (no completion preview)"
+        return Sides([View(*item.left, bare)], [View(*item.right, bare)])
+    left, right = (
+        # At the chain's last step a candidate is finished: it is its own completion.
+        [View(*previews[image], COMPLETION)] + ([View(image, path, X0)] if previews[image][0] != image else [])
+        for image, path in (item.left, item.right)
+    )
+    return Sides(left, right, "completion")
+
+
 st.title("Noisy steps")
 st.caption(
-    "Each image is the model's prediction of the final image from one continuation of the same noisy state. "
-    "Pick the continuation that is on the better way to the prompt."
+    "Each candidate is one continuation of the same noisy state. Pick the continuation that leads to "
+    "the better image for the prompt."
 )
+if not step_pairs_have_previews(store()):
+    st.info(
+        "These step pairs have no completion previews, so each side shows only the model's predicted x0 at "
+        "the step, which is hard to judge by eye: such pairs are meant for scorers. Generate them with "
+        "`workbench generate --step-pools K --previews completion` to judge the finished images instead."
+    )
 annotator_id = annotator()
 if annotator_id is not None:
-    judge_queue("step", annotator_id, context=_position)
+    judge_queue("step", annotator_id, views=_views, context=_position)

@@ -285,6 +285,7 @@
       side,
       left_image: pair.left_image,
       gold: pair.gold,
+      preview: pair.preview ?? null,
       shown_at: shownAt,
       answered_at: new Date(performance.timeOrigin + pressedAt).toISOString(),
     });
