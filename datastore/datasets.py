@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 
@@ -37,6 +38,7 @@ SNAPSHOT_COLUMNS = (
     "agreement",
     "model_0",
     "model_1",
+    "preview",
 )
 _HASHED_COLUMNS = [c for c in SNAPSHOT_COLUMNS if c not in ("image_0", "image_1")]
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -60,6 +62,9 @@ class DatasetFilters:
         min_agreement: pairs whose share of judgments agreeing with the consensus is lower are left out.
         include_ties: keep pairs whose consensus is a tie (labels 0.5 / 0.5).
         include_gold: keep gold pairs (known answer) as well.
+        step_judgments: which judgments of step pairs count: ``all``, or ``completion``, only those
+            made on the candidates' completion previews, so that the step pairs kept are those
+            judged on completions (each with ``preview`` = ``completion``). Final pairs are not affected.
     """
 
     kinds: tuple[str, ...] = ("final", "step")
@@ -72,6 +77,7 @@ class DatasetFilters:
     min_agreement: float = 0.0
     include_ties: bool = True
     include_gold: bool = True
+    step_judgments: Literal["all", "completion"] = "all"
 
     def __post_init__(self) -> None:
         if not self.kinds or any(k not in ("final", "step") for k in self.kinds):
@@ -86,6 +92,8 @@ class DatasetFilters:
             raise StoreError(f"min_judgments must be >= 1, got {self.min_judgments}")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise StoreError(f"min_agreement must be within [0, 1], got {self.min_agreement}")
+        if self.step_judgments not in ("all", "completion"):
+            raise StoreError(f"step_judgments must be 'all' or 'completion', got {self.step_judgments!r}")
 
 
 @dataclass(frozen=True)
@@ -109,7 +117,7 @@ class DatasetVersion:
 
 JUDGMENT_COLUMNS = (
     "judgment_id", "pair_id", "annotator", "annotator_kind", "source", "outcome", "left_image",
-    "score_a", "score_b", "kind", "timestep", "gold_outcome", "image_a", "image_b",
+    "score_a", "score_b", "kind", "timestep", "gold_outcome", "image_a", "image_b", "preview",
 )
 """Columns of :func:`judgments_frame`."""
 
@@ -143,10 +151,12 @@ def judgments_frame(store: Store, filters: DatasetFilters | None = None) -> pl.D
         clauses.append("j.outcome <> 'both_bad'")
     if not filters.include_gold:
         clauses.append("p.gold_outcome IS NULL")
+    if filters.step_judgments == "completion":
+        clauses.append("(p.kind <> 'step' OR coalesce(j.preview = 'completion', false))")
     query = f"""
         SELECT j.id AS judgment_id, j.pair_id, a.name AS annotator, a.kind AS annotator_kind, j.source,
                j.outcome, j.left_image, j.score_a, j.score_b, p.kind, p.timestep::BIGINT AS timestep,
-               p.gold_outcome, p.image_a, p.image_b
+               p.gold_outcome, p.image_a, p.image_b, j.preview
         FROM judgments j
         JOIN annotators a ON a.id = j.annotator_id
         JOIN pairs p ON p.id = j.pair_id
@@ -204,14 +214,24 @@ def majority_consensus(judgments: pl.DataFrame) -> pl.DataFrame:
 def consensus_frame(store: Store, filters: DatasetFilters, consensus: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row per selected pair with its consensus label, sorted by pair id.
 
+    A step pair's ``preview`` is ``completion`` when every judgment that ``filters`` count was
+    made on its candidates' completion previews, else null (null for final pairs).
+
     Args:
         filters: which judgments count and which pairs are kept.
         consensus: per-pair labels (columns pair_id, consensus, n_judgments, agreement, as
             :func:`majority_consensus` gives); None computes the majority vote of the judgments
             that ``filters`` count. Pairs missing from it are left out.
     """
+    judgments = judgments_frame(store, filters)
     if consensus is None:
-        consensus = majority_consensus(judgments_frame(store, filters))
+        consensus = majority_consensus(judgments)
+    previews = judgments.group_by("pair_id").agg(
+        pl.when((pl.col("kind") == "step").all() & pl.col("preview").eq_missing("completion").all())
+        .then(pl.lit("completion"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+        .alias("preview")
+    )
     query = """
         SELECT p.id AS pair_id, pr.text AS prompt,
                ia.path AS media_0, ib.path AS media_1,
@@ -234,13 +254,14 @@ def consensus_frame(store: Store, filters: DatasetFilters, consensus: pl.DataFra
     label_0 = pl.col("consensus").replace_strict({"a": 1.0, "b": 0.0, "tie": 0.5}, return_dtype=pl.Float64)
     frame = (
         pairs.join(consensus.select("pair_id", "consensus", "n_judgments", "agreement"), on="pair_id", how="inner")
+        .join(previews, on="pair_id", how="left")
         .with_columns(label_0.alias("label_0"), (1.0 - label_0).alias("label_1"))
         .filter(
             (pl.col("n_judgments") >= filters.min_judgments) & (pl.col("agreement") >= filters.min_agreement)
         )
         .select(
             "pair_id", "prompt", "media_0", "media_1", "image_0_uid", "image_1_uid", "label_0", "label_1",
-            "kind", "timestep", "n_judgments", "agreement", "model_0", "model_1",
+            "kind", "timestep", "n_judgments", "agreement", "model_0", "model_1", "preview",
         )
         .sort("pair_id")
     )

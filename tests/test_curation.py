@@ -13,7 +13,8 @@ import pytest
 from labeling_data import MadePair, add_shapes_pairs
 from typer.testing import CliRunner
 
-from datastore.datasets import DatasetFilters, judgments_frame, majority_consensus
+from datastore.datasets import DatasetFilters, create_dataset_version, judgments_frame, majority_consensus
+from datastore.errors import StoreError
 from datastore.media import encode_png
 from datastore.records import (
     ImageRow,
@@ -40,6 +41,7 @@ from labeling.curation import (
     save_curation,
 )
 from reward_models.shapes import render
+from training.spm import select_pairs
 from workbench.cli import app
 
 runner = CliRunner()
@@ -332,3 +334,36 @@ def test_cli_save_list_build_and_agreement(tmp_path: Path) -> None:
         assert title in out
     human_only = run("agreement", "--annotators", "human")
     assert "14 judgments of 5 pairs by 3 annotators" in human_only
+
+
+def test_a_version_records_which_step_pairs_were_judged_on_completions_and_can_keep_only_those(
+    store: Store,
+) -> None:
+    (final,) = add_shapes_pairs(store, 1)
+    both, mixed, bare = (p.pair_id for p in add_shapes_pairs(store, 3, kind="step", seed=2))
+    with store.write() as con:
+        ann, bob = ensure_annotator(con, "ann"), ensure_annotator(con, "bob")
+        judgments = [
+            (final.pair_id, ann, None), (both, ann, "completion"), (both, bob, "completion"),
+            (mixed, ann, "completion"), (mixed, bob, None), (bare, ann, None),
+        ]  # fmt: skip
+        insert_judgments(con, [NewJudgment(p, a, "app", "a", preview=v) for p, a, v in judgments])
+
+    def rows(version) -> list[tuple]:
+        return pl.read_parquet(version.pairs_file).select("pair_id", "kind", "n_judgments", "preview").rows()
+
+    every = create_dataset_version(store, "every")
+    assert rows(every) == [
+        (final.pair_id, "final", 1, None), (both, "step", 2, "completion"), (mixed, "step", 2, None), (bare, "step", 1, None),
+    ]  # fmt: skip
+    # Only step judgments made on completions count: the x0 one of the mixed pair goes, the bare pair with it.
+    completions = create_dataset_version(store, "completions", DatasetFilters(step_judgments="completion"))
+    assert rows(completions) == [
+        (final.pair_id, "final", 1, None), (both, "step", 2, "completion"), (mixed, "step", 1, "completion"),
+    ]  # fmt: skip
+    assert completions.filters["step_judgments"] == "completion" and completions.content_hash != every.content_hash
+    # The SPM's step_pairs=completion takes exactly the step pairs judged on completions.
+    kept = select_pairs(pl.read_parquet(every.pairs_file), "completion")
+    assert kept["pair_id"].to_list() == [final.pair_id, both]
+    with pytest.raises(StoreError, match="step_judgments must be 'all' or 'completion', got 'x0'"):
+        DatasetFilters(step_judgments="x0")
