@@ -72,7 +72,7 @@ def test_the_grid_draws_each_checkpoint_once_and_caches_it(page: AppTest, home: 
 
 def test_the_launch_button_starts_a_round_job(page: AppTest, home: Path) -> None:
     for widget in page.number_input:
-        if widget.label in ("Prompts per round", "DPO steps per round"):
+        if widget.label in ("Prompts per round", "Training steps per round"):
             widget.set_value(1)
     next(b for b in page.button if b.label == "Launch in the background").click().run()
     assert not page.exception
@@ -82,6 +82,7 @@ def test_the_launch_button_starts_a_round_job(page: AppTest, home: Path) -> None
     assert job.command[-2:] == ["--parent", "2"]  # the newest model by default
     launched = json.loads((job.run_dir / "round_config.json").read_text())
     assert launched["num_prompts"] == 1 and "max_steps=1" in launched["training"]
+    assert (launched["recipe"], launched["scorer"]) == ("dpo", "shapes-oracle")  # the defaults
     stop_job(store, job.id, grace_s=5)
 
 
@@ -154,3 +155,24 @@ def test_a_waiting_round_shows_what_it_needs_and_continues_once_judged(
     assert job.command[3:6] == ["round", "resume", "1"] and job.round_id == 1
     needs = human_needs(store, 1)
     assert (needs.missing, needs.pairs, needs.per_pair, needs.ai) == (0, 0, 2, 0)
+
+
+def test_the_recipe_and_the_ai_judge_are_chosen_at_launch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    page = _open(home, monkeypatch)
+    page.text_input(key="launch_scorer").input("  ")
+    next(b for b in page.button if b.label == "Launch in the background").click().run()
+    assert "Name the AI judge" in page.error[0].value
+    store = Store.open(home)
+    assert list_jobs(store, kind="round") == []
+    page.text_input(key="launch_scorer").input("pickscore:/models/pickscore")
+    page.selectbox(key="launch_recipe").set_value("spm-spo")
+    next(w for w in page.number_input if w.label == "Training steps per round").set_value(7)
+    next(b for b in page.button if b.label == "Launch in the background").click().run()
+    assert not page.exception and not page.error
+    (job,) = list_jobs(store, kind="round")
+    stop_job(store, job.id, grace_s=5)
+    launched = json.loads((job.run_dir / "round_config.json").read_text())
+    assert (launched["recipe"], launched["scorer"]) == ("spm-spo", "pickscore:/models/pickscore")
+    # Both stages get the step count, not the demo's DPO settings.
+    assert launched["training"] == ["max_steps=7"] and launched["spo_training"] == ["max_steps=7"]

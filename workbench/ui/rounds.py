@@ -6,6 +6,7 @@ from dataclasses import replace
 import polars as pl
 import streamlit as st
 
+from reward_models.spec import SPEC_HELP
 from workbench import rounds
 from workbench.jobs import JobError, list_jobs
 from workbench.ui.state import require_admin, store
@@ -101,32 +102,52 @@ if len(models) > 1:
 
 st.subheader("Launch")
 JUDGES = {"ai": "an AI scorer", "human": "people", "both": "people and an AI scorer"}
+RECIPES = {
+    "dpo": "Diffusion-DPO on the round's judged final pairs",
+    "spo": "SPO online, the AI scorer judging each step",
+    "spm-spo": "step-aware preference model from the round's judgments, then SPO with it",
+}
 with st.form("launch_round"):
     feedback = st.selectbox("Judged by", list(JUDGES), format_func=JUDGES.get, key="launch_feedback")
+    scorer = st.text_input(
+        "AI judge / scorer", rounds.DEMO.scorer, key="launch_scorer", help=f"A scorer spec: {SPEC_HELP}."
+    )
     per_pair = st.number_input("Human judgments per pair (people)", 1, 10, 1, key="launch_per_pair")
+    recipe = st.selectbox(
+        "Recipe", list(RECIPES), format_func=lambda r: f"{r}: {RECIPES[r]}", key="launch_recipe"
+    )
     n_rounds = st.number_input("Rounds (AI scorer only: each from the last one's model)", 1, 10, 1)
     num_prompts = st.number_input("Prompts per round", 1, 432, rounds.DEMO.num_prompts)
-    train_steps = st.number_input("DPO steps per round", 1, 5000, int(rounds.DEMO_DPO["max_steps"]))
+    train_steps = st.number_input("Training steps per round", 1, 5000, int(rounds.DEMO_DPO["max_steps"]))
     parent = st.selectbox(
         "Parent",
         [m for m, _ in models[-1:]] + [None],
         format_func=lambda m: "base model" if m is None else f"model {m}",
     )
     if st.form_submit_button("Launch in the background"):
-        config = replace(
-            rounds.demo_config(prompts=int(num_prompts), train_steps=int(train_steps)),
-            feedback=feedback,
-            human_judgments_per_pair=int(per_pair),
-        )
+        config = rounds.demo_config(prompts=int(num_prompts), train_steps=int(train_steps))
+        # The demo's training overrides are DPO's: the other recipes get only their step count.
+        steps = (f"max_steps={int(train_steps)}",)
+        recipe_options = {} if recipe == "dpo" else {"training": steps, "spo_training": steps * (recipe == "spm-spo")}
         if feedback != "ai" and n_rounds > 1:
             st.error("A round judged by people waits for them: launch one at a time.")
+        elif not scorer.strip():
+            st.error(f"Name the AI judge / scorer: {SPEC_HELP}.")
         else:
             try:
+                config = replace(
+                    config,
+                    feedback=feedback,
+                    scorer=scorer.strip(),
+                    human_judgments_per_pair=int(per_pair),
+                    recipe=recipe,
+                    **recipe_options,
+                )
                 job = rounds.launch_round(store(), config, parent, int(n_rounds))
                 st.success(f"Launched job {job.id}; `workbench jobs show {job.id}` follows it.")
                 if feedback != "ai":
                     st.info("Once its pairs are drawn the round waits for people: its count shows above.")
-            except JobError as e:
+            except (JobError, rounds.RoundError) as e:
                 st.error(str(e))
 jobs = list_jobs(store(), kind="round")
 if jobs:
