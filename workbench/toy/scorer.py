@@ -3,12 +3,13 @@
 Made the way PickScore was made from CLIP, in two stages on CPU:
 
 1. Contrastive (CLIP loss) on jittered renders of the training captions and on the toy model's own
-   candidates for them. A candidate is captioned by what the oracle reads in it, not by the caption
-   it was drawn for: every candidate is used, its wrong drawings (pale purple, blob crosses) become
-   examples of the words they really show, and the tower learns the oracle's boundaries on exactly
-   the images it will judge. Candidates whose reading is empty or a held-out combination are left
-   out, so no held-out caption reaches the scorer. Captions that leave the size open match images
-   of either size: the targets of the loss are every caption in the batch that the image satisfies.
+   candidates for them (and their left-right mirrors). A candidate is captioned by what the oracle
+   reads in it, not by the caption it was drawn for: every candidate is used, its wrong drawings
+   (pale purple, blob crosses) become examples of the words they really show, and the tower learns
+   the oracle's boundaries on exactly the images it will judge. A reading that is a held-out
+   combination is captioned without its position, so no held-out caption reaches the scorer.
+   Captions that leave an attribute open match images of any value of it: the targets of the loss
+   are every caption in the batch that the image satisfies.
 2. Preference tuning on oracle-judged pairs of candidates drawn for the same training caption,
    with `training.losses.pairwise_preference_loss` (the better oracle score wins, equal scores are
    ties at 0.5, which teach equal scores), plus a weighted contrastive batch per step.
