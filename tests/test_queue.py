@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 from labeling_data import add_shapes_pairs
 
-from datastore.records import NewJudgment, ensure_annotator, insert_judgments
+from datastore.records import NewJudgment, ensure_annotator, insert_judgments, insert_previews
 from datastore.store import Store
 from labeling.errors import AlreadyJudgedError, LabelingError
 from labeling.queue import (
     Answer,
     Progress,
     QueueConfig,
+    completion_previews,
     gold_accuracy,
     human_annotator,
     next_pair,
@@ -24,6 +25,7 @@ from labeling.queue import (
     progress,
     record_answer,
     record_answers,
+    step_pairs_have_previews,
     withdraw_answer,
 )
 
@@ -307,3 +309,23 @@ def test_an_inbox_file_from_before_idempotency_keys_gets_their_columns(tmp_path:
     assert record_answers(store, ann, [_answer(item, key="f1")] * 2) == ["saved", "resent"]
     with store.read() as con:
         assert con.execute("SELECT idempotency_key FROM judgments").fetchall() == [("f1",)]
+
+
+def test_completion_previews_are_looked_up_and_an_answer_records_its_preview(store: Store) -> None:
+    made = add_shapes_pairs(store, 2, kind="step")
+    with store.read() as con:
+        (a0, b0), (a1, b1) = (con.execute("SELECT image_a, image_b FROM pairs WHERE id = ?", [p.pair_id]).fetchone() for p in made)
+        paths = dict(con.execute("SELECT id, path FROM images").fetchall())
+    assert not step_pairs_have_previews(store)
+    with store.write() as con:  # pair 0's images preview each other; pair 1 has one preview only
+        insert_previews(con, "completion", [(a0, b0), (b0, a0), (a1, b0)])
+    assert step_pairs_have_previews(store)
+    assert completion_previews(store, [a0, b0, b1]) == {a0: (b0, paths[b0]), b0: (a0, paths[a0])}
+    assert completion_previews(store, []) == {}
+    ann = human_annotator(store, "ann")
+    item, _ = next_pair(store, ann, kinds=("step",))
+    answer = dataclasses.replace(_answer(item, key="p1"), preview="completion")
+    assert answer.judgment(ann).preview == "completion" and _answer(item).judgment(ann).preview is None
+    assert record_answers(store, ann, [answer]) == ["saved"]
+    with store.read() as con:
+        assert con.execute("SELECT pair_id, preview FROM judgments").fetchall() == [(item.pair_id, "completion")]
