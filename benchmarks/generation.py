@@ -5,14 +5,18 @@
 Samples from the shipped toy model (or any pipeline given with --model) on the shapes world's
 training captions, through `generate_pairs` and `generate_step_pools`, and times a plain
 ``pipe(...)`` call on the same prompts with the same DDIM settings for comparison. A short
-warm-up run comes first so that one-off costs are not counted. Besides wall-clock seconds it
-reports process CPU seconds, which a machine shared with other jobs disturbs less.
+warm-up run comes first so that one-off costs are not counted; `generate_pairs` and the plain
+call then alternate ``--repeats`` times (each repeat with its own seed, so new images) and the
+medians are compared. Besides wall-clock seconds it reports process CPU seconds, which a machine
+shared with other jobs disturbs less.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -82,6 +86,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4, help="Candidates per step pool.")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads.")
+    parser.add_argument("--repeats", type=int, default=3, help="Alternated runs of generate_pairs and plain.")
     parser.add_argument("--out", type=Path, help="Write the figures as JSON here too.")
     args = parser.parse_args()
 
@@ -101,13 +106,23 @@ def main() -> None:
         generate_pairs(store, pipe, "bench", prompts[:1], warm, progress=False)
         generate_step_pools(store, pipe, "bench", prompts[:1], warm, progress=False)
 
-        pairs, pairs_s, pairs_cpu = timed(
-            lambda: generate_pairs(store, pipe, "bench", prompts, cfg, progress=False)
-        )
         pools, pools_s, pools_cpu = timed(
             lambda: generate_step_pools(store, pipe, "bench", prompts, cfg, progress=False)
         )
-    _, plain_s, plain_cpu = timed(lambda: plain_pipeline(pipe, prompts, cfg))
+        runs: dict[str, list[tuple[float, float]]] = {"pairs": [], "plain": []}
+        for repeat in range(args.repeats):
+            # Each repeat draws new images (seed = repeat) into the same warm store.
+            seeded = dataclasses.replace(cfg, seed=repeat)
+            pairs, seconds, cpu = timed(
+                lambda c=seeded: generate_pairs(store, pipe, "bench", prompts, c, progress=False)
+            )
+            runs["pairs"].append((seconds, cpu))
+            _, seconds, cpu = timed(lambda c=seeded: plain_pipeline(pipe, prompts, c))
+            runs["plain"].append((seconds, cpu))
+    (pairs_s, pairs_cpu), (plain_s, plain_cpu) = (
+        tuple(statistics.median(column) for column in zip(*runs[name], strict=True))
+        for name in ("pairs", "plain")
+    )
 
     height, width = image_size(pipe, cfg)
     figures = {
@@ -131,6 +146,7 @@ def main() -> None:
             "cpu_seconds": round(plain_cpu, 2),
             "images_per_s": round(pairs.images / plain_s, 2),
         },
+        "repeats": {name: [[round(s, 2), round(c, 2)] for s, c in values] for name, values in runs.items()},
         "pairs_over_plain_time": round(pairs_s / plain_s, 3),
         "pairs_over_plain_cpu_time": round(pairs_cpu / plain_cpu, 3),
         "step_pools": {

@@ -265,19 +265,22 @@ def in_fresh_process(job: dict) -> dict:
 # --- comparing the configurations ----------------------------------------------------------------
 
 
-def weight_difference(a: Path, b: Path) -> tuple[float, int]:
-    """Largest absolute difference over every tensor of the safetensors files under ``b`` and their
-    namesakes under ``a`` (a full run's ``a`` also holds the frozen VAE and text encoder)."""
+def weight_difference(a: Path, b: Path) -> tuple[float, float, int]:
+    """Largest and root-mean-square difference over every tensor of the safetensors files under
+    ``b`` and their namesakes under ``a`` (a full run's ``a`` also holds the frozen VAE and text
+    encoder), and the number of elements compared."""
     files = sorted(p.relative_to(b) for p in b.rglob("*.safetensors"))
     if not files or not all((a / name).is_file() for name in files):
         raise RuntimeError(f"{a} does not hold the weight files of {b}")
-    worst, n = 0.0, 0
+    worst, squares, n = 0.0, 0.0, 0
     for name in files:
         x, y = load_file(a / name), load_file(b / name)
-        for key, tensor in x.items():
-            worst = max(worst, (tensor.float() - y[key].float()).abs().max().item())
+        for key, tensor in y.items():
+            difference = tensor.float() - x[key].float()
+            worst = max(worst, difference.abs().max().item())
+            squares += difference.pow(2).sum().item()
             n += tensor.numel()
-    return worst, n
+    return worst, (squares / n) ** 0.5, n
 
 
 def steady(long: dict, short: dict) -> dict:
@@ -328,11 +331,13 @@ def bench_recipe(recipe: str, base: dict, steps: int, compile_too: bool, in_proc
     )
     out["ratio_pairs_per_s"] = round(out["ours"]["pairs_per_s"] / straight_steady["pairs_per_s"], 2)
     out["first_loss"] = {"ours": ours["first_loss"], "straightforward": straight["first_loss"]}
-    worst, n = weight_difference(Path(ours["out"]) / "final", Path(straight["out"]) / "final")
+    worst, rms, n = weight_difference(Path(ours["out"]) / "final", Path(straight["out"]) / "final")
+    scale = ours["learning_rate"] * (1 + steps)  # how far Adam can move a weight in these steps
     out["weights"] = {
-        "tensors_elements": n,
+        "elements": n,
         "max_abs_difference": worst,
-        "in_lr_steps": worst / (ours["learning_rate"] * (1 + steps)),
+        "max_in_lr_steps": round(worst / scale, 4),
+        "rms_in_lr_steps": round(rms / scale, 6),
     }
     if compile_too and recipe.startswith("dpo"):
         compiled_short = job("compiled", 1, "short")

@@ -36,6 +36,8 @@ def test_training_speed_benchmark_compares_every_recipe_for_two_steps(tmp_path):
     for name in ("dpo-lora", "dpo-full"):
         # Policy = reference at the first step, in both configurations.
         assert math.isclose(recipes[name]["first_loss"]["ours"], math.log(2), abs_tol=1e-6)
-        # Same pairs, noise and timesteps: the weights agree up to rounding (well under one Adam step).
-        assert recipes[name]["weights"]["in_lr_steps"] < 0.1, recipes[name]["weights"]
+        # Same pairs, noise and timesteps: the weights agree up to rounding. Adam's first steps move a
+        # weight by about lr x sign(grad), so a near-zero gradient whose sign rounding flips can differ
+        # by 2 lr: bound the RMS difference, in units of lr x steps.
+        assert recipes[name]["weights"]["rms_in_lr_steps"] < 0.02, recipes[name]["weights"]
         assert recipes[name]["feature_cache_cpu_s"] > 0
