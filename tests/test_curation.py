@@ -367,3 +367,10 @@ def test_a_version_records_which_step_pairs_were_judged_on_completions_and_can_k
     assert kept["pair_id"].to_list() == [final.pair_id, both]
     with pytest.raises(StoreError, match="step_judgments must be 'all' or 'completion', got 'x0'"):
         DatasetFilters(step_judgments="x0")
+    # The same version from the CLI.
+    result = runner.invoke(app, ["--home", str(store.home), "dataset", "create", "completions", "--step-judgments", "completion"])
+    assert result.exit_code == 0, result.output
+    with store.read() as con:  # the CLI built the very same version
+        assert sorted(r[0] for r in con.execute("SELECT id FROM dataset_versions").fetchall()) == sorted(
+            [completions.id, every.id]
+        )

@@ -90,6 +90,9 @@ def dataset_create(
     min_judgments: int = typer.Option(1, help="Leave out pairs with fewer judgments."),
     min_agreement: float = typer.Option(0.0, help="Leave out pairs with lower agreement with the consensus."),
     ties: bool = typer.Option(True, "--ties/--no-ties", help="Keep pairs whose consensus is a tie."),
+    step_judgments: Literal["all", "completion"] = typer.Option(
+        "all", "--step-judgments", help="Step judgments to count: all, or only those made on completion previews."
+    ),
 ) -> None:
     """Snapshot judged pairs with consensus labels as an immutable dataset version."""
     with user_errors():
@@ -99,6 +102,7 @@ def dataset_create(
             min_judgments=min_judgments,
             min_agreement=min_agreement,
             include_ties=ties,
+            step_judgments=step_judgments,
         )
         version = create_dataset_version(open_store(ctx), name, filters)
     console.print(f"dataset version {version.id}: {version.n_pairs} pairs, hash {version.content_hash[:16]}")
