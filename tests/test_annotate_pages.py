@@ -209,11 +209,13 @@ def test_configured_annotators_are_offered_as_a_list(home: Path) -> None:
 
 def _preview_page() -> None:
     """A page whose sides show two views each: the pair's other image large, its own small."""
-    from workbench.ui.judging import View, annotator, judge_queue
+    from workbench.ui.judging import Sides, View, annotator, judge_queue
 
-    def views(item):
-        (a, b) = item.left, item.right
-        return [View(*b, "preview"), View(*a, "own")], [View(*a, "preview"), View(*b, "own")]
+    def views(items):
+        return [
+            Sides([View(*i.right, "preview"), View(*i.left, "own")], [View(*i.left, "preview"), View(*i.right, "own")])
+            for i in items
+        ]
 
     annotator_id = annotator()
     if annotator_id is not None:

@@ -65,13 +65,14 @@ class Sides(NamedTuple):
     preview: str | None = None
 
 
-Views = Callable[[QueueItem], Sides | tuple[list[View], list[View]]]
-"""What a page shows of a pair (a plain (left, right) tuple: the pair's own images)."""
+Views = Callable[[list[QueueItem]], list[Sides]]
+"""What a page shows of the pairs of one draw, one ``Sides`` per pair in order: called once per
+draw, so a page reads what it needs for all of them at once."""
 
 
-def pair_views(item: QueueItem) -> Sides:
+def pair_views(items: list[QueueItem]) -> list[Sides]:
     """The default views: each side is its image."""
-    return Sides([View(*item.left)], [View(*item.right)])
+    return [Sides([View(*item.left)], [View(*item.right)]) for item in items]
 
 
 @st.cache_data(max_entries=4096, show_spinner=False)
@@ -244,9 +245,8 @@ def _receive(kind: str, annotator_id: int, value: Any) -> None:
         session.handled.add(key)
 
 
-def _payload(item: QueueItem, views: Views, context: Callable[[QueueItem], str] | None) -> tuple[dict, dict]:
+def _payload(item: QueueItem, sides: Sides, context: Callable[[QueueItem], str] | None) -> tuple[dict, dict]:
     """A pair as the widget gets it, and the media paths of its images."""
-    sides = Sides(*views(item))
     payload = {
         "id": item.pair_id,
         "prompt": item.prompt,
@@ -254,9 +254,9 @@ def _payload(item: QueueItem, views: Views, context: Callable[[QueueItem], str] 
         "left_image": item.left_image,
         "gold": item.gold_outcome is not None,
         "preview": sides.preview,
-        "sides": [[{"image": v.image_id, "caption": v.caption} for v in side] for side in sides[:2]],
+        "sides": [[{"image": v.image_id, "caption": v.caption} for v in side] for side in (sides.left, sides.right)],
     }
-    return payload, {v.image_id: v.path for side in sides[:2] for v in side}
+    return payload, {v.image_id: v.path for side in (sides.left, sides.right) for v in side}
 
 
 def _top_up(kind: str, annotator_id: int, views: Views, context: Callable[[QueueItem], str] | None) -> None:
@@ -280,8 +280,8 @@ def _top_up(kind: str, annotator_id: int, views: Views, context: Callable[[Queue
         session.error = f"no new pairs for now: {e}"
         return
     session.exhausted = len(items) < need
-    for item in items:
-        session.handed[item.pair_id], paths = _payload(item, views, context)
+    for item, sides in zip(items, views(items) if items else [], strict=True):
+        session.handed[item.pair_id], paths = _payload(item, sides, context)
         session.paths.update(paths)
 
 
@@ -355,7 +355,8 @@ def judge_queue(
     """The judging widget on the annotator's queue of ``kind`` pairs.
 
     Args:
-        views: the images each side shows (default: its image); a page passes larger previews here.
+        views: the images each side of each pair shows (default: its image); a page passes larger
+            previews here.
         context: a line of text about the pair, shown under its prompt.
     """
     _widget(kind, annotator_id, views, context)

@@ -17,9 +17,13 @@ def _position(item: QueueItem) -> str:
     return f"Step {item.step_index} of {item.num_steps} of the denoising chain · timestep t = {item.timestep}"
 
 
-def _views(item: QueueItem) -> Sides:
-    previews = completion_previews(store(), (item.image_a, item.image_b))
-    if len(previews) < 2:
+def _views(items: list[QueueItem]) -> list[Sides]:
+    previews = completion_previews(store(), [image for item in items for image in (item.image_a, item.image_b)])
+    return [_sides(item, previews) for item in items]
+
+
+def _sides(item: QueueItem, previews: dict[str, tuple[str, str]]) -> Sides:
+    if item.image_a not in previews or item.image_b not in previews:
         bare = f"{X0} (no completion preview)"
         return Sides([View(*item.left, bare)], [View(*item.right, bare)])
     left, right = (
