@@ -28,6 +28,8 @@ from workbench.generation import GenerationConfig, ddim_scheduler, generate_pair
 from workbench.pipelines import load_pipeline
 from workbench.toy import TOY_IMAGE_SIZE, TOY_MODEL_DIR
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PROMPTS = ["a red circle at the top left", "a blue square in the center"]
 
 
