@@ -262,8 +262,17 @@ DPO_DEFAULTS: dict[str, Any] = {
 """DPO settings of a round where its ``training`` overrides say nothing (measured on the toy model).
 No mirroring: captions name positions, and a mirrored winner no longer matches its caption."""
 
-SPO_DEFAULTS: dict[str, Any] = {"max_steps": 20, "prompts_per_step": 2, "score_scale": 10.0}
-"""SPO settings of a round where its overrides say nothing; score_scale 10 suits scores in [0, 1]."""
+SPO_DEFAULTS: dict[str, Any] = {
+    "max_steps": 20,
+    "prompts_per_step": 4,
+    "train_batch_size": 32,
+    "score_scale": 10.0,
+    "warmup_steps": 0,
+    "max_timestep": 951,
+}
+"""SPO settings of a round where its overrides say nothing; score_scale 10 suits scores in [0, 1].
+Pools at every step: on the shapes world the first steps (t 951-801) decide colour and shape as
+often as any later step (benchmarks/RESULTS.md, "Where the shapes world decides")."""
 
 
 @dataclass(frozen=True)
