@@ -298,7 +298,7 @@ def cases(args: argparse.Namespace) -> list[dict]:
     }
     base |= {"peak_tflops": args.peak_tflops, "attention": "sdpa", "compile": False, "checkpointing": False}
     out = []
-    for mode in ("lora", "full"):
+    for mode in ("lora", "full") if "sd15" in args.families else ():
         sd = {**base, "family": "sd15", "mode": mode, "batch": sd_batch}
         out += [
             {**sd, "name": f"sd15-{mode}-straightforward", "variant": "straightforward", "precision": "no"},
@@ -310,7 +310,7 @@ def cases(args: argparse.Namespace) -> list[dict]:
         if args.compile:
             out.append({**sd, "name": f"sd15-{mode}-ours-bf16-compiled", "variant": "ours", "precision": "bf16",
                         "compile": True})  # fmt: skip
-    if not args.skip_sdxl:
+    if "sdxl" in args.families:
         xl = {**base, "family": "sdxl", "mode": "lora", "batch": xl_batch}
         out += [
             {**xl, "name": "sdxl-lora-straightforward", "variant": "straightforward", "precision": "no"},
@@ -338,7 +338,13 @@ def main() -> None:
     parser.add_argument("--sdxl-batch", type=int, default=4, help="Pairs per step at 1024 px.")
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
     parser.add_argument("--compile", action="store_true", help="Also the compiled cases.")
-    parser.add_argument("--skip-sdxl", action="store_true")
+    parser.add_argument(
+        "--families",
+        nargs="+",
+        default=["sd15", "sdxl"],
+        choices=["sd15", "sdxl"],
+        help="Which shapes to run (one family per command keeps a run under 10 minutes on one GPU).",
+    )
     parser.add_argument(
         "--in-process",
         action="store_true",
