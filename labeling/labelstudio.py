@@ -294,8 +294,9 @@ class LabelStudioServer:
         if not _port_free(self.port):
             raise LabelStudioError(f"port {self.port} on 127.0.0.1 is already in use: choose another port")
         env = self.environment()
-        # It holds the admin's API token: private to its owner.
+        # It holds the admin's API token: private to its owner, also when it already existed.
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.data_dir.chmod(0o700)
         command = [str(self.binary), "start", "--no-browser", "--internal-host", "127.0.0.1",
                    "--port", str(self.port), "--data-dir", str(self.data_dir)]
         with open(self.log_path, "ab") as log:

@@ -222,6 +222,11 @@ def ls_server(tmp_path_factory: pytest.TempPathFactory, ls_store: tuple[Store, l
         server.stop()
 
 
+def test_the_servers_data_folder_is_private(ls_server: LabelStudioServer) -> None:
+    # The fixture's folder existed before the start (made by pytest with the default mode).
+    assert ls_server.data_dir.stat().st_mode & 0o777 == 0o700
+
+
 def _sdk(server: LabelStudioServer) -> LabelStudio:
     return LabelStudio(base_url=server.url, api_key=server.credentials.token)
 
