@@ -437,9 +437,13 @@ class SPOConfig(RecipeConfig):
     learning_rate: float = option(6e-5, help="Constant AdamW learning rate (paper: 6e-5 SD1.5, 1e-5 SDXL).")
     weight_decay: float = option(1e-4, help="AdamW weight decay.")
     max_grad_norm: float = option(1.0, help="Gradient clipping norm.")
-    prompts_per_step: int = option(2, help="Chains sampled per process for each optimizer step.")
+    prompts_per_step: int = option(
+        4,
+        help="Chains sampled per process for each optimizer step; more chains share each UNet and VAE call "
+        "(on the toy model 4 chains keep about 1.1x the pairs per CPU-second of 2).",
+    )
     train_batch_size: int = option(
-        8,
+        32,
         help="Pairs per forward/backward pass; only memory depends on it, every kept pair of a step is used.",
     )
     max_steps: int = option(1000, help="Optimizer steps (sampling rounds) to run.")
