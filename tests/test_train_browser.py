@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
-from test_annotate_browser import CHROMIUM_ARGS, ROOT, _free_port, serving
+from test_annotate_browser import CHROMIUM_ARGS, ROOT, free_port, serving
 from tiny_models import build_tiny_sd15
 
 from datastore.datasets import create_dataset_version
@@ -31,7 +31,7 @@ def test_launch_a_tiny_dpo_job_from_the_train_page_and_see_it_finish(
     import_pickapic(store, pickapic_file, show_progress=False)
     version = create_dataset_version(store, "prefs")
     model = build_tiny_sd15(tmp_path / "sd15")
-    port = _free_port()
+    port = free_port()
     command = [
         sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
         "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
