@@ -7,9 +7,11 @@ config's ``scorer`` spec).
 Per optimizer step, each process samples ``prompts_per_step`` DDIM chains (eta > 0, guidance)
 with the current LoRA model. After the warm-up steps, at every step whose t lies in the trained
 range, k candidates x_{t-1} are drawn from the chain's x_t (same mean, independent noise); the
-scorer judges each candidate's predicted x0 at t-1; the best and the worst form a pair when the
-softmax of their two scores differs by more than the threshold; the chain continues from a
-candidate chosen uniformly at random (the paper's step-wise resampler). Then every kept pair
+chain continues from a candidate chosen uniformly at random (the paper's step-wise resampler).
+Chains and pools are `training.sampling.denoise`, the sampler generation uses too. The scorer
+then judges each candidate's predicted x0 at t-1 (or, with ``step_judge`` completion, the finished
+image of its deterministic completion); the best and the worst form a pair when the softmax of
+their two scores differs by more than the threshold. Then every kept pair
 contributes `training.losses.spo_step_loss` on the log-densities of its two transitions under
 the LoRA model and under the reference (the same UNet, adapters disabled).
 """
