@@ -58,6 +58,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from training import dpo  # noqa: E402
 from training.config import DPOConfig  # noqa: E402
 from training.data import PreferencePair  # noqa: E402
+from training.runs import DTYPES  # noqa: E402
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
@@ -231,7 +232,7 @@ def run_case(case: dict) -> dict:
 def ours(cfg: DPOConfig, parts: dpo.Parts, pairs: list[PreferencePair], device: torch.device) -> Trainer:
     """The recipe's step as `training.dpo.main` runs it, on components built in memory."""
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
-    weight_dtype = dpo.DTYPES[cfg.mixed_precision]
+    weight_dtype = DTYPES[cfg.mixed_precision]
     for module in (parts.text_encoder, parts.text_encoder_2):
         if module is not None:
             module.to(device, weight_dtype)

@@ -41,9 +41,7 @@ from training.config import DPOConfig
 from training.data import PreferencePair, load_image, preference_pairs, snapshot_hash, stream_indices
 from training.errors import TrainingError
 from training.losses import denoising_error, diffusion_dpo_loss, sft_loss
-from training.runs import Run, check_finite, replace_folder
-
-DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from training.runs import DTYPES, Run, check_finite, replace_folder
 
 
 class ModelLoadError(TrainingError, OSError):

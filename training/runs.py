@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 
 from training.errors import TrainingError
@@ -242,6 +243,10 @@ class Run:
         for i, state in enumerate(weights):
             trainable = {name for name, p in models[i].named_parameters() if p.requires_grad}
             weights[i] = {name: tensor for name, tensor in state.items() if name in trainable}
+
+
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+"""Weight dtype of frozen modules per ``mixed_precision`` setting (the recipes' configs)."""
 
 
 def replace_folder(folder: Path, write: Callable[[Path], None], accelerator: Accelerator) -> Path:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +39,8 @@ from training.data import SnapshotError, load_image, read_pairs, stream_indices
 from training.ddim import predict_x0
 from training.dpo import Features, Parts, load_parts
 from training.losses import pairwise_preference_loss
-from training.runs import Run, check_finite
+from training.runs import DTYPES, Run, check_finite, replace_folder
 from training.sampling import TextConditioning, decode, encode, guided_output
-
-DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -197,17 +193,9 @@ def main(cfg: SPMConfig) -> Path:
             run.save_checkpoint(step, {"micro_step": micro_step}, keep=cfg.keep_checkpoints)
     progress.close()
 
-    final = run.path / "final"
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        tmp = final.with_name(f".tmp-{final.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(prepared).save_pretrained(tmp, processor)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    accelerator.wait_for_everyone()
-    return final
+    return replace_folder(
+        run.path / "final", lambda tmp: accelerator.unwrap_model(prepared).save_pretrained(tmp, processor), accelerator
+    )
 
 
 def select_pairs(table: pl.DataFrame, step_pairs: str) -> pl.DataFrame:

@@ -39,7 +39,7 @@ from training.data import stream_indices
 from training.ddim import ddim_step, transition_log_prob, transition_std
 from training.dpo import Features, Parts, add_lora, load_parts, write_lora
 from training.losses import spo_step_loss
-from training.runs import Run, check_finite, replace_folder
+from training.runs import DTYPES, Run, check_finite, replace_folder
 from training.sampling import (
     StepPool,
     TextConditioning,
@@ -49,8 +49,6 @@ from training.sampling import (
     guided_output,
     latent_shape,
 )
-
-DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
