@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ from PIL import Image
 from torch import Tensor
 
 from training.ddim import ddim_step, predict_x0
+
+if TYPE_CHECKING:
+    from training.dpo import Features
 
 
 @dataclass
@@ -57,6 +61,21 @@ class TextConditioning:
 
     def _values(self) -> tuple[Tensor | None, ...]:
         return (self.hidden, self.empty_hidden, self.pooled, self.empty_pooled, self.time_ids)
+
+
+def conditioning(features: Features, prompts: list[str], is_sdxl: bool, resolution: int) -> TextConditioning:
+    """Prompt and empty-prompt embeddings of B samples from a recipe's frozen text encoders (`training.dpo.Features`),
+    with SDXL's micro-conditioning when needed."""
+    hidden, pooled = features.prompts(prompts)
+    empty_hidden, empty_pooled = features.prompts([""] * len(prompts))
+    time_ids = None
+    if is_sdxl:
+        # Uncropped images at the sampled resolution: (original h, w, crop top, left, target h, w).
+        time_ids = torch.tensor(
+            [[resolution, resolution, 0, 0, resolution, resolution]] * len(prompts), device=hidden.device
+        )
+        time_ids = time_ids.to(hidden.dtype)
+    return TextConditioning(hidden, empty_hidden, pooled, empty_pooled, time_ids)
 
 
 def vae_scale_factor(vae: AutoencoderKL) -> int:

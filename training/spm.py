@@ -40,7 +40,7 @@ from training.ddim import predict_x0
 from training.dpo import Features, Parts, load_parts
 from training.losses import pairwise_preference_loss
 from training.runs import DTYPES, Run, check_finite, replace_folder
-from training.sampling import TextConditioning, decode, encode, guided_output
+from training.sampling import conditioning, decode, encode, guided_output
 
 
 @dataclass
@@ -321,16 +321,10 @@ class PairScorer:
         timesteps = torch.tensor([r.timestep for r in rows], device=latents.device).repeat_interleave(2)
         scheduler = self.parts.noise_scheduler
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        hidden, pooled = self.features.prompts([r.prompt for r in rows for _ in range(2)])
-        empty_hidden, empty_pooled = self.features.prompts([""] * len(noisy))
-        time_ids = None
-        if self.parts.is_sdxl:
-            time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * len(noisy)).to(
-                hidden
-            )
-        text = TextConditioning(hidden, empty_hidden, pooled, empty_pooled, time_ids)
+        prompts = [r.prompt for r in rows for _ in range(2)]
+        text = conditioning(self.features, prompts, self.parts.is_sdxl, resolution)
         output = guided_output(
-            self.parts.unet, noisy.to(hidden.dtype), timesteps, text, self.cfg.guidance_scale
+            self.parts.unet, noisy.to(text.hidden.dtype), timesteps, text, self.cfg.guidance_scale
         )
         x0 = predict_x0(scheduler, output.float(), noisy, timesteps)[0]
         images = decode(self.parts.vae, x0)

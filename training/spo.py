@@ -44,6 +44,7 @@ from training.sampling import (
     StepPool,
     TextConditioning,
     complete,
+    conditioning,
     decode,
     denoise,
     guided_output,
@@ -175,20 +176,6 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
     progress.close()
 
     return replace_folder(run.path / "final", lambda tmp: write_lora(base_unet, parts.is_sdxl, tmp), accelerator)
-
-
-def conditioning(features: Features, prompts: list[str], is_sdxl: bool, resolution: int) -> TextConditioning:
-    """Prompt and empty-prompt embeddings for B chains, with SDXL's micro-conditioning when needed."""
-    hidden, pooled = features.prompts(prompts)
-    empty_hidden, empty_pooled = features.prompts([""] * len(prompts))
-    time_ids = None
-    if is_sdxl:
-        # Uncropped images at the sampled resolution: (original h, w, crop top, left, target h, w).
-        time_ids = torch.tensor(
-            [[resolution, resolution, 0, 0, resolution, resolution]] * len(prompts), device=hidden.device
-        )
-        time_ids = time_ids.to(hidden.dtype)
-    return TextConditioning(hidden, empty_hidden, pooled, empty_pooled, time_ids)
 
 
 def pool_steps(scheduler: DDIMScheduler, cfg: SPOConfig) -> tuple[int, ...]:
