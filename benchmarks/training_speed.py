@@ -17,17 +17,18 @@ On the shipped toy model (32 px) with pairs the toy model drew and the shapes or
   straightforward configuration is fp32 with the recipe's other defaults.
 
 Each configuration runs in a fresh process (so its peak RSS is its own) on one thread. The steady
-figure of a recipe run is the difference between a run of 1 + N steps and a run of 1 step, which
-leaves out loading, the feature cache, compilation and the final save; those are reported on
-their own. Figures: pairs per process CPU-second and per wall second, peak RSS, first-step loss
-and the largest weight difference after 1 + N steps in units of learning rate x steps (Adam moves
-a weight by about the learning rate per step). ``--levers`` also times single levers on the
+figure of a recipe run is timed from the end of its first optimizer step to the end of its last (a
+global optimizer step hook), which leaves out loading, the feature cache, compilation and the final
+save; those are reported on their own. Figures: pairs per process CPU-second and per wall second,
+peak RSS, first-step loss and the largest weight difference after 1 + N steps in units of learning
+rate x steps (Adam moves a weight by about the learning rate per step). ``--levers`` also times single levers on the
 UNet: the LoRA reference in the same call as the policy, channels_last, fused AdamW.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -47,6 +48,7 @@ sys.path.insert(0, str(REPO))
 
 from safetensors.torch import load_file  # noqa: E402
 from torch.optim.lr_scheduler import LambdaLR  # noqa: E402
+from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
 from training import dpo  # noqa: E402
 from training.config import DPOConfig, SPMConfig, SPOConfig  # noqa: E402
@@ -149,7 +151,7 @@ def dpo_config(dataset: Path, out: Path, mode: str, steps: int, **overrides) -> 
         "max_steps": steps,
         "learning_rate": 1e-4 if mode == "lora" else 1e-5,
         "warmup_fraction": 0.0,
-        "cache_dir": out.parent / "cache",
+        "cache_dir": out.parent / f"cache-{mode}",  # each mode builds its own
     }
     return DPOConfig(**{**options, **overrides})
 
@@ -185,60 +187,88 @@ def run_one(job: dict) -> dict:
     """Runs one configuration for ``job["steps"]`` steps in this process and measures it."""
     torch.set_num_threads(job["threads"])
     out, steps, recipe = Path(job["out"]), job["steps"], job["recipe"]
-    lr = None
-    cpu, wall = time.process_time(), time.perf_counter()
+    start = time.process_time(), time.perf_counter()
     if recipe.startswith("dpo") and job["variant"] == "straightforward":
         cfg = dpo_config(Path(job["dataset"]), out, recipe.removeprefix("dpo-"), steps)
         parts = dpo.load_parts(cfg.pretrained_model)
         trainer = straightforward_dpo(cfg, parts, preference_pairs(cfg.dataset), torch.device("cpu"))
-        unet, losses = trainer.unet, []
+        unet, losses, clock = trainer.unet, [], StepClock()
         for i in range(steps):
-            if i == 1:  # steps after the first: the steady figure
-                cpu, wall = time.process_time(), time.perf_counter()
             losses.append(trainer.step(i))
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            clock.tick()
         final = out / "final"
         if cfg.mode == "full":
             unet.save_pretrained(final / "unet")
         else:
             dpo.write_lora(unet, False, final)
-        first_loss, lr, pairs = losses[0], cfg.learning_rate, cfg.batch_size * (steps - 1)
-        return measured(job, cpu, wall, pairs, first_loss, lr, steady=True)
-    if recipe.startswith("dpo"):
-        overrides = {"compile_unet": True} if job["variant"] == "compiled" else {}
-        cfg = dpo_config(Path(job["dataset"]), out, recipe.removeprefix("dpo-"), steps, **overrides)
-        dpo.main(cfg)
-        lr = cfg.learning_rate
-    elif recipe == "spo":
-        from training import spo
+        pairs = [cfg.batch_size] * steps
+        return measured(job, start, clock, pairs, losses[0], cfg.learning_rate)
+    with StepClock.on_every_optimizer() as clock:
+        if recipe.startswith("dpo"):
+            overrides = {"compile_unet": True} if job["variant"] == "compiled" else {}
+            cfg = dpo_config(Path(job["dataset"]), out, recipe.removeprefix("dpo-"), steps, **overrides)
+            dpo.main(cfg)
+        elif recipe == "spo":
+            from training import spo
 
-        cfg = spo_config(out, steps)
-        spo.main(cfg)
-        lr = cfg.learning_rate
-    else:
-        from training import spm
+            cfg = spo_config(out, steps)
+            spo.main(cfg)
+        else:
+            from training import spm
 
-        cfg = spm_config(Path(job["dataset"]), Path(job["reward_model"]), out, steps)
-        spm.main(cfg)
-        lr = cfg.learning_rate
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            cfg = spm_config(Path(job["dataset"]), Path(job["reward_model"]), out, steps)
+            spm.main(cfg)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     if recipe == "spo":
-        pairs = sum(m["pairs"] for m in metrics)
+        pairs = [m["pairs"] for m in metrics]
     else:
-        pairs = cfg.batch_size * cfg.gradient_accumulation_steps * len(metrics)
-    return measured(job, cpu, wall, pairs, metrics[0].get("loss"), lr, steady=False)
+        pairs = [cfg.batch_size * cfg.gradient_accumulation_steps] * len(metrics)
+    return measured(job, start, clock, pairs, metrics[0].get("loss"), cfg.learning_rate)
 
 
-def measured(job: dict, cpu: float, wall: float, pairs: float, first_loss: float, lr: float, steady: bool):
+class StepClock:
+    """Process CPU and wall time at the end of every optimizer step."""
+
+    def __init__(self) -> None:
+        self.ticks: list[tuple[float, float]] = []
+
+    def tick(self, *_) -> None:
+        self.ticks.append((time.process_time(), time.perf_counter()))
+
+    @classmethod
+    @contextlib.contextmanager
+    def on_every_optimizer(cls):
+        """A clock that ticks after every optimizer step taken in the block (a global torch hook)."""
+        clock = cls()
+        handle = register_optimizer_step_post_hook(clock.tick)
+        try:
+            yield clock
+        finally:
+            handle.remove()
+
+    def steady(self, steps: int) -> tuple[float, float]:
+        """CPU and wall seconds from the end of the first of ``steps`` recipe steps to the end of the last."""
+        if not self.ticks or len(self.ticks) % steps:
+            raise RuntimeError(f"{len(self.ticks)} optimizer steps do not divide into {steps} recipe steps")
+        first, last = self.ticks[len(self.ticks) // steps - 1], self.ticks[-1]
+        return last[0] - first[0], last[1] - first[1]
+
+
+def measured(job: dict, start: tuple[float, float], clock: StepClock, pairs: list, first_loss, lr: float):
+    """Whole-run and steady figures of a run that took ``len(pairs)`` steps of ``pairs[i]`` pairs."""
+    cpu, wall = clock.steady(len(pairs))
+    steady_pairs = sum(pairs[1:])
     return {
         **job,
-        "cpu_s": cpu,
-        "wall_s": wall,
-        "pairs": pairs,
+        "total_cpu_s": time.process_time() - start[0],
+        "total_wall_s": time.perf_counter() - start[1],
+        "pairs": steady_pairs,
+        "cpu_s": round(cpu, 4),
+        "wall_s": round(wall, 4),
+        "pairs_per_cpu_s": round(steady_pairs / cpu, 2) if steady_pairs else None,
+        "pairs_per_s": round(steady_pairs / wall, 2) if steady_pairs else None,
         "first_loss": first_loss,
         "learning_rate": lr,
-        "steady": steady,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -283,17 +313,7 @@ def weight_difference(a: Path, b: Path) -> tuple[float, float, int]:
     return worst, (squares / n) ** 0.5, n
 
 
-def steady(long: dict, short: dict) -> dict:
-    """Figures of the steps a long run made beyond a short one."""
-    cpu, wall = long["cpu_s"] - short["cpu_s"], long["wall_s"] - short["wall_s"]
-    pairs = long["pairs"] - short["pairs"]
-    return {
-        "pairs": pairs,
-        "cpu_s": round(cpu, 3),
-        "wall_s": round(wall, 3),
-        "pairs_per_cpu_s": round(pairs / cpu, 2),
-        "pairs_per_s": round(pairs / wall, 2),
-    }
+STEADY = ("pairs", "cpu_s", "wall_s", "pairs_per_cpu_s", "pairs_per_s")
 
 
 def bench_recipe(recipe: str, base: dict, steps: int, compile_too: bool, in_process: bool) -> dict:
@@ -304,32 +324,19 @@ def bench_recipe(recipe: str, base: dict, steps: int, compile_too: bool, in_proc
         spec = {**base, "recipe": recipe, "variant": variant, "steps": n, "out": out}
         return run_one(spec) if in_process else in_fresh_process(spec)
 
+    def figures(run: dict) -> dict:
+        return {**{key: run[key] for key in STEADY}, "peak_rss_mb": round(run["peak_rss_mb"])}
+
     out: dict = {"recipe": recipe, "steps": 1 + steps}
     if recipe.startswith("dpo"):
         setup = job("ours", 1, "setup")  # builds the feature cache
         short = job("ours", 1, "short")
-        ours = job("ours", 1 + steps, "long")
-        straight = job("straightforward", 1 + steps, "long")
-        straight_steady = {
-            "pairs": straight["pairs"],
-            "cpu_s": round(straight["cpu_s"], 3),
-            "wall_s": round(straight["wall_s"], 3),
-            "pairs_per_cpu_s": round(straight["pairs"] / straight["cpu_s"], 2),
-            "pairs_per_s": round(straight["pairs"] / straight["wall_s"], 2),
-        }
-        out["feature_cache_cpu_s"] = round(setup["cpu_s"] - short["cpu_s"], 3)
-    else:
-        short = job("ours", 1, "short")
-        ours = job("ours", 1 + steps, "long")
-        straight_short = job("straightforward", 1, "short")
-        straight = job("straightforward", 1 + steps, "long")
-        straight_steady = steady(straight, straight_short)
-    out["ours"] = {**steady(ours, short), "peak_rss_mb": round(ours["peak_rss_mb"])}
-    out["straightforward"] = {**straight_steady, "peak_rss_mb": round(straight["peak_rss_mb"])}
-    out["ratio_pairs_per_cpu_s"] = round(
-        out["ours"]["pairs_per_cpu_s"] / straight_steady["pairs_per_cpu_s"], 2
-    )
-    out["ratio_pairs_per_s"] = round(out["ours"]["pairs_per_s"] / straight_steady["pairs_per_s"], 2)
+        out["feature_cache_cpu_s"] = round(setup["total_cpu_s"] - short["total_cpu_s"], 3)
+    ours = job("ours", 1 + steps, "long")
+    straight = job("straightforward", 1 + steps, "long")
+    out["ours"], out["straightforward"] = figures(ours), figures(straight)
+    out["ratio_pairs_per_cpu_s"] = round(ours["pairs_per_cpu_s"] / straight["pairs_per_cpu_s"], 2)
+    out["ratio_pairs_per_s"] = round(ours["pairs_per_s"] / straight["pairs_per_s"], 2)
     out["first_loss"] = {"ours": ours["first_loss"], "straightforward": straight["first_loss"]}
     worst, rms, n = weight_difference(Path(ours["out"]) / "final", Path(straight["out"]) / "final")
     scale = ours["learning_rate"] * (1 + steps)  # how far Adam can move a weight in these steps
@@ -343,11 +350,11 @@ def bench_recipe(recipe: str, base: dict, steps: int, compile_too: bool, in_proc
         compiled_short = job("compiled", 1, "short")
         compiled = job("compiled", 1 + steps, "long")
         out["compiled"] = {
-            **steady(compiled, compiled_short),
-            "compile_cpu_s": round(compiled_short["cpu_s"] - short["cpu_s"], 1),
-            "compile_wall_s": round(compiled_short["wall_s"] - short["wall_s"], 1),
+            **figures(compiled),
+            "compile_cpu_s": round(compiled_short["total_cpu_s"] - short["total_cpu_s"], 1),
+            "compile_wall_s": round(compiled_short["total_wall_s"] - short["total_wall_s"], 1),
         }
-        saved = 1 / out["ours"]["pairs_per_cpu_s"] - 1 / out["compiled"]["pairs_per_cpu_s"]
+        saved = 1 / ours["pairs_per_cpu_s"] - 1 / compiled["pairs_per_cpu_s"]
         out["compiled"]["pays_back_after_pairs"] = (
             round(out["compiled"]["compile_cpu_s"] / saved) if saved > 0 else None
         )
