@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 from pickapic_data import pickapic_rows, write_parquet
 
 from datastore.store import Store
+from workbench.threads import torch_threads
 
 # Nothing in the suite may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,7 +30,5 @@ def pickapic_file(tmp_path: Path) -> Path:
 def one_torch_thread():
     """Torch on one thread for a module: on a busy 2-core machine two threads wait on each other
     and sampling runs up to 25x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield

@@ -57,6 +57,7 @@ from reward_models.spec import scorer_from_spec
 from training.losses import pairwise_preference_loss
 from training.sampling import vae_scale_factor
 from workbench.evaluation import sample_images
+from workbench.threads import torch_threads
 from workbench.toy import DEFAULT_GUIDANCE, DEFAULT_STEPS, TOY_MODEL_DIR
 from workbench.toy.config import ToyScorerConfig
 
@@ -342,12 +343,8 @@ def train_toy_scorer(cfg: ToyScorerConfig, out_dir: str | Path, progress: bool =
         out_dir: Folder to write; existing files are overwritten.
         progress: Show a progress bar over the optimisation steps.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         return _train(cfg, Path(out_dir), progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(cfg: ToyScorerConfig, out_dir: Path, progress: bool) -> ToyScorerResult:

@@ -22,6 +22,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from reward_models.shapes import check, held_out_captions, render, train_captions
+from workbench.threads import torch_threads
 from workbench.toy.config import ToyTrainConfig
 from workbench.toy.evaluate import evaluate_pipeline
 from workbench.toy.model import (
@@ -135,12 +136,8 @@ def train_toy_model(cfg: ToyTrainConfig, out_dir: str | Path, progress: bool = T
     Returns:
         Where the model went, stage timings and the held-out evaluations made along the way.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         return _train(cfg, Path(out_dir), progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(cfg: ToyTrainConfig, out_dir: Path, progress: bool) -> ToyTrainResult:
