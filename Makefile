@@ -14,7 +14,7 @@ LS_VENV := .venv-labelstudio
 LS_STAMP := $(LS_VENV)/.installed
 LABEL_STUDIO_SPEC ?= label-studio==1.23.2
 
-.PHONY: setup labelstudio-env browser run test test-gpu lint bench clean
+.PHONY: setup labelstudio-env browser run test test-gpu lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

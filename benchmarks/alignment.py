@@ -43,9 +43,12 @@ from labeling.ai_feedback import label_with_scorer  # noqa: E402
 from reward_models.shapes import ShapesOracle, held_out_captions, train_captions  # noqa: E402
 from training import dpo, spm, spo  # noqa: E402
 from training.config import DPOConfig, SPMConfig, SPOConfig  # noqa: E402
-from training.runs import CHECKPOINT_PREFIX  # noqa: E402
+from training.lora import add_lora  # noqa: E402
+from training.recipes import get_recipe  # noqa: E402
+from training.runs import CHECKPOINT_PREFIX, Run  # noqa: E402
 from workbench.evaluation import DEFAULT_GUIDANCE, score_pipeline, win_rate  # noqa: E402
-from workbench.generation import GenerationConfig, generate_pairs  # noqa: E402
+from workbench.generation import generate_pairs  # noqa: E402
+from workbench.generation_config import GenerationConfig  # noqa: E402
 from workbench.registry import register_run  # noqa: E402
 from workbench.toy import TOY_IMAGE_SIZE, TOY_MODEL_DIR, TOY_SCORER_DIR  # noqa: E402
 
@@ -90,7 +93,7 @@ def checkpoint_pipes(run_dir: Path, cfg: DPOConfig | SPOConfig):
         pipe = load_toy()
         full = getattr(cfg, "mode", "lora") == "full"
         if not full:
-            dpo.add_lora(pipe.unet, cfg, torch.device("cpu"), torch.float32)
+            add_lora(pipe.unet, cfg, torch.device("cpu"), torch.float32)
         weights = load_file(checkpoint / "model.safetensors")
         missing, unexpected = pipe.unet.load_state_dict(weights, strict=False)
         if unexpected or (missing if full else any("lora" in name for name in missing)):
@@ -172,7 +175,7 @@ def train_spm(store: Store, args, results: Path) -> None:
         "final": str(final),
         "train_cpu_s": time.process_time() - start,
         "config": cfg.to_dict(),
-        "metrics": [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "eval_accuracy" in line],
+        "metrics": [m for m in Run.open(run_dir).metrics() if any("eval_accuracy" in key for key in m)],
     }
     register_run(store, "spm", cfg, final)
     (results / f"spm-{args.name}.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -223,8 +226,7 @@ def main() -> None:
         return
     if args.what == "evaluate":  # again, for a run trained earlier: --name dpo-NAME or spo-NAME
         summary = json.loads((results / f"{args.name}.json").read_text())
-        config_class = DPOConfig if summary["recipe"] == "dpo" else SPOConfig
-        cfg = config_class.from_json(args.home / "runs" / args.name / "config.json")
+        cfg = get_recipe(summary["recipe"]).config_class.from_json(args.home / "runs" / args.name / "config.json")
         summary["checkpoints"] = evaluate(
             cfg.output_dir, cfg, summary["train_cpu_s"], args.captions, tuple(args.etas), summary.get("spm_cpu_s", 0.0)
         )

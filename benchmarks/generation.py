@@ -32,12 +32,12 @@ from diffusers import DDIMScheduler  # noqa: E402
 
 from datastore.store import Store  # noqa: E402
 from workbench.generation import (  # noqa: E402
-    GenerationConfig,
     generate_pairs,
     generate_step_pools,
     image_seed,
     image_size,
 )
+from workbench.generation_config import GenerationConfig  # noqa: E402
 from workbench.pipelines import load_pipeline  # noqa: E402
 from workbench.toy import TOY_MODEL_DIR, train_captions  # noqa: E402
 

@@ -43,12 +43,8 @@ from diffusers import (  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
 from datastore.store import Store  # noqa: E402
-from workbench.generation import (  # noqa: E402
-    GenerationConfig,
-    generate_pairs,
-    generate_step_pools,
-    image_seed,
-)
+from workbench.generation import generate_pairs, generate_step_pools, image_seed  # noqa: E402
+from workbench.generation_config import GenerationConfig  # noqa: E402
 from workbench.pipelines import load_pipeline  # noqa: E402
 
 PROMPTS = [

@@ -41,7 +41,9 @@ from datastore.records import (  # noqa: E402
     upsert_prompts,
 )
 from datastore.store import Store  # noqa: E402
-from labeling.labelstudio import Credentials, LabelStudioClient, LabelStudioServer, pull, push  # noqa: E402
+from labeling.labelstudio.client import LabelStudioClient  # noqa: E402
+from labeling.labelstudio.server import Credentials, LabelStudioServer  # noqa: E402
+from labeling.labelstudio.sync import pull, push  # noqa: E402
 
 
 def _png(i: int) -> bytes:

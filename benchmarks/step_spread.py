@@ -30,7 +30,8 @@ from diffusers import StableDiffusionPipeline  # noqa: E402
 
 from reward_models.shapes import check, held_out_captions  # noqa: E402
 from training.sampling import complete, decode, denoise, latent_shape  # noqa: E402
-from workbench.generation import GenerationConfig, ddim_scheduler  # noqa: E402
+from workbench.generation import ddim_scheduler  # noqa: E402
+from workbench.generation_config import GenerationConfig  # noqa: E402
 from workbench.sampling import encode_prompts  # noqa: E402
 from workbench.toy import TOY_IMAGE_SIZE, TOY_MODEL_DIR  # noqa: E402
 

@@ -58,7 +58,9 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from training import dpo  # noqa: E402
 from training.config import DPOConfig  # noqa: E402
 from training.data import PreferencePair  # noqa: E402
-from training.runs import DTYPES  # noqa: E402
+from training.features import Features, cached_features  # noqa: E402
+from training.lora import add_lora  # noqa: E402
+from training.parts import DTYPES, Parts  # noqa: E402
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
@@ -79,7 +81,7 @@ def text_encoder(hidden: int, layers: int, projection: int | None = None) -> CLI
     return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
 
 
-def build_parts(family: str, tiny: bool, device: torch.device) -> tuple[dpo.Parts, int]:
+def build_parts(family: str, tiny: bool, device: torch.device) -> tuple[Parts, int]:
     """The components of an SD1.5- or SDXL-shaped pipeline with random weights, and the image side."""
     torch.manual_seed(0)
     with torch.device(device):
@@ -137,7 +139,7 @@ def build_parts(family: str, tiny: bool, device: torch.device) -> tuple[dpo.Part
         unet = UNet2DConditionModel(cross_attention_dim=cross, **unet_shape)
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     sdxl = family == "sdxl"
-    parts = dpo.Parts(
+    parts = Parts(
         unet=unet,
         vae=vae,
         tokenizer=offline_tokenizer(),
@@ -229,7 +231,7 @@ def run_case(case: dict) -> dict:
     }
 
 
-def ours(cfg: DPOConfig, parts: dpo.Parts, pairs: list[PreferencePair], device: torch.device) -> Trainer:
+def ours(cfg: DPOConfig, parts: Parts, pairs: list[PreferencePair], device: torch.device) -> Trainer:
     """The recipe's step as `training.dpo.main` runs it, on components built in memory."""
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     weight_dtype = DTYPES[cfg.mixed_precision]
@@ -237,14 +239,14 @@ def ours(cfg: DPOConfig, parts: dpo.Parts, pairs: list[PreferencePair], device: 
         if module is not None:
             module.to(device, weight_dtype)
     parts.vae.to(device, torch.float32)
-    features = dpo.cached_features(dpo.Features(parts, cfg.resolution, device), pairs, cfg, accelerator)
+    features = cached_features(Features(parts, cfg.resolution, device), pairs, cfg, accelerator)
     del parts.vae, parts.text_encoder, parts.text_encoder_2
     unet, reference = parts.unet, None
     if cfg.mode == "full":
         reference = copy.deepcopy(unet).requires_grad_(False).eval()
         unet.requires_grad_(True)
     else:
-        dpo.add_lora(unet, cfg, device, weight_dtype)
+        add_lora(unet, cfg, device, weight_dtype)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()

@@ -47,13 +47,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from safetensors.torch import load_file  # noqa: E402
-from torch.optim.lr_scheduler import LambdaLR  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
 from training import dpo  # noqa: E402
 from training.config import DPOConfig, SPMConfig, SPOConfig  # noqa: E402
 from training.data import preference_pairs  # noqa: E402
+from training.features import Features  # noqa: E402
+from training.lora import add_lora, write_lora  # noqa: E402
 from training.losses import denoising_error, diffusion_dpo_loss  # noqa: E402
+from training.optim import warmup_schedule  # noqa: E402
+from training.parts import Parts, load_parts  # noqa: E402
+from training.runs import Run  # noqa: E402
 from workbench.toy import TOY_IMAGE_SIZE, TOY_MODEL_DIR  # noqa: E402
 
 RECIPES = ("dpo-lora", "dpo-full", "spo", "spm")
@@ -98,25 +102,24 @@ class Trainer:
     step: Callable[[int], float | None]
 
 
-def straightforward_dpo(cfg: DPOConfig, parts: dpo.Parts, pairs: list, device: torch.device) -> Trainer:
+def straightforward_dpo(cfg: DPOConfig, parts: Parts, pairs: list, device: torch.device) -> Trainer:
     """The straightforward fp32 trainer of ``cfg``; its step returns the loss as a Python float."""
     for module in (parts.vae, parts.text_encoder, parts.text_encoder_2):
         if module is not None:
             module.to(device)
-    features = dpo.Features(parts, cfg.resolution, device)
+    features = Features(parts, cfg.resolution, device)
     unet = parts.unet.to(device)
     reference = copy.deepcopy(unet).requires_grad_(False).eval()
     if cfg.mode == "full":
         unet.requires_grad_(True)
     else:
-        dpo.add_lora(unet, cfg, device, torch.float32)
+        add_lora(unet, cfg, device, torch.float32)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    warmup = round(cfg.warmup_fraction * cfg.max_steps)
-    schedule = LambdaLR(optimizer, lambda done: min(1.0, (done + 1) / warmup) if warmup else 1.0)
+    schedule = warmup_schedule(optimizer, round(cfg.warmup_fraction * cfg.max_steps))
 
     def batch(i: int) -> dpo.Batch:
         positions = range(i * cfg.batch_size, (i + 1) * cfg.batch_size)
@@ -190,7 +193,7 @@ def run_one(job: dict) -> dict:
     start = time.process_time(), time.perf_counter()
     if recipe.startswith("dpo") and job["variant"] == "straightforward":
         cfg = dpo_config(Path(job["dataset"]), out, recipe.removeprefix("dpo-"), steps)
-        parts = dpo.load_parts(cfg.pretrained_model)
+        parts = load_parts(cfg.pretrained_model)
         trainer = straightforward_dpo(cfg, parts, preference_pairs(cfg.dataset), torch.device("cpu"))
         unet, losses, clock = trainer.unet, [], StepClock()
         for i in range(steps):
@@ -200,7 +203,7 @@ def run_one(job: dict) -> dict:
         if cfg.mode == "full":
             unet.save_pretrained(final / "unet")
         else:
-            dpo.write_lora(unet, False, final)
+            write_lora(unet, False, final)
         pairs = [cfg.batch_size] * steps
         return measured(job, start, clock, pairs, losses[0], cfg.learning_rate)
     with StepClock.on_every_optimizer() as clock:
@@ -218,7 +221,7 @@ def run_one(job: dict) -> dict:
 
             cfg = spm_config(Path(job["dataset"]), Path(job["reward_model"]), out, steps)
             spm.main(cfg)
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = Run.open(out).metrics()
     if recipe == "spo":
         pairs = [m["pairs"] for m in metrics]
     else:
@@ -419,7 +422,8 @@ def make_dataset(home: Path, prompts: int) -> Path:
     from datastore.store import Store
     from labeling.ai_feedback import label_with_scorer
     from reward_models.shapes import ShapesOracle, train_captions
-    from workbench.generation import GenerationConfig, generate_pairs
+    from workbench.generation import generate_pairs
+    from workbench.generation_config import GenerationConfig
     from workbench.pipelines import load_pipeline
 
     store = Store.open(home)

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,8 +18,10 @@ from typing import Literal
 
 import polars as pl
 
+from datastore.atomic import replace_folder
+from datastore.consensus import majority_consensus
 from datastore.errors import NotFoundError, StoreError
-from datastore.records import SOURCES
+from datastore.records import ANNOTATOR_KINDS, SOURCES
 from datastore.store import Store
 
 SNAPSHOT_COLUMNS = (
@@ -69,7 +70,7 @@ class DatasetFilters:
 
     kinds: tuple[str, ...] = ("final", "step")
     sources: tuple[str, ...] = ()
-    annotator_kinds: tuple[str, ...] = ("human", "ai")
+    annotator_kinds: tuple[str, ...] = ANNOTATOR_KINDS["both"]
     exclude_annotators: tuple[str, ...] = ()
     min_ai_margin: float = 0.0
     include_both_bad: bool = True
@@ -84,8 +85,10 @@ class DatasetFilters:
             raise StoreError(f"kinds must be a non-empty subset of ('final', 'step'), got {self.kinds}")
         if any(s not in SOURCES for s in self.sources):
             raise StoreError(f"sources must be a subset of {SOURCES}, got {self.sources}")
-        if not self.annotator_kinds or any(k not in ("human", "ai") for k in self.annotator_kinds):
-            raise StoreError(f"annotator_kinds must be a non-empty subset of ('human', 'ai'), got {self.annotator_kinds}")
+        if not self.annotator_kinds or any(k not in ANNOTATOR_KINDS["both"] for k in self.annotator_kinds):
+            raise StoreError(
+                f"annotator_kinds must be a non-empty subset of {ANNOTATOR_KINDS['both']}, got {self.annotator_kinds}"
+            )
         if self.min_ai_margin < 0.0:
             raise StoreError(f"min_ai_margin must be >= 0, got {self.min_ai_margin}")
         if self.min_judgments < 1:
@@ -167,50 +170,6 @@ def judgments_frame(store: Store, filters: DatasetFilters | None = None) -> pl.D
         return con.sql(query, params=params).pl()
 
 
-def majority_consensus(judgments: pl.DataFrame) -> pl.DataFrame:
-    """Majority vote per pair: columns pair_id, consensus (a | b | tie), n_judgments, agreement.
-
-    The consensus is the most frequent of a / b / tie; an a-b draw is a tie. ``both_bad``
-    judgments count towards ``n_judgments`` and never agree with a consensus; pairs judged
-    mostly ``both_bad`` are left out. ``agreement`` is the share of judgments equal to the consensus.
-    """
-    counts = judgments.group_by("pair_id").agg(
-        (pl.col("outcome") == "a").sum().alias("n_a"),
-        (pl.col("outcome") == "b").sum().alias("n_b"),
-        (pl.col("outcome") == "tie").sum().alias("n_tie"),
-        (pl.col("outcome") == "both_bad").sum().alias("n_bad"),
-        pl.len().alias("n_judgments"),
-    )
-    consensus = (
-        pl.when((pl.col("n_a") > pl.col("n_b")) & (pl.col("n_a") >= pl.col("n_tie")))
-        .then(pl.lit("a"))
-        .when((pl.col("n_b") > pl.col("n_a")) & (pl.col("n_b") >= pl.col("n_tie")))
-        .then(pl.lit("b"))
-        .otherwise(pl.lit("tie"))
-    )
-    return (
-        counts.filter(pl.col("n_bad") * 2 <= pl.col("n_judgments"))
-        .with_columns(consensus.alias("consensus"))
-        .with_columns(
-            (
-                pl.when(pl.col("consensus") == "a")
-                .then(pl.col("n_a"))
-                .when(pl.col("consensus") == "b")
-                .then(pl.col("n_b"))
-                .otherwise(pl.col("n_tie"))
-                / pl.col("n_judgments")
-            ).alias("agreement")
-        )
-        .select(
-            pl.col("pair_id").cast(pl.Int64),
-            "consensus",
-            pl.col("n_judgments").cast(pl.Int64),
-            pl.col("agreement").cast(pl.Float64),
-        )
-        .sort("pair_id")
-    )
-
-
 def consensus_frame(store: Store, filters: DatasetFilters, consensus: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row per selected pair with its consensus label, sorted by pair id.
 
@@ -220,8 +179,8 @@ def consensus_frame(store: Store, filters: DatasetFilters, consensus: pl.DataFra
     Args:
         filters: which judgments count and which pairs are kept.
         consensus: per-pair labels (columns pair_id, consensus, n_judgments, agreement, as
-            :func:`majority_consensus` gives); None computes the majority vote of the judgments
-            that ``filters`` count. Pairs missing from it are left out.
+            :mod:`datastore.consensus` gives them); None computes the majority vote of the
+            judgments that ``filters`` count. Pairs missing from it are left out.
     """
     judgments = judgments_frame(store, filters)
     if consensus is None:
@@ -233,19 +192,16 @@ def consensus_frame(store: Store, filters: DatasetFilters, consensus: pl.DataFra
         .alias("preview")
     )
     query = """
-        SELECT p.id AS pair_id, pr.text AS prompt,
-               ia.path AS media_0, ib.path AS media_1,
+        SELECT p.id AS pair_id, p.prompt,
+               p.path_a AS media_0, p.path_b AS media_1,
                p.image_a AS image_0_uid, p.image_b AS image_1_uid,
                p.kind, p.timestep::BIGINT AS timestep,
-               coalesce(ma.name, ia.source_model) AS model_0,
-               coalesce(mb.name, ib.source_model) AS model_1
-        FROM pairs p
-        JOIN prompts pr ON pr.id = p.prompt_id
-        JOIN images ia ON ia.id = p.image_a
-        JOIN images ib ON ib.id = p.image_b
-        LEFT JOIN generations ga ON ga.id = ia.generation_id
+               coalesce(ma.name, p.source_model_a) AS model_0,
+               coalesce(mb.name, p.source_model_b) AS model_1
+        FROM pair_media p
+        LEFT JOIN generations ga ON ga.id = p.generation_a
         LEFT JOIN models ma ON ma.id = ga.model_id
-        LEFT JOIN generations gb ON gb.id = ib.generation_id
+        LEFT JOIN generations gb ON gb.id = p.generation_b
         LEFT JOIN models mb ON mb.id = gb.model_id
         ORDER BY p.id
     """
@@ -339,8 +295,8 @@ def _write_snapshot(
     curation: dict | None,
 ) -> None:
     """Write the snapshot into a temporary folder, then rename it into place (all or nothing)."""
-    tmp_dir = Path(tempfile.mkdtemp(dir=store.datasets_dir, prefix=f".tmp-{version_id}-"))
-    try:
+
+    def write(tmp_dir: Path) -> None:
         images_dir = tmp_dir / "images"
         images_dir.mkdir()
         for rel in set(frame["media_0"].to_list()) | set(frame["media_1"].to_list()):
@@ -369,13 +325,11 @@ def _write_snapshot(
             "format": "docs/dataset-snapshot.md",
         }
         (tmp_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        os.rename(tmp_dir, final_dir)
+
+    try:
+        replace_folder(write, final_dir)
     except OSError as e:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
         raise StoreError(f"could not write dataset version {version_id}: {e}") from e
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from datastore.atomic import writing
 from datastore.datasets import DatasetVersion
 from datastore.errors import ImportFormatError, MediaError, StoreError
 from datastore.media import MediaStore, StoredImage
@@ -377,26 +378,21 @@ def export_dataset(version: DatasetVersion, fmt: str, out: Path | str, *, show_p
         out.mkdir(parents=True, exist_ok=True)
         if fmt == "pickapic":
             target = out / f"{version.id}.parquet"
-            _write_parquet_atomic(pickapic_table(version, show_progress=show_progress), target)
+            with writing(target) as tmp:
+                pq.write_table(pickapic_table(version, show_progress=show_progress), tmp)
             return target
         if fmt == "jsonl":
             return _export_jsonl(version, out)
         if fmt == "hf":
             target = out / version.id
             (target / "data").mkdir(parents=True, exist_ok=True)
-            _write_parquet_atomic(pickapic_table(version, show_progress=show_progress),
-                                  target / "data" / "train-00000-of-00001.parquet")
+            with writing(target / "data" / "train-00000-of-00001.parquet") as tmp:
+                pq.write_table(pickapic_table(version, show_progress=show_progress), tmp)
             (target / "README.md").write_text(_dataset_card(version))
             return target
     except OSError as e:
         raise StoreError(f"could not export {version.id} to {out}: {e}") from e
     raise StoreError(f"unknown export format {fmt!r}: choose pickapic, jsonl or hf")
-
-
-def _write_parquet_atomic(table: pa.Table, target: Path) -> None:
-    tmp = target.with_name(f".tmp-{target.name}")
-    pq.write_table(table, tmp)
-    tmp.replace(target)
 
 
 def _export_jsonl(version: DatasetVersion, out: Path) -> Path:
@@ -408,11 +404,9 @@ def _export_jsonl(version: DatasetVersion, out: Path) -> Path:
         if not target.exists():
             shutil.copyfile(version.path / rel, target)
     target = out / f"{version.id}.jsonl"
-    tmp = target.with_name(f".tmp-{target.name}")
-    with tmp.open("w") as f:
+    with writing(target) as tmp, tmp.open("w") as f:
         for row in frame.iter_rows(named=True):
             f.write(json.dumps({**row, "dataset_version": version.id}) + "\n")
-    tmp.replace(target)
     return target
 
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import struct
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from datastore.atomic import write_bytes
 from datastore.errors import MediaError
 
 ALLOWED_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
@@ -160,7 +159,11 @@ class MediaStore:
         """Store bytes that :func:`inspect_image` already described as ``record`` (no second decode)."""
         target = self.resolve(record.path)
         if not target.exists():
-            write_atomic(target, data, sync=sync)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                write_bytes(target, data, sync=sync)
+            except OSError as e:
+                raise MediaError(f"could not write {target}: {e}") from e
 
     def put_image(self, image: Image.Image) -> StoredImage:
         """Store a PIL image as PNG."""
@@ -187,23 +190,3 @@ class MediaStore:
         """The stored image as an RGB PIL image."""
         with Image.open(self.resolve(relative)) as im:
             return im.convert("RGB")
-
-
-def write_atomic(target: Path, data: bytes, *, sync: bool = True) -> None:
-    """Write ``data`` to ``target`` so that a reader or a crash never sees a partial file.
-
-    Raises:
-        MediaError: the write failed (e.g. the disk is full); nothing is left behind.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if sync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise MediaError(f"could not write {target}: {e}") from e

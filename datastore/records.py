@@ -22,6 +22,10 @@ from datastore.sql import first_row, scalar
 Outcome = Literal["a", "b", "tie", "both_bad"]
 OUTCOMES: tuple[str, ...] = ("a", "b", "tie", "both_bad")
 SOURCES: tuple[str, ...] = ("app", "labelstudio", "ai", "import")
+AnnotatorKind = Literal["human", "ai"]
+ANNOTATOR_KINDS: dict[str, tuple[AnnotatorKind, ...]] = {"both": ("human", "ai"), "human": ("human",), "ai": ("ai",)}
+"""Whose judgments count, by the name the CLI, the pages and rounds give the choice: the annotator
+kinds it takes. ``both`` holds every kind."""
 PAIR_KINDS: tuple[str, ...] = ("final", "step")
 
 
@@ -52,12 +56,12 @@ def ensure_annotator(
     con: duckdb.DuckDBPyConnection,
     name: str,
     *,
-    kind: Literal["human", "ai"] = "human",
+    kind: AnnotatorKind = "human",
     model: str | None = None,
     version: str | None = None,
 ) -> int:
     """The id of the annotator called ``name``, created if new."""
-    if kind not in ("human", "ai"):
+    if kind not in ANNOTATOR_KINDS["both"]:
         raise StoreError(f"annotator kind must be 'human' or 'ai', got {kind!r}")
     row = first_row(con, "SELECT id FROM annotators WHERE name = ?", [name])
     if row:

@@ -242,7 +242,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (
         6,
         """
-        -- Closed rounds (workbench/rounds.py): what a round curated and trained, and why it failed.
+        -- Closed rounds (workbench/rounds/): what a round curated and trained, and why it failed.
         ALTER TABLE rounds ADD COLUMN dataset_version VARCHAR;  -- the dataset version it trained on
         ALTER TABLE rounds ADD COLUMN run_dir VARCHAR;          -- its training run folder
         ALTER TABLE rounds ADD COLUMN error VARCHAR;            -- the error of a failed round
@@ -293,6 +293,23 @@ MIGRATIONS: list[tuple[int, str]] = [
         -- What a step judgment was made on: null = the pair's own images (predicted x0s),
         -- completion = their completion previews (the label is about the finished image).
         ALTER TABLE judgments ADD COLUMN preview VARCHAR;
+        """,
+    ),
+    (
+        11,
+        """
+        -- A pair with its prompt's text and its two images' files (paths relative to the media
+        -- folder): what is shown, scored, pushed or snapshotted. Pairs whose prompt or images are
+        -- missing are not in it.
+        CREATE VIEW pair_media AS
+        SELECT p.id, p.prompt_id, pr.text AS prompt, p.image_a, p.image_b, ia.path AS path_a, ib.path AS path_b,
+               p.kind, p.timestep, p.pool_id, p.round_id, p.gold_outcome, p.source_ref, p.created_at,
+               ia.generation_id AS generation_a, ib.generation_id AS generation_b,
+               ia.source_model AS source_model_a, ib.source_model AS source_model_b
+        FROM pairs p
+        JOIN prompts pr ON pr.id = p.prompt_id
+        JOIN images ia ON ia.id = p.image_a
+        JOIN images ib ON ib.id = p.image_b;
         """,
     ),
 ]

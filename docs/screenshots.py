@@ -68,10 +68,8 @@ def simulated_people(store: Store) -> None:
     """Three people of known error rates judge the same final pairs (gold ones first), as from the app."""
     with store.read() as con:
         pairs = con.sql(
-            "SELECT p.id, pr.text, ia.path, ib.path, p.gold_outcome IS NOT NULL FROM pairs p "
-            "JOIN prompts pr ON pr.id = p.prompt_id JOIN images ia ON ia.id = p.image_a "
-            "JOIN images ib ON ib.id = p.image_b WHERE p.kind = 'final' "
-            "ORDER BY p.gold_outcome IS NULL, p.id LIMIT ?",
+            "SELECT id, prompt, path_a, path_b, gold_outcome IS NOT NULL FROM pair_media WHERE kind = 'final' "
+            "ORDER BY gold_outcome IS NULL, id LIMIT ?",
             params=[PAIRS_PER_PERSON],
         ).fetchall()
     for i, (name, error_rate) in enumerate(PEOPLE.items()):

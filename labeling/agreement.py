@@ -15,7 +15,8 @@ from itertools import combinations
 import numpy as np
 import polars as pl
 
-from datastore.datasets import DatasetFilters, judgments_frame, majority_consensus
+from datastore.consensus import majority_consensus
+from datastore.datasets import DatasetFilters, judgments_frame
 from datastore.store import Store
 from labeling.errors import LabelingError
 from labeling.queue import GoldAccuracy, gold_accuracy

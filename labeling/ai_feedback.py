@@ -15,8 +15,9 @@ from tqdm import tqdm
 from datastore.records import NewJudgment, ensure_annotator, insert_judgments
 from datastore.sql import scalar
 from datastore.store import Store
+from labeling.answers import now
 from labeling.errors import LabelingError
-from labeling.queue import check_kinds, now
+from labeling.queue import check_kinds
 from reward_models.base import Scorer, ScorerError
 
 
@@ -44,11 +45,8 @@ class AiLabelReport:
 
 
 _PENDING = """
-SELECT p.id, p.timestep, p.gold_outcome, pr.text, ia.path, ib.path
-FROM pairs p
-JOIN prompts pr ON pr.id = p.prompt_id
-JOIN images ia ON ia.id = p.image_a
-JOIN images ib ON ib.id = p.image_b
+SELECT p.id, p.timestep, p.gold_outcome, p.prompt, p.path_a, p.path_b
+FROM pair_media p
 WHERE p.kind = $kind {round_clause}
   AND NOT EXISTS (SELECT 1 FROM judgments j WHERE j.pair_id = p.id AND j.annotator_id = $annotator)
 ORDER BY p.id

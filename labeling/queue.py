@@ -1,4 +1,4 @@
-"""The annotation queue: which pair a person judges next, and how an answer becomes a judgment.
+"""The annotation queue: which pair a person judges next, leased to their browser.
 
 Policy, applied by one SQL statement per next pair (:func:`next_pair`):
 
@@ -15,8 +15,7 @@ AI judgments do not. :func:`next_pairs` hands a browser several pairs at once an
 that annotator for ``lease_s``: an unexpired lease counts towards the overlap like a judgment, so
 two people working at once are not handed the same last pairs beyond it.
 
-Answers from the browser (:class:`Answer`) carry an idempotency key made at the key press: a
-resend of the same answer is ignored quietly, and :func:`withdraw_answer` takes one back by it.
+An answer to a shown pair becomes a judgment through :mod:`labeling.answers` (:func:`record_answer`).
 """
 
 from __future__ import annotations
@@ -25,20 +24,18 @@ import hashlib
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
 import duckdb
 
 from datastore.errors import DuplicateJudgmentError
-from datastore.records import PAIR_KINDS, NewJudgment, ensure_annotator
+from datastore.records import PAIR_KINDS, ensure_annotator
 from datastore.sql import first_row, scalar
 from datastore.store import Store
+from labeling.answers import Answer, Side, now, outcome
 from labeling.errors import AlreadyJudgedError, LabelingError
-
-Side = Literal["left", "right", "tie", "both_bad"]
-SIDES: tuple[str, ...] = ("left", "right", "tie", "both_bad")
 
 CONFIG_FILE = "labeling.toml"
 """Optional file in the workbench home holding :class:`QueueConfig`'s fields as top-level keys."""
@@ -159,19 +156,6 @@ class QueueItem:
         return outcome(side, self.left_image)
 
 
-def outcome(side: str, left_image: str) -> str:
-    """The judgment's outcome (a / b / tie / both_bad) for the side pressed, given the image shown left."""
-    if left_image not in ("a", "b"):
-        raise LabelingError(f"left_image must be 'a' or 'b', got {left_image!r}")
-    if side == "left":
-        return left_image
-    if side == "right":
-        return "b" if left_image == "a" else "a"
-    if side in ("tie", "both_bad"):
-        return side
-    raise LabelingError(f"side must be one of {SIDES}, got {side!r}")
-
-
 def _unit(*parts: object) -> float:
     """A number in [0, 1) determined by ``parts``: reproducible across processes and versions."""
     digest = hashlib.sha256("\x00".join(map(str, parts)).encode()).digest()
@@ -183,11 +167,6 @@ def check_kinds(kinds: tuple[str, ...]) -> list[str]:
     if not kinds or any(k not in PAIR_KINDS for k in kinds):
         raise LabelingError(f"kinds must be a non-empty subset of {PAIR_KINDS}, got {kinds!r}")
     return list(kinds)
-
-
-def now() -> datetime:
-    """The current time as naive UTC, the way judgments store it."""
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def human_annotator(store: Store, name: str) -> int:
@@ -244,13 +223,10 @@ WITH {_OPEN},
          WHERE NOT gold AND NOT list_contains($exclude, id) ORDER BY n, h LIMIT $limit)
     ),
     shown AS (
-        SELECT picked.gold, picked.n AS rank_n, picked.h AS rank_h, p.id, p.kind, pr.text, p.image_a, p.image_b, ia.path AS path_a, ib.path AS path_b,
-               p.timestep, p.pool_id, sp.step_index, sp.num_steps, p.gold_outcome
+        SELECT picked.gold, picked.n AS rank_n, picked.h AS rank_h, p.id, p.kind, p.prompt AS text, p.image_a,
+               p.image_b, p.path_a, p.path_b, p.timestep, p.pool_id, sp.step_index, sp.num_steps, p.gold_outcome
         FROM picked
-        JOIN pairs p ON p.id = picked.id
-        JOIN prompts pr ON pr.id = p.prompt_id
-        JOIN images ia ON ia.id = p.image_a
-        JOIN images ib ON ib.id = p.image_b
+        JOIN pair_media p ON p.id = picked.id
         LEFT JOIN step_pools sp ON sp.id = p.pool_id
     )
 SELECT stats.remaining, stats.done, shown.* FROM stats LEFT JOIN shown ON true
@@ -401,49 +377,6 @@ def record_answer(
         raise AlreadyJudgedError(str(e)) from e
 
 
-@dataclass(frozen=True)
-class Answer:
-    """One answer as a browser reports it.
-
-    Attributes:
-        key: the idempotency key the browser made at the key press (None: no resends expected).
-        pair_id: the pair that was on screen; left_image: the image it showed left, ``a`` or ``b``.
-        side: the key's meaning: ``left``, ``right``, ``tie`` or ``both_bad``.
-        is_gold: whether the pair was handed out as a gold pair.
-        shown_at, answered_at: the browser's times of display and key press (naive UTC).
-        preview: what the pair was judged on: None = its own images, ``completion`` = the
-            completion previews of a step pair's candidates (see :func:`completion_previews`).
-    """
-
-    key: str | None
-    pair_id: int
-    side: str
-    left_image: str
-    is_gold: bool
-    shown_at: datetime
-    answered_at: datetime
-    preview: str | None = None
-
-    def judgment(self, annotator_id: int) -> NewJudgment:
-        """The judgment this answer records (source ``app``).
-
-        Raises:
-            LabelingError: the side or the left image is not one of theirs.
-        """
-        return NewJudgment(
-            pair_id=self.pair_id,
-            annotator_id=annotator_id,
-            source="app",
-            outcome=outcome(self.side, self.left_image),
-            left_image=self.left_image,
-            shown_at=self.shown_at,
-            answered_at=self.answered_at,
-            is_gold=self.is_gold,
-            idempotency_key=self.key,
-            preview=self.preview,
-        )
-
-
 def completion_previews(store: Store, image_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
     """The completion previews of the given images (step-pool candidates): image id -> (preview
     image id, its file relative to the media folder); images without one are left out."""
@@ -467,48 +400,6 @@ def step_pairs_have_previews(store: Store) -> bool:
                 "JOIN image_previews vb ON vb.image_id = p.image_b AND vb.kind = 'completion' WHERE p.kind = 'step')",
             )
         )
-
-
-AnswerStatus = Literal["saved", "resent", "already_judged"]
-
-
-def record_answers(store: Store, annotator_id: int, answers: list[Answer]) -> list[AnswerStatus]:
-    """Record a browser's answers in order, each through the inbox (a few ms each).
-
-    Returns:
-        Per answer: ``saved``; ``resent`` when its key was accepted before (nothing written);
-        ``already_judged`` when the annotator answered that pair before under another key
-        (another tab: nothing written).
-
-    Raises:
-        LabelingError / StoreError: a malformed answer; the answers before it are recorded.
-    """
-    statuses: list[AnswerStatus] = []
-    for answer in answers:
-        try:
-            statuses.append("saved" if store.record_judgment(answer.judgment(annotator_id)) else "resent")
-        except DuplicateJudgmentError:
-            statuses.append("already_judged")
-    return statuses
-
-
-def withdraw_answer(store: Store, annotator_id: int, key: str) -> int | None:
-    """Take back the annotator's app judgment recorded under ``key`` (kept, marked withdrawn), so the
-    pair is open to them again. Doing it twice is harmless.
-
-    Returns:
-        The pair of the judgment, or None when no judgment has that key (it was refused).
-    """
-    with store.write() as con:
-        pair_id = scalar(
-            con,
-            "UPDATE judgments SET withdrawn = true, updated_at = ? "
-            "WHERE annotator_id = ? AND idempotency_key = ? AND source = 'app' RETURNING pair_id",
-            [now(), annotator_id, key],
-        )
-    if pair_id is not None:
-        store.inbox.withdraw(pair_id, annotator_id)
-    return pair_id
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from datastore.datasets import majority_consensus
+from datastore.consensus import majority_consensus
 from labeling.agreement import (
     AgreementUndefined,
     agreement_by_timestep,

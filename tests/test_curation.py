@@ -13,7 +13,8 @@ import pytest
 from labeling_data import MadePair, add_shapes_pairs
 from typer.testing import CliRunner
 
-from datastore.datasets import DatasetFilters, create_dataset_version, judgments_frame, majority_consensus
+from datastore.consensus import ConsensusError, dawid_skene, dawid_skene_consensus, majority_consensus
+from datastore.datasets import DatasetFilters, create_dataset_version, judgments_frame
 from datastore.errors import StoreError
 from datastore.media import encode_png
 from datastore.records import (
@@ -32,8 +33,6 @@ from labeling.curation import (
     Curation,
     CurationError,
     build_curation,
-    dawid_skene,
-    dawid_skene_consensus,
     export_download,
     list_curations,
     load_curation,
@@ -152,7 +151,7 @@ def test_dawid_skene_consensus_counts_both_bad_like_the_majority_vote() -> None:
     # Pair 1: both_bad enters n_judgments (3) and agreement (2 of 3); pair 2 is mostly both-bad: left out.
     assert dawid_skene_consensus(frame).rows() == [(1, "a", 3, pytest.approx(2 / 3))]
     assert majority_consensus(frame).rows() == [(1, "a", 3, pytest.approx(2 / 3))]
-    with pytest.raises(CurationError, match="at least one a / b / tie"):
+    with pytest.raises(ConsensusError, match="at least one a / b / tie"):
         dawid_skene(frame.filter(pl.col("outcome") == "both_bad"))
 
 

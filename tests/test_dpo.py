@@ -20,15 +20,9 @@ from tiny_models import build_tiny_sd15, build_tiny_sdxl, tiny_dpo_config, write
 
 from training.config import ConfigError, DPOConfig
 from training.data import preference_pairs, read_pairs, stream_indices
-from training.dpo import (
-    Features,
-    ModelLoadError,
-    cached_features,
-    load_parts,
-    main,
-    make_batch,
-    pair_losses,
-)
+from training.dpo import main, make_batch, pair_losses
+from training.features import Features, cached_features
+from training.parts import ModelLoadError, load_parts
 from training.runs import NonFiniteError
 
 REPO = Path(__file__).resolve().parents[1]

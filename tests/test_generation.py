@@ -16,19 +16,19 @@ from tiny_models import build_tiny_sd15, build_tiny_sdxl
 from typer.testing import CliRunner
 
 from datastore.store import Store
+from training.parts import ModelLoadError
 from training.sampling import predict_noise
 from workbench.cli import app
-from workbench.errors import GenerationError, ModelLoadError
+from workbench.errors import GenerationError
 from workbench.generation import (
-    GenerationConfig,
     chain_seed,
     ddim_scheduler,
     generate_pairs,
     generate_step_pools,
     image_seed,
     pair_indices,
-    read_prompts,
 )
+from workbench.generation_config import GenerationConfig, read_prompts
 from workbench.pipelines import load_pipeline
 from workbench.sampling import decode, denoise, encode_prompts
 from workbench.toy import TOY_IMAGE_SIZE, train_captions

@@ -213,7 +213,8 @@ def test_names_with_a_trailing_newline_are_refused_and_make_no_folder(tmp_path: 
 
 
 def test_a_second_resume_of_a_round_that_is_running_is_refused(store: Store, tmp_path: Path) -> None:
-    from workbench import rounds
+    from workbench.rounds.driver import resume_round
+    from workbench.rounds.errors import RoundError
 
     with store.write() as con:
         round_id = scalar(con, "INSERT INTO rounds (status, config, results) VALUES ('failed', '{}', '{}') RETURNING id")
@@ -226,8 +227,8 @@ def test_a_second_resume_of_a_round_that_is_running_is_refused(store: Store, tmp
         while not ready.exists():
             assert holder.poll() is None
             time.sleep(0.01)
-        with pytest.raises(rounds.RoundError, match=f"round {round_id} is already running in another process"):
-            rounds.resume_round(store, round_id)
+        with pytest.raises(RoundError, match=f"round {round_id} is already running in another process"):
+            resume_round(store, round_id)
         result = runner.invoke(app, ["--home", str(store.home), "round", "resume", str(round_id)])
         assert result.exit_code == 1
         assert "already running in another process" in result.output
@@ -243,7 +244,7 @@ _HOLD_ROUND = """
 import sys, time
 from pathlib import Path
 from datastore.store import Store, StoreConfig
-from workbench.rounds import round_lock
+from workbench.rounds.driver import round_lock
 home, round_id, ready, release = sys.argv[1:]
 with round_lock(Store.open(home), int(round_id)):
     Path(ready).touch()
@@ -259,7 +260,7 @@ def test_a_labelstudio_credentials_file_readable_by_others_is_refused_and_left_u
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from labeling.errors import LabelingError
-    from labeling.labelstudio import api_token, load_credentials
+    from labeling.labelstudio.server import api_token, load_credentials
 
     for env in ("LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN"):
         monkeypatch.delenv(env, raising=False)

@@ -20,6 +20,7 @@ from datastore.store import Store
 from training.config import DPOConfig
 from training.dpo import main
 from workbench import jobs
+from workbench.processes import group_alive
 
 WORKBENCH = str(Path(sys.executable).with_name("workbench"))
 LORA_FILE = "final/pytorch_lora_weights.safetensors"
@@ -56,7 +57,7 @@ def wait_until(condition, timeout_s: float = 120.0, what: str = "condition") -> 
 
 
 def group_gone(pgid: int) -> bool:
-    return not jobs._group_alive(pgid)
+    return not group_alive(pgid)
 
 
 def test_dpo_job_finishes_with_metrics_and_an_identical_launch_is_refused(tiny, tmp_path):

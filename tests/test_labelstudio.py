@@ -32,21 +32,16 @@ from datastore.records import (
     upsert_prompts,
 )
 from datastore.store import Store
-from labeling.labelstudio import (
+from labeling.labelstudio.client import LabelStudioClient, LabelStudioError
+from labeling.labelstudio.mapping import (
     LABEL_CONFIG,
-    Credentials,
-    LabelStudioClient,
-    LabelStudioError,
-    LabelStudioServer,
     PairToPush,
     Suggestion,
     answer_from_annotation,
-    api_token,
-    load_credentials,
-    pull,
-    push,
     task_for_pair,
 )
+from labeling.labelstudio.server import Credentials, LabelStudioServer, api_token, load_credentials
+from labeling.labelstudio.sync import pull, push
 from workbench.cli import app
 
 runner = CliRunner()

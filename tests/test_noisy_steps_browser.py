@@ -16,7 +16,8 @@ from test_annotate_browser import (
 )
 
 from datastore.store import Store
-from workbench.generation import GenerationConfig, generate_step_pools
+from workbench.generation import generate_step_pools
+from workbench.generation_config import GenerationConfig
 from workbench.pipelines import load_pipeline
 from workbench.toy import TOY_MODEL_DIR
 

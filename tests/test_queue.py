@@ -11,9 +11,9 @@ from labeling_data import add_shapes_pairs
 
 from datastore.records import NewJudgment, ensure_annotator, insert_judgments, insert_previews
 from datastore.store import Store
+from labeling.answers import Answer, now, record_answers, withdraw_answer
 from labeling.errors import AlreadyJudgedError, LabelingError
 from labeling.queue import (
-    Answer,
     Progress,
     QueueConfig,
     completion_previews,
@@ -21,12 +21,9 @@ from labeling.queue import (
     human_annotator,
     next_pair,
     next_pairs,
-    now,
     progress,
     record_answer,
-    record_answers,
     step_pairs_have_previews,
-    withdraw_answer,
 )
 
 

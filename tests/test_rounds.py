@@ -15,19 +15,14 @@ from datastore.records import NewJudgment, ensure_annotator, insert_judgments, m
 from datastore.store import Store
 from reward_models.shapes import held_out_captions
 from workbench.cli import app
-from workbench.generation import GenerationConfig, generate_pairs
+from workbench.generation import generate_pairs
+from workbench.generation_config import GenerationConfig
 from workbench.pipelines import load_pipeline
-from workbench.rounds import (
-    RoundConfig,
-    RoundError,
-    RoundWaiting,
-    ensure_base_model,
-    get_round,
-    held_out_human_accuracy,
-    list_rounds,
-    resume_round,
-    run_round,
-)
+from workbench.rounds.config import RoundConfig, RoundCuration
+from workbench.rounds.driver import ensure_base_model, resume_round, run_round
+from workbench.rounds.errors import RoundError, RoundWaiting
+from workbench.rounds.evaluate import held_out_human_accuracy
+from workbench.rounds.reading import get_round, list_rounds
 from workbench.toy import TOY_MODEL_DIR
 
 TINY = {
@@ -37,7 +32,7 @@ TINY = {
     "eval_prompts": 3,
     "eval_seeds": (0, 1),
     "eval_steps": 4,
-    "training": ("max_steps=2", "batch_size=2"),
+    "training": {"max_steps": 2, "batch_size": 2},
 }
 """3 prompts x 1 pair, 2 DPO steps, 3 held-out captions x 2 seeds at 4 DDIM steps."""
 
@@ -165,7 +160,7 @@ def test_round_list_and_show(demo) -> None:
 
 def test_a_human_round_waits_for_judgments_and_continues_without_regenerating(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "home")
-    config = RoundConfig(**{**TINY, "feedback": "human", "human_judgments_per_pair": 2})
+    config = RoundConfig.from_dict({**TINY, "feedback": "human", "human_judgments_per_pair": 2})
     with pytest.raises(RoundWaiting) as waiting:
         run_round(store, config)
     assert (waiting.value.missing, waiting.value.pairs) == (6, 3)  # 3 pairs x 2 judgments
@@ -198,22 +193,37 @@ def test_a_human_round_waits_for_judgments_and_continues_without_regenerating(tm
 
 def test_bad_settings_and_unknown_parent_are_refused_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(RoundError, match="per_prompt must be >= 2"):
-        RoundConfig(per_prompt=1)
+        RoundConfig.from_dict({"per_prompt": 0})
     with pytest.raises(RoundError, match="recipe must be one of dpo, spo, spm-spo"):
         RoundConfig(recipe="ppo")
     with pytest.raises(RoundError, match="KEY=VALUE"):
-        RoundConfig(training=("beta",))
+        RoundConfig.from_dict({"training": ["beta"]})
     store = Store.open(tmp_path / "home")
     with pytest.raises(RoundError, match="parent model 7 is not a text-to-image checkpoint registered"):
-        run_round(store, RoundConfig(**TINY), parent_model_id=7)
+        run_round(store, RoundConfig.from_dict(TINY), parent_model_id=7)
     assert rows(store, "SELECT count(*) FROM rounds") == [(0,)]
     assert ensure_base_model(store) == ensure_base_model(store) == 1
+
+
+def test_a_flat_config_recorded_by_an_older_round_loads_nested() -> None:
+    recorded = {
+        **{"num_prompts": 32, "per_prompt": 3, "pairing": "all", "final_pairs": True, "step_pools": True},
+        **{"pool_k": 4, "num_inference_steps": 20, "guidance_scale": 3.0, "seed": 0, "feedback": "ai"},
+        **{"min_agreement": 0.5, "include_ties": True, "consensus": "dawid_skene", "curation": None},
+        **{"recipe": "spm", "training": ["max_steps=2", "eval_fraction=0"], "spo_training": [], "eval_seeds": [0, 1]},
+    }
+    config = RoundConfig.from_dict(recorded)
+    assert (config.generation.per_prompt, config.generation.batch_size) == (3, 32)
+    assert config.curation == RoundCuration(method="dawid_skene", min_agreement=0.5, include_ties=True)
+    assert config.recipe == "spm-spo" and config.training == {"max_steps": 2, "eval_fraction": 0}
+    assert RoundConfig.from_dict({**recorded, "curation": "kept"}).curation.saved == "kept"
+    assert RoundConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
 def test_a_failed_stage_marks_the_round_failed_and_keeps_the_stages_done(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "home")
     with pytest.raises(RoundError, match="learning_rate must be > 0"):
-        run_round(store, RoundConfig(**{**TINY, "include_ties": True, "training": ("learning_rate=-1",)}))
+        run_round(store, RoundConfig.from_dict({**TINY, "include_ties": True, "training": {"learning_rate": -1}}))
     failed = get_round(store, 1)
     assert failed.status == "failed" and "learning_rate must be > 0" in failed.error
     assert set(failed.results) == {"generation", "judgments", "dataset", "seconds", "cpu_seconds"}
@@ -227,15 +237,15 @@ def test_spo_and_spm_rounds_train_and_chain(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "home")
     clip = build_tiny_clip(tmp_path / "clip")
     base = {**TINY, "num_prompts": 2, "eval_prompts": 2, "include_ties": True}
-    spo_steps = ("max_steps=1", "prompts_per_step=1", "num_inference_steps=6", "warmup_steps=1")
-    spo = run_round(store, RoundConfig(**{**base, "recipe": "spo", "training": spo_steps}))
+    spo_steps = {"max_steps": 1, "prompts_per_step": 1, "num_inference_steps": 6, "warmup_steps": 1}
+    spo = run_round(store, RoundConfig.from_dict({**base, "recipe": "spo", "training": spo_steps}))
     assert spo.status == "finished" and spo.results["training"]["config"]["scorer"] == "shapes-oracle"
     assert spo.results["training"]["config"]["prompts"] == spo.results["generation"]["prompts"]
-    spm_steps = ("max_steps=1", "batch_size=2", f'reward_model="{clip}"', "eval_fraction=0")
+    spm_steps = {"max_steps": 1, "batch_size": 2, "reward_model": str(clip), "eval_fraction": 0}
     spm = run_round(
         store,
-        RoundConfig(
-            **{
+        RoundConfig.from_dict(
+            {
                 **base,
                 "recipe": "spm-spo",
                 "step_pools": True,
@@ -265,7 +275,7 @@ def test_spo_and_spm_rounds_train_and_chain(tmp_path: Path) -> None:
 
 
 def test_the_same_config_from_the_same_parent_reproduces_a_round_in_another_home(tmp_path: Path) -> None:
-    config = RoundConfig(**{**TINY, "num_prompts": 2, "per_prompt": 4, "eval_prompts": 2})
+    config = RoundConfig.from_dict({**TINY, "num_prompts": 2, "per_prompt": 4, "eval_prompts": 2})
     first, second = (run_round(Store.open(tmp_path / name), config) for name in ("a", "b"))
     for key in ("generation", "judgments", "evaluation"):
         assert first.results[key] == second.results[key]
@@ -284,7 +294,7 @@ def test_the_same_config_from_the_same_parent_reproduces_a_round_in_another_home
 
 def test_a_round_from_a_lora_model_trains_on_it_fused(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "home")
-    config = RoundConfig(**{**TINY, "num_prompts": 2, "per_prompt": 4, "eval_prompts": 2})
+    config = RoundConfig.from_dict({**TINY, "num_prompts": 2, "per_prompt": 4, "eval_prompts": 2})
     first = run_round(store, config)
     with store.write() as con:  # what `workbench train dpo` registers: the LoRA folder on the base
         lora = register_model(con, "dpo-lora", first.results["training"]["final"], kind="lora", parent_id=1)

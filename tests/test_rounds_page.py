@@ -12,16 +12,21 @@ from streamlit.testing.v1 import AppTest
 from datastore.records import NewJudgment, ensure_annotator, insert_judgments
 from datastore.store import Store
 from workbench.jobs import list_jobs, stop_job, wait_for_job
-from workbench.rounds import RoundConfig, RoundWaiting, get_round, human_needs, launch_round, run_round
+from workbench.rounds.config import RoundConfig
+from workbench.rounds.driver import launch_round, run_round
+from workbench.rounds.errors import RoundWaiting
+from workbench.rounds.reading import get_round, human_needs
 
 PAGE = str(Path(__file__).resolve().parents[1] / "workbench" / "ui" / "rounds.py")
-TINY = RoundConfig(
-    num_prompts=3,
-    num_inference_steps=4,
-    eval_prompts=2,
-    eval_seeds=(0,),
-    eval_steps=4,
-    training=("max_steps=2", "batch_size=2"),
+TINY = RoundConfig.from_dict(
+    {
+        "num_prompts": 3,
+        "num_inference_steps": 4,
+        "eval_prompts": 2,
+        "eval_seeds": (0,),
+        "eval_steps": 4,
+        "training": {"max_steps": 2, "batch_size": 2},
+    }
 )
 
 
@@ -81,7 +86,7 @@ def test_the_launch_button_starts_a_round_job(page: AppTest, home: Path) -> None
     assert job.command[3:7] == ["round", "run", "--config", str(job.run_dir / "round_config.json")]
     assert job.command[-2:] == ["--parent", "2"]  # the newest model by default
     launched = json.loads((job.run_dir / "round_config.json").read_text())
-    assert launched["num_prompts"] == 1 and "max_steps=1" in launched["training"]
+    assert launched["num_prompts"] == 1 and launched["training"]["max_steps"] == 1
     assert (launched["recipe"], launched["scorer"]) == ("dpo", "shapes-oracle")  # the defaults
     stop_job(store, job.id, grace_s=5)
 
@@ -126,7 +131,7 @@ def test_a_waiting_round_shows_what_it_needs_and_continues_once_judged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_torch_thread
 ) -> None:
     store = Store.open(tmp_path / "home")
-    config = RoundConfig(**{**TINY.to_dict(), "feedback": "human", "human_judgments_per_pair": 2})
+    config = RoundConfig.from_dict({**TINY.to_dict(), "feedback": "human", "human_judgments_per_pair": 2})
     with pytest.raises(RoundWaiting) as waiting:
         run_round(store, config)
     with store.read() as con:
@@ -175,4 +180,4 @@ def test_the_recipe_and_the_ai_judge_are_chosen_at_launch(tmp_path: Path, monkey
     launched = json.loads((job.run_dir / "round_config.json").read_text())
     assert (launched["recipe"], launched["scorer"]) == ("spm-spo", "pickscore:/models/pickscore")
     # Both stages get the step count, not the demo's DPO settings.
-    assert launched["training"] == ["max_steps=7"] and launched["spo_training"] == ["max_steps=7"]
+    assert launched["training"] == {"max_steps": 7} and launched["spo_training"] == {"max_steps": 7}

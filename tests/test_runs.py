@@ -39,24 +39,24 @@ def train_step(model, optimizer, scheduler) -> None:
 
 def test_config_is_written_and_a_different_config_is_refused(tmp_path):
     accelerator = make_job()[0]
-    run = Run.open(tmp_path / "run", {"beta": 5000, "lr": 1e-5}, accelerator)
+    run = Run.start(tmp_path / "run", {"beta": 5000, "lr": 1e-5}, accelerator)
     assert json.loads((run.path / "config.json").read_text()) == {"beta": 5000, "lr": 1e-5}
-    Run.open(tmp_path / "run", {"beta": 5000, "lr": 1e-5}, accelerator)
+    Run.start(tmp_path / "run", {"beta": 5000, "lr": 1e-5}, accelerator)
     with pytest.raises(RunError, match=r"beta: 5000 -> 2000"):
-        Run.open(tmp_path / "run", {"beta": 2000, "lr": 1e-5}, accelerator)
+        Run.start(tmp_path / "run", {"beta": 2000, "lr": 1e-5}, accelerator)
 
 
 def test_metrics_are_one_flushed_line_per_step(tmp_path):
-    run = Run.open(tmp_path, {}, make_job()[0])
+    run = Run.start(tmp_path, {}, make_job()[0])
     run.log(1, {"loss": 0.7})
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "loss": 0.7}\n'
     run.log(2, {"loss": 0.6})
-    assert [m["step"] for m in run.read_metrics()] == [1, 2]
+    assert [m["step"] for m in run.metrics()] == [1, 2]
 
 
 def test_resume_restores_weights_optimizer_scheduler_rng_and_train_state(tmp_path):
     accelerator, model, optimizer, scheduler = make_job()
-    run = Run.open(tmp_path, {}, accelerator)
+    run = Run.start(tmp_path, {}, accelerator)
     train_step(model, optimizer, scheduler)
     run.save_checkpoint(1, {"micro_step": 7})
     expected_next = torch.rand(3)
@@ -64,7 +64,7 @@ def test_resume_restores_weights_optimizer_scheduler_rng_and_train_state(tmp_pat
     weight_after_two, lr_after_two = model.weight.detach().clone(), scheduler.get_last_lr()
 
     accelerator, model, optimizer, scheduler = make_job(seed=1)
-    run = Run.open(tmp_path, {}, accelerator)
+    run = Run.start(tmp_path, {}, accelerator)
     assert run.resume() == {"step": 1, "micro_step": 7}
     torch.testing.assert_close(torch.rand(3), expected_next)  # RNG now where the first run's was
     train_step(model, optimizer, scheduler)
@@ -74,13 +74,13 @@ def test_resume_restores_weights_optimizer_scheduler_rng_and_train_state(tmp_pat
 
 def test_checkpoints_hold_only_trainable_weights(tmp_path):
     accelerator, model, optimizer, scheduler = make_job()
-    checkpoint = Run.open(tmp_path, {}, accelerator).save_checkpoint(1, {})
+    checkpoint = Run.start(tmp_path, {}, accelerator).save_checkpoint(1, {})
     assert set(load_file(checkpoint / "model.safetensors")) == {"weight"}
 
 
 def test_half_written_checkpoint_is_ignored_and_old_ones_are_pruned(tmp_path):
     accelerator, model, optimizer, scheduler = make_job()
-    run = Run.open(tmp_path, {}, accelerator)
+    run = Run.start(tmp_path, {}, accelerator)
     for step in (1, 2, 3):
         run.save_checkpoint(step, {"micro_step": step}, keep=2)
     assert sorted(p.name for p in run.checkpoints.iterdir()) == ["step-00000002", "step-00000003"]
@@ -96,12 +96,12 @@ def test_half_written_checkpoint_is_ignored_and_old_ones_are_pruned(tmp_path):
 
 def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
     accelerator = make_job()[0]
-    run = Run.open(tmp_path, {}, accelerator)
+    run = Run.start(tmp_path, {}, accelerator)
     run.log(1, {"loss": 1.0})
     run.save_checkpoint(1, {})
     run.log(2, {"loss": 2.0})  # logged by a run that died before checkpointing step 2
     assert run.resume()["step"] == 1
-    assert run.read_metrics() == [{"step": 1, "loss": 1.0}]
+    assert run.metrics() == [{"step": 1, "loss": 1.0}]
 
 
 def test_check_finite_names_the_step_and_value():
@@ -110,3 +110,17 @@ def test_check_finite_names_the_step_and_value():
         check_finite(12, loss=float("nan"), grad_norm=1.0)
     with pytest.raises(NonFiniteError, match=r"grad_norm = inf"):
         check_finite(1, grad_norm=float("inf"))
+
+
+def test_a_run_opened_to_read_creates_nothing_and_skips_a_half_written_line(tmp_path):
+    run = Run.open(tmp_path / "run")
+    assert not run.path.exists() and run.metrics() == [] and run.final is None
+    writer = Run.start(tmp_path / "run", {"beta": 5000}, make_job()[0])
+    writer.log(1, {"loss": 0.7})
+    with writer.metrics_file.open("a") as f:
+        f.write('{"step": 2, "lo')  # a line being written right now
+    assert run.config() == {"beta": 5000}
+    assert run.metrics() == [{"step": 1, "loss": 0.7}]
+    writer.save_final(lambda folder: (folder / "weights.bin").write_bytes(b"w"))
+    assert run.final == run.path / "final" and (run.final / "weights.bin").read_bytes() == b"w"
+    assert [p.name for p in run.path.iterdir() if p.name.startswith(".")] == []

@@ -20,11 +20,13 @@ from tiny_models import build_tiny_sd15
 from datastore.store import Store
 from reward_models.base import Scorer
 from training.config import SPOConfig
-from training.dpo import Features, load_parts
+from training.features import Features
+from training.parts import load_parts
 from training.sampling import complete, decode, denoise, latent_shape, predict_noise, vae_scale_factor
 from training.spo import candidate_images, conditioning, judge_pools, main, pool_steps, sample_pools
 from workbench import sampling as pipeline_sampling
-from workbench.generation import GenerationConfig, ddim_scheduler, generate_pairs, generate_step_pools
+from workbench.generation import ddim_scheduler, generate_pairs, generate_step_pools
+from workbench.generation_config import GenerationConfig
 from workbench.pipelines import load_pipeline
 from workbench.toy import TOY_IMAGE_SIZE, TOY_MODEL_DIR
 

@@ -13,8 +13,9 @@ from datastore.formats import import_pickapic
 from datastore.store import Store
 from training.config import ConfigError, DPOConfig, SPOConfig
 from workbench import jobs
+from workbench.forms import config_from_form, form_fields
 from workbench.toy import TOY_MODEL_DIR
-from workbench.training_form import config_from_form, form_fields, training_curves
+from workbench.training_curves import training_curves
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 

@@ -1,22 +1,21 @@
 """Typed recipe configs: one dataclass per recipe, each option documented once in its ``help``.
 
-The CLI builds its options from these fields, and a run folder's ``config.json`` is
-`RecipeConfig.to_dict`.
+The options every recipe has are declared once in `RecipeConfig`, the LoRA options in
+`LoRAOptions`; a recipe redeclares one only to change its default or help (the bounds stay). The
+CLI builds its options from these fields, and a run folder's ``config.json`` is
+`TypedConfig.to_dict`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import struct
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from training.errors import TrainingError
+from training.options import ConfigError, TypedConfig, option
 
 Mode = Literal["lora", "full", "sft"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
@@ -27,100 +26,60 @@ SPMStepPairs = Literal["none", "completion", "all"]
 SPOStepJudge = Literal["x0", "completion"]
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
-    """A dataclass field with its documentation in ``metadata["help"]``."""
-    if isinstance(default, list | tuple | dict):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
-    return field(default=default, metadata={"help": help}, **kwargs)
-
-
-class ConfigError(TrainingError, ValueError):
-    """A config value is out of range or of the wrong kind."""
-
-
-class RecipeConfig:
-    """What every recipe config dataclass shares: type and Literal checks, JSON out and in."""
+@dataclass(kw_only=True)
+class RecipeConfig(TypedConfig):
+    """The options every recipe has; also refuses a local model folder whose weights are truncated."""
 
     _MODEL_FIELDS = ("pretrained_model", "reward_model")
 
-    def _check_choices(self) -> None:
-        """Raises ConfigError naming the field: a value of the wrong type (``"abc"`` for a float,
-        1.5 for an int), a number that is not finite, a ``Literal[...]`` value not among its
-        choices, or a local model folder whose safetensors weights are truncated."""
-        hints = typing.get_type_hints(type(self))
+    pretrained_model: str = option(
+        help="Diffusers pipeline to start from: a local folder with model_index.json or a hub id "
+        "(SD1.5 or SDXL family)."
+    )
+    output_dir: Path = option(
+        help="Run folder for config, metrics, checkpoints and the final weights; rerunning with the "
+        "same config resumes from its latest checkpoint."
+    )
+    learning_rate: float = option(1e-5, help="AdamW learning rate.", gt=0)
+    weight_decay: float = option(1e-2, help="AdamW weight decay.", ge=0)
+    max_grad_norm: float = option(1.0, help="Gradient clipping norm.", gt=0)
+    max_steps: int = option(1000, help="Optimizer steps to train.", ge=1)
+    resolution: int = option(512, help="Image side in pixels; a multiple of 8.")
+    mixed_precision: MixedPrecision = option("no", help="Autocast precision of forward passes.")
+    seed: int = option(0, help="Seed of every random draw of the run.")
+    checkpoint_every: int = option(500, help="Optimizer steps between checkpoints.", ge=1)
+    keep_checkpoints: int = option(2, help="How many newest checkpoints to keep.", ge=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.resolution < 8 or self.resolution % 8:
+            raise ConfigError(f"resolution must be a positive multiple of 8, got {self.resolution}")
+        if not self.pretrained_model:
+            raise ConfigError("pretrained_model must be a local folder or a hub id, got an empty string")
+
+    def check(self) -> None:
+        """`TypedConfig.check`, then: a local model folder's safetensors weights must be whole."""
+        super().check()
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            _check_type(f.name, value, hints[f.name])
-            choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else ()
-            if choices and value not in choices:
-                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
             if f.name in self._MODEL_FIELDS and value and Path(value).is_dir():
                 _check_weights(f.name, Path(value))
 
-    def to_dict(self) -> dict[str, Any]:
-        """Returns the config as JSON-ready values (paths as strings, tuples as lists)."""
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = (
-                str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
-            )
-        return out
 
-    @classmethod
-    def from_json(cls, path: str | Path) -> typing.Self:
-        """Reads a config written by `to_dict` (or by hand); unknown keys are an error."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise ConfigError(f"cannot read the {cls.__name__} file {path}: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a JSON object of {cls.__name__} options, got a {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(data.keys() - known)
-        if unknown:
-            raise ConfigError(f"unknown {cls.__name__} options in {path}: {', '.join(unknown)}")
-        hints = typing.get_type_hints(cls)
-        for name, value in data.items():
-            # JSON has no paths or tuples: a string for a path and a list for a tuple are what to_dict writes.
-            _check_type(name, value, hints[name], from_json=True)
-        try:
-            return cls(**data)
-        except TypeError as e:
-            raise ConfigError(f"{path}: {e}") from e
+@dataclass(kw_only=True)
+class LoRAOptions(TypedConfig):
+    """The LoRA adapter options of the recipes that train one."""
 
+    lora_rank: int = option(8, help="LoRA rank.", ge=1)
+    lora_alpha: float = option(8.0, help="LoRA alpha; the adapter output is scaled by alpha / rank.", gt=0)
+    lora_targets: tuple[str, ...] = option(
+        ("to_q", "to_k", "to_v", "to_out.0"), help="UNet attention modules that get LoRA adapters."
+    )
 
-def _check_type(name: str, value: Any, hint: Any, *, from_json: bool = False) -> None:
-    """Raises ConfigError unless ``value`` fits the field's type hint (bools are not numbers)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Literal:
-        return  # checked against its choices
-    if hint is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        expected = "a finite number"
-    elif hint is int:
-        ok, expected = isinstance(value, int) and not isinstance(value, bool), "a whole number"
-    elif hint is bool:
-        ok, expected = isinstance(value, bool), "true or false"
-    elif hint is str:
-        ok, expected = isinstance(value, str), "text"
-    elif hint is Path:
-        ok, expected = isinstance(value, str | Path), "a path"
-    elif origin is tuple:
-        element = args[0]
-        ok = isinstance(value, list if from_json else tuple | list) and all(
-            isinstance(v, element) and not isinstance(v, bool) for v in value
-        )
-        expected = f"a list of {element.__name__}"
-    else:
-        return
-    if not ok:
-        raise ConfigError(f"{name} must be {expected}, got {value!r}")
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.lora_targets:
+            raise ConfigError("lora_targets must name at least one module, got none")
 
 
 def _check_weights(name: str, folder: Path) -> None:
@@ -142,20 +101,12 @@ def _check_weights(name: str, folder: Path) -> None:
             raise ConfigError(f"{name}: the weights file {file} is truncated or corrupt; copy or download it again")
 
 
-@dataclass
-class DPOConfig(RecipeConfig):
+@dataclass(kw_only=True)
+class DPOConfig(LoRAOptions, RecipeConfig):
     """Diffusion-DPO (Wallace et al. 2024) and its SFT baseline, offline from a dataset snapshot."""
 
-    pretrained_model: str = option(
-        help="Diffusers pipeline to start from: a local folder with model_index.json or a hub id "
-        "(SD1.5 or SDXL family)."
-    )
     dataset: Path = option(
         help="Dataset snapshot folder (pairs.parquet + images/); final pairs with a winner are used, ties dropped."
-    )
-    output_dir: Path = option(
-        help="Run folder for config, metrics, checkpoints and the final weights; rerunning with the "
-        "same config resumes from its latest checkpoint."
     )
     mode: Mode = option(
         "lora",
@@ -164,14 +115,11 @@ class DPOConfig(RecipeConfig):
         "only with the plain denoising loss (baseline, no reference).",
     )
     lora_rank: int = option(8, help="LoRA rank (lora and sft modes).")
-    lora_alpha: float = option(8.0, help="LoRA alpha; the adapter output is scaled by alpha / rank.")
-    lora_targets: tuple[str, ...] = option(
-        ("to_q", "to_k", "to_v", "to_out.0"), help="UNet attention modules that get LoRA adapters."
-    )
     beta: float = option(
         5000.0,
         help="DPO KL strength in the official code's units, loss = -logsigmoid(-0.5 * beta * "
         "(model error gap - reference error gap)); the paper uses 2000..5000.",
+        gt=0,
     )
     learning_rate: float = option(
         1e-5,
@@ -179,15 +127,12 @@ class DPOConfig(RecipeConfig):
         "(2.048e-5 at 2048 pairs); LoRA tolerates larger rates.",
     )
     warmup_fraction: float = option(
-        0.1, help="Share of max_steps spent in linear warm-up from 0; constant afterwards (paper: 0.25)."
+        0.1, help="Share of max_steps spent in linear warm-up from 0; constant afterwards (paper: 0.25).", ge=0, lt=1
     )
-    weight_decay: float = option(1e-2, help="AdamW weight decay.")
-    max_grad_norm: float = option(1.0, help="Gradient clipping norm.")
-    batch_size: int = option(4, help="Pairs per process per micro-step.")
+    batch_size: int = option(4, help="Pairs per process per micro-step.", ge=1)
     gradient_accumulation_steps: int = option(
-        1, help="Micro-steps per optimizer step; pairs per step = batch_size x this x processes."
+        1, help="Micro-steps per optimizer step; pairs per step = batch_size x this x processes.", ge=1
     )
-    max_steps: int = option(1000, help="Optimizer steps to train.")
     mixed_precision: MixedPrecision = option(
         "no",
         help="Autocast precision of forward passes; frozen weights are stored in it, trainable ones in fp32.",
@@ -222,6 +167,8 @@ class DPOConfig(RecipeConfig):
     empty_prompt_dropout: float = option(
         0.2,
         help="Probability of training a pair with the empty prompt, which keeps guidance working (paper: 0.2).",
+        ge=0,
+        lt=1,
     )
     seed: int = option(0, help="Seed of data order, noise, timesteps, dropout and LoRA initialisation.")
     compile_unet: bool = option(
@@ -233,52 +180,11 @@ class DPOConfig(RecipeConfig):
         10,
         help="Optimizer steps between metric writes. Metrics stay on the device in between (no host "
         "sync in the step); every step still gets its own line, and the NaN guard checks them then.",
+        ge=1,
     )
-    checkpoint_every: int = option(500, help="Optimizer steps between checkpoints.")
-    keep_checkpoints: int = option(2, help="How many newest checkpoints to keep.")
-
-    def __post_init__(self) -> None:
-        self.dataset = Path(self.dataset)
-        self.output_dir = Path(self.output_dir)
-        self.cache_dir = None if self.cache_dir is None else Path(self.cache_dir)
-        self.lora_targets = tuple(self.lora_targets)
-        self._check_choices()
-        positive = {
-            "beta": self.beta,
-            "learning_rate": self.learning_rate,
-            "lora_alpha": self.lora_alpha,
-            "max_grad_norm": self.max_grad_norm,
-        }
-        at_least_one = {
-            "lora_rank": self.lora_rank,
-            "batch_size": self.batch_size,
-            "gradient_accumulation_steps": self.gradient_accumulation_steps,
-            "max_steps": self.max_steps,
-            "log_every": self.log_every,
-            "checkpoint_every": self.checkpoint_every,
-            "keep_checkpoints": self.keep_checkpoints,
-        }
-        for name, value in positive.items():
-            if not value > 0:
-                raise ConfigError(f"{name} must be > 0, got {value}")
-        for name, value in at_least_one.items():
-            if value < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value}")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if not 0 <= self.empty_prompt_dropout < 1:
-            raise ConfigError(f"empty_prompt_dropout must be in [0, 1), got {self.empty_prompt_dropout}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.resolution < 8 or self.resolution % 8:
-            raise ConfigError(f"resolution must be a positive multiple of 8, got {self.resolution}")
-        if not self.lora_targets:
-            raise ConfigError("lora_targets must name at least one module, got none")
-        if not self.pretrained_model:
-            raise ConfigError("pretrained_model must be a local folder or a hub id, got an empty string")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SPMConfig(RecipeConfig):
     """The step-aware preference model: a CLIP / PickScore model with timestep-modulated vision layers."""
 
@@ -313,78 +219,42 @@ class SPMConfig(RecipeConfig):
     )
     learning_rate: float = option(1e-5, help="AdamW learning rate of the CLIP weights.")
     modulation_learning_rate: float = option(
-        1e-4, help="AdamW learning rate of the timestep modulation, which starts from zero."
+        1e-4, help="AdamW learning rate of the timestep modulation, which starts from zero.", gt=0
     )
-    weight_decay: float = option(1e-2, help="AdamW weight decay.")
     warmup_fraction: float = option(
-        0.05, help="Share of max_steps spent in linear warm-up from 0; constant afterwards."
+        0.05, help="Share of max_steps spent in linear warm-up from 0; constant afterwards.", ge=0, lt=1
     )
-    max_grad_norm: float = option(1.0, help="Gradient clipping norm.")
-    batch_size: int = option(8, help="Pairs per process per micro-step.")
-    gradient_accumulation_steps: int = option(1, help="Micro-steps per optimizer step.")
-    max_steps: int = option(2000, help="Optimizer steps to train.")
+    batch_size: int = option(8, help="Pairs per process per micro-step.", ge=1)
+    gradient_accumulation_steps: int = option(1, help="Micro-steps per optimizer step.", ge=1)
+    max_steps: int = option(2000)
     resolution: int = option(512, help="Side in pixels at which final images are encoded by the base VAE.")
     guidance_scale: float = option(
         5.0,
         help="Classifier-free guidance of the base UNet's x0 prediction; match the scale SPO samples with.",
+        ge=1,
     )
     timestep_buckets: tuple[int, ...] = option(
         (0, 250, 500, 750, 1000), help="Edges of the timestep buckets that accuracy is reported for."
     )
     eval_fraction: float = option(
-        0.1, help="Share of prompts held out for evaluation (0: none); the split is by prompt hash."
+        0.1, help="Share of prompts held out for evaluation (0: none); the split is by prompt hash.", ge=0, lt=1
     )
-    eval_every: int = option(200, help="Optimizer steps between evaluations (also after the last step).")
-    mixed_precision: MixedPrecision = option("no", help="Autocast precision of forward passes.")
+    eval_every: int = option(200, help="Optimizer steps between evaluations (also after the last step).", ge=1)
     seed: int = option(0, help="Seed of data order, timesteps and noise.")
-    checkpoint_every: int = option(500, help="Optimizer steps between checkpoints.")
-    keep_checkpoints: int = option(2, help="How many newest checkpoints to keep.")
 
     def __post_init__(self) -> None:
-        self.dataset = Path(self.dataset)
-        self.output_dir = Path(self.output_dir)
-        self.timestep_buckets = tuple(self.timestep_buckets)
-        self._check_choices()
-        for name in ("learning_rate", "modulation_learning_rate", "max_grad_norm"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        counts = (
-            "batch_size",
-            "gradient_accumulation_steps",
-            "max_steps",
-            "eval_every",
-            "checkpoint_every",
-            "keep_checkpoints",
-        )
-        for name in counts:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if not 0 <= self.eval_fraction < 1:
-            raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
-        if self.guidance_scale < 1:
-            raise ConfigError(f"guidance_scale must be >= 1 (1 = no guidance), got {self.guidance_scale}")
-        if self.resolution < 8 or self.resolution % 8:
-            raise ConfigError(f"resolution must be a positive multiple of 8, got {self.resolution}")
+        super().__post_init__()
         edges = self.timestep_buckets
         if len(edges) < 2 or edges[0] != 0 or any(a >= b for a, b in zip(edges, edges[1:], strict=False)):
             raise ConfigError(f"timestep_buckets must rise strictly from 0, got {list(edges)}")
-        if not self.pretrained_model or not self.reward_model:
-            raise ConfigError(
-                "pretrained_model and reward_model must be folders or hub ids, got an empty string"
-            )
+        if not self.reward_model:
+            raise ConfigError("reward_model must be a local folder or a hub id, got an empty string")
 
 
-@dataclass
-class SPOConfig(RecipeConfig):
+@dataclass(kw_only=True)
+class SPOConfig(LoRAOptions, RecipeConfig):
     """SPO: online step-level preference optimization of a LoRA with a step scorer."""
 
-    pretrained_model: str = option(
-        help="Diffusers pipeline to start from: a local folder with model_index.json or a hub id (SD1.5 or SDXL family)."
-    )
     output_dir: Path = option(
         help="Run folder for config, metrics, checkpoints and the final LoRA; rerunning with the same config resumes."
     )
@@ -397,11 +267,13 @@ class SPOConfig(RecipeConfig):
         help="Step scorer when none is passed in-process (see reward_models.spec): shapes-oracle, clip:PATH, "
         "pickscore:PATH, aesthetic:CLIP_PATH,HEAD_FILE or spm:PATH. Step-aware scorers get the candidate's timestep.",
     )
-    num_candidates: int = option(4, help="Candidates k drawn from each x_t (paper: 4 for SD1.5, 2 for SDXL).")
-    num_inference_steps: int = option(20, help="DDIM steps of each sampled chain.")
-    eta: float = option(1.0, help="DDIM eta; > 0, the transitions must be stochastic to form pools.")
+    num_candidates: int = option(
+        4, help="Candidates k drawn from each x_t (paper: 4 for SD1.5, 2 for SDXL).", ge=2
+    )
+    num_inference_steps: int = option(20, help="DDIM steps of each sampled chain.", ge=1)
+    eta: float = option(1.0, help="DDIM eta; > 0, the transitions must be stochastic to form pools.", gt=0)
     guidance_scale: float = option(
-        5.0, help="Classifier-free guidance scale while sampling and in the log-densities."
+        5.0, help="Classifier-free guidance scale while sampling and in the log-densities.", ge=1
     )
     warmup_steps: int = option(
         4, help="First denoising steps of each chain run without pools or training (paper: 4 of 20)."
@@ -421,30 +293,33 @@ class SPOConfig(RecipeConfig):
     threshold: float = option(
         0.3,
         help="Keep a pool's best-worst pair only when softmax(best, worst) differs by more than this (SDXL: 0.4).",
+        ge=0,
+        lt=1,
     )
     score_scale: float = option(
         1.0,
         help="Scores are multiplied by this before the softmax. The threshold suits logit-scale scores "
         "(PickScore, CLIP x 100, the SPM); scorers in [0, 1] such as the shapes oracle need about 10.",
+        gt=0,
     )
-    beta: float = option(10.0, help="Inverse temperature of the step loss (paper: 10).")
-    clip_range: float = option(0.1, help="Half-width of the likelihood-ratio trust region (paper: 0.1).")
+    beta: float = option(10.0, help="Inverse temperature of the step loss (paper: 10).", gt=0)
+    clip_range: float = option(
+        0.1, help="Half-width of the likelihood-ratio trust region (paper: 0.1).", gt=0, lt=1
+    )
     lora_rank: int = option(4, help="LoRA rank (paper: 4 for SD1.5, 64 for SDXL).")
-    lora_alpha: float = option(4.0, help="LoRA alpha; the adapter output is scaled by alpha / rank.")
-    lora_targets: tuple[str, ...] = option(
-        ("to_q", "to_k", "to_v", "to_out.0"), help="UNet attention modules that get LoRA adapters."
-    )
+    lora_alpha: float = option(4.0)
     learning_rate: float = option(6e-5, help="Constant AdamW learning rate (paper: 6e-5 SD1.5, 1e-5 SDXL).")
-    weight_decay: float = option(1e-4, help="AdamW weight decay.")
-    max_grad_norm: float = option(1.0, help="Gradient clipping norm.")
+    weight_decay: float = option(1e-4)
     prompts_per_step: int = option(
         4,
         help="Chains sampled per process for each optimizer step; more chains share each UNet and VAE call "
         "(on the toy model 4 chains keep about 1.1x the pairs per CPU-second of 2).",
+        ge=1,
     )
     train_batch_size: int = option(
         32,
         help="Pairs per forward/backward pass; only memory depends on it, every kept pair of a step is used.",
+        ge=1,
     )
     max_steps: int = option(1000, help="Optimizer steps (sampling rounds) to run.")
     resolution: int = option(512, help="Side of the sampled images in pixels (1024 for SDXL).")
@@ -452,40 +327,10 @@ class SPOConfig(RecipeConfig):
         "no", help="Autocast precision of forward passes; frozen weights are stored in it, the LoRA in fp32."
     )
     seed: int = option(0, help="Seed of prompt order, sampling noise, resampling and LoRA initialisation.")
-    checkpoint_every: int = option(100, help="Optimizer steps between checkpoints.")
-    keep_checkpoints: int = option(2, help="How many newest checkpoints to keep.")
+    checkpoint_every: int = option(100)
 
     def __post_init__(self) -> None:
-        self.output_dir = Path(self.output_dir)
-        self.prompts_file = None if self.prompts_file is None else Path(self.prompts_file)
-        self.prompts = tuple(self.prompts)
-        self.lora_targets = tuple(self.lora_targets)
-        self._check_choices()
-        for name in (
-            "eta",
-            "beta",
-            "clip_range",
-            "learning_rate",
-            "lora_alpha",
-            "max_grad_norm",
-            "score_scale",
-        ):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        counts = (
-            "num_inference_steps",
-            "lora_rank",
-            "prompts_per_step",
-            "train_batch_size",
-            "max_steps",
-            "checkpoint_every",
-            "keep_checkpoints",
-        )
-        for name in counts:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_candidates < 2:
-            raise ConfigError(f"num_candidates must be >= 2 to form a pair, got {self.num_candidates}")
+        super().__post_init__()
         if not 0 <= self.warmup_steps < self.num_inference_steps:
             raise ConfigError(
                 f"warmup_steps must be in [0, num_inference_steps = {self.num_inference_steps}), got {self.warmup_steps}"
@@ -494,22 +339,8 @@ class SPOConfig(RecipeConfig):
             raise ConfigError(
                 f"need 0 <= min_timestep <= max_timestep, got {self.min_timestep} and {self.max_timestep}"
             )
-        if not 0 <= self.threshold < 1:
-            raise ConfigError(f"threshold must be in [0, 1), got {self.threshold}")
-        if not 0 < self.clip_range < 1:
-            raise ConfigError(f"clip_range must be in (0, 1), got {self.clip_range}")
-        if self.guidance_scale < 1:
-            raise ConfigError(f"guidance_scale must be >= 1 (1 = no guidance), got {self.guidance_scale}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.resolution < 8 or self.resolution % 8:
-            raise ConfigError(f"resolution must be a positive multiple of 8, got {self.resolution}")
         if bool(self.prompts) == (self.prompts_file is not None):
             raise ConfigError("give exactly one of prompts and prompts_file")
-        if not self.lora_targets:
-            raise ConfigError("lora_targets must name at least one module, got none")
-        if not self.pretrained_model:
-            raise ConfigError("pretrained_model must be a local folder or a hub id, got an empty string")
 
     def prompt_list(self) -> list[str]:
         """The training prompts, from `prompts` or from the non-empty lines of `prompts_file`."""

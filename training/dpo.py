@@ -12,40 +12,23 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from diffusers import (
-    AutoencoderKL,
-    DDPMScheduler,
-    DiffusionPipeline,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
-from diffusers.training_utils import cast_training_params
-from diffusers.utils import convert_state_dict_to_diffusers
-from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict
-from torch.optim.lr_scheduler import LambdaLR
+from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
 from tqdm.auto import tqdm
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from training.config import DPOConfig
-from training.data import PreferencePair, load_image, preference_pairs, snapshot_hash, stream_indices
-from training.errors import TrainingError
+from training.data import PreferencePair, preference_pairs, stream_indices
+from training.features import CachedFeatures, Features, cached_features
+from training.lora import add_lora, write_lora
 from training.losses import denoising_error, diffusion_dpo_loss, sft_loss
-from training.runs import DTYPES, Run, check_finite, replace_folder
-
-
-class ModelLoadError(TrainingError, OSError):
-    """The pretrained model is neither a usable local folder nor a reachable hub id."""
+from training.optim import warmup_schedule
+from training.parts import DTYPES, load_parts
+from training.runs import Run, check_finite
 
 
 def main(cfg: DPOConfig) -> Path:
@@ -62,7 +45,7 @@ def main(cfg: DPOConfig) -> Path:
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps
     )
-    run = Run.open(cfg.output_dir, cfg.to_dict(), accelerator)
+    run = Run.start(cfg.output_dir, cfg.to_dict(), accelerator)
     device, weight_dtype = accelerator.device, DTYPES[cfg.mixed_precision]
 
     # Data: decided pairs, winner first; ties are dropped as in the paper.
@@ -100,8 +83,7 @@ def main(cfg: DPOConfig) -> Path:
     # AdamW updates every parameter in one kernel instead of a loop over tensors.
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
-    warmup = round(cfg.warmup_fraction * cfg.max_steps)
-    lr_scheduler = LambdaLR(optimizer, lambda done: min(1.0, (done + 1) / warmup) if warmup else 1.0)
+    lr_scheduler = warmup_schedule(optimizer, round(cfg.warmup_fraction * cfg.max_steps))
 
     # The scheduler is stepped here once per optimizer step rather than prepared, because
     # accelerate steps a prepared scheduler once per process.
@@ -161,251 +143,7 @@ def main(cfg: DPOConfig) -> Path:
             run.save_checkpoint(step, {"micro_step": micro_step}, keep=cfg.keep_checkpoints)
     progress.close()
 
-    return save_final(base_unet, parts.is_sdxl, cfg, accelerator, run.path / "final")
-
-
-class MetricWindow:
-    """Per-step metrics kept as device tensors until written, so that a step never waits on the host."""
-
-    def __init__(self, step: int):
-        self.start(step)
-
-    def start(self, step: int) -> None:
-        """Starts an empty window after optimizer step ``step``."""
-        self.first_step, self.started = step + 1, time.perf_counter()
-        self.lrs: list[float] = []
-        self.steps: list[dict[str, torch.Tensor]] = []
-
-    def add(self, lr: float, metrics: dict[str, torch.Tensor]) -> None:
-        self.lrs.append(lr)
-        self.steps.append(metrics)
-
-    def write(
-        self, run: Run, accelerator: Accelerator, pairs_per_step: int, cfg: DPOConfig
-    ) -> dict[str, float]:
-        """Reduces the window over processes (one sync), logs one line per step and starts a new window.
-
-        Raises:
-            NonFiniteError: naming the first step whose loss (or grad norm, except under fp16, where an
-                infinite norm makes the grad scaler skip the step) is not finite.
-        """
-        names = sorted(self.steps[0])
-        stacked = torch.stack([torch.stack([m[n].float() for n in names]) for m in self.steps])
-        rows = accelerator.reduce(stacked.to(accelerator.device), "mean").tolist()
-        pairs_per_s = pairs_per_step * len(rows) / (time.perf_counter() - self.started)
-        for i, (lr, row) in enumerate(zip(self.lrs, rows, strict=True)):
-            metrics = dict(zip(names, row, strict=True))
-            guarded = {"loss": metrics["loss"]}
-            if cfg.mixed_precision != "fp16":
-                guarded["grad_norm"] = metrics["grad_norm"]
-            check_finite(self.first_step + i, **guarded)
-            metrics.update(lr=lr, pairs_per_s=pairs_per_s)
-            run.log(self.first_step + i, metrics)
-        self.start(self.first_step + len(rows) - 1)
-        return metrics
-
-
-@dataclass
-class Parts:
-    """The components of a Stable Diffusion (1.x/2.x) or SDXL pipeline that training uses."""
-
-    unet: UNet2DConditionModel
-    vae: AutoencoderKL
-    tokenizer: CLIPTokenizer
-    text_encoder: CLIPTextModel
-    tokenizer_2: CLIPTokenizer | None
-    text_encoder_2: CLIPTextModelWithProjection | None
-    noise_scheduler: DDPMScheduler
-    is_sdxl: bool
-
-
-def load_parts(pretrained_model: str) -> Parts:
-    """Loads the components of a diffusers pipeline from a local folder or a hub id.
-
-    Args:
-        pretrained_model: Folder with ``model_index.json``, or a hub id.
-
-    Returns:
-        The components; SDXL is recognised by its second text encoder.
-
-    Raises:
-        ModelLoadError: The model cannot be found or is not a UNet text-to-image pipeline.
-    """
-    try:
-        index = DiffusionPipeline.load_config(pretrained_model)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(
-            f"Cannot load pretrained model {pretrained_model!r}: it is not a folder with model_index.json "
-            f"and not a reachable hub id ({e})"
-        ) from e
-    if "unet" not in index or "vae" not in index:
-        raise ModelLoadError(
-            f"{pretrained_model!r} is a {index.get('_class_name')}; Diffusion-DPO here needs a UNet pipeline "
-            "of the Stable Diffusion 1.x/2.x or SDXL family"
-        )
-    is_sdxl = "text_encoder_2" in index
-    load = {"pretrained_model_name_or_path": pretrained_model}
-    return Parts(
-        unet=UNet2DConditionModel.from_pretrained(**load, subfolder="unet"),
-        vae=AutoencoderKL.from_pretrained(**load, subfolder="vae"),
-        tokenizer=CLIPTokenizer.from_pretrained(**load, subfolder="tokenizer"),
-        text_encoder=CLIPTextModel.from_pretrained(**load, subfolder="text_encoder"),
-        tokenizer_2=CLIPTokenizer.from_pretrained(**load, subfolder="tokenizer_2") if is_sdxl else None,
-        text_encoder_2=CLIPTextModelWithProjection.from_pretrained(**load, subfolder="text_encoder_2")
-        if is_sdxl
-        else None,
-        noise_scheduler=DDPMScheduler.from_pretrained(**load, subfolder="scheduler"),
-        is_sdxl=is_sdxl,
-    )
-
-
-class Features:
-    """Turns pairs into VAE latents and prompts into text embeddings with the frozen encoders."""
-
-    def __init__(self, parts: Parts, resolution: int, device: torch.device):
-        self.parts, self.resolution, self.device = parts, resolution, device
-
-    @torch.no_grad()
-    def images(
-        self, pairs: list[PreferencePair], flips: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encodes winners and losers into the VAE posterior.
-
-        Args:
-            pairs: B pairs.
-            flips: Whether to mirror each image, bool, shape (2, B): winners, losers.
-
-        Returns:
-            The posterior's mean and std x scaling factor, each shape (2, B, C, h, w), winners first;
-            and the SDXL time ids (original h, w, crop top, left, target h, w), shape (2, B, 6).
-        """
-        pixels, time_ids = [], []
-        for path in [p.winner for p in pairs] + [p.loser for p in pairs]:
-            image, original, crop = load_image(path, self.resolution)
-            pixels.append(image)
-            time_ids.append([*original, *crop, self.resolution, self.resolution])
-        pixels = torch.stack(pixels)
-        pixels = torch.where(flips.flatten()[:, None, None, None], pixels.flip(-1), pixels)
-        vae = self.parts.vae
-        posterior = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist
-        scale = vae.config.scaling_factor
-        return (
-            (posterior.mean * scale).unflatten(0, (2, len(pairs))),
-            (posterior.std * scale).unflatten(0, (2, len(pairs))),
-            torch.tensor(time_ids, dtype=torch.float32).unflatten(0, (2, len(pairs))),
-        )
-
-    @torch.no_grad()
-    def prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Encodes prompts as the pipelines do.
-
-        Args:
-            prompts: B prompts.
-
-        Returns:
-            Hidden states, shape (B, L, D) (SDXL: both encoders' penultimate layers concatenated),
-            and SDXL's pooled embedding of the second encoder, shape (B, P), else None.
-        """
-        parts = self.parts
-        ids = self._tokens(parts.tokenizer, prompts)
-        if not parts.is_sdxl:
-            return parts.text_encoder(ids)[0], None
-        hidden_1 = parts.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
-        out_2 = parts.text_encoder_2(self._tokens(parts.tokenizer_2, prompts), output_hidden_states=True)
-        return torch.cat([hidden_1, out_2.hidden_states[-2]], dim=-1), out_2.text_embeds
-
-    def _tokens(self, tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
-        return tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
-
-
-class CachedFeatures:
-    """Latents and text embeddings computed once per snapshot and looked up by pair and prompt."""
-
-    def __init__(self, cache: dict, pairs: list[PreferencePair]):
-        self.cache = cache
-        self.row = {pair.pair_id: i for i, pair in enumerate(pairs)}
-        self.prompt_row = {prompt: i for i, prompt in enumerate(cache["prompts"])}
-
-    def images(
-        self, pairs: list[PreferencePair], flips: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Same as `Features.images`, from the cache; the std is None unless the cache holds it."""
-        rows = torch.tensor([self.row[p.pair_id] for p in pairs])
-        index = (rows[None, :], torch.arange(2)[:, None], flips.long())
-        std = self.cache["std"]
-        return (
-            self.cache["latents"][index],
-            None if std is None else std[index],
-            self.cache["time_ids"][rows].transpose(0, 1),
-        )
-
-    def prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Same as `Features.prompts`, from the cache."""
-        rows = torch.tensor([self.prompt_row[p] for p in prompts])
-        pooled = self.cache["pooled"]
-        return self.cache["hidden"][rows], None if pooled is None else pooled[rows]
-
-
-def cached_features(
-    features: Features, pairs: list[PreferencePair], cfg: DPOConfig, accelerator: Accelerator
-) -> CachedFeatures:
-    """Loads the snapshot's feature cache, computing it on the main process the first time.
-
-    The cache file's name is a hash of what its content depends on: the snapshot's content hash,
-    the model, the resolution, whether mirrored images are needed, the text encoders' precision and
-    whether the posterior's std is kept (``vae_latents``).
-    """
-    key = json.dumps(
-        [
-            snapshot_hash(cfg.dataset),
-            cfg.pretrained_model,
-            cfg.resolution,
-            cfg.random_flip,
-            cfg.mixed_precision,
-            cfg.vae_latents,
-        ]
-    )
-    cache_dir = cfg.cache_dir or cfg.output_dir / "cache"
-    path = cache_dir / f"features-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
-    if accelerator.is_main_process and not path.exists():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        prompts = sorted({p.prompt for p in pairs} | {""})
-        latents, stds, time_ids, hidden, pooled = [], [], [], [], []
-        for start in range(0, len(pairs), cfg.batch_size):
-            chunk = pairs[start : start + cfg.batch_size]
-            views = [
-                features.images(chunk, torch.full((2, len(chunk)), flip))
-                for flip in ([False, True] if cfg.random_flip else [False])
-            ]
-            latents.append(torch.stack([mean for mean, _, _ in views], dim=2).transpose(0, 1).cpu())
-            stds.append(torch.stack([std for _, std, _ in views], dim=2).transpose(0, 1).cpu())
-            time_ids.append(views[0][2].transpose(0, 1))
-        for start in range(0, len(prompts), cfg.batch_size):
-            h, p = features.prompts(prompts[start : start + cfg.batch_size])
-            hidden.append(h.cpu())
-            pooled.append(None if p is None else p.cpu())
-        cache = {
-            "latents": torch.cat(latents),  # (N, 2, flips, C, h, w)
-            "std": torch.cat(stds) if cfg.vae_latents == "sample" else None,  # as latents
-            "time_ids": torch.cat(time_ids),  # (N, 2, 6)
-            "prompts": prompts,
-            "hidden": torch.cat(hidden),
-            "pooled": None if pooled[0] is None else torch.cat(pooled),
-        }
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(cache, tmp)
-        os.replace(tmp, path)
-    accelerator.wait_for_everyone()
-    # Loaded to the CPU first: torch.load cannot map to an indexed CPU device such as cpu:0.
-    cache = torch.load(path, map_location="cpu")
-    cache = {k: v.to(features.device) if isinstance(v, torch.Tensor) else v for k, v in cache.items()}
-    return CachedFeatures(cache, pairs)
+    return save_final(base_unet, parts.is_sdxl, cfg, run)
 
 
 @dataclass
@@ -517,29 +255,49 @@ def pair_losses(
     return diffusion_dpo_loss(model_err_w, model_err_l, ref_err_w, ref_err_l, cfg.beta)
 
 
-def add_lora(unet: UNet2DConditionModel, cfg, device: torch.device, weight_dtype: torch.dtype) -> None:
-    """Freezes ``unet`` and adds a trainable LoRA adapter (``cfg.lora_rank/alpha/targets``, seeded by ``cfg.seed``).
+class MetricWindow:
+    """Per-step metrics kept as device tensors until written, so that a step never waits on the host."""
 
-    Gaussian A and zero B: the adapter starts as the identity, so the policy equals the reference
-    (adapters disabled) at step 0. Adapter weights stay float32 under mixed precision.
-    """
-    unet.requires_grad_(False).to(device, weight_dtype)
-    torch.manual_seed(cfg.seed)
-    unet.add_adapter(
-        LoraConfig(
-            r=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha,
-            init_lora_weights="gaussian",
-            target_modules=list(cfg.lora_targets),
-        )
-    )
-    cast_training_params(unet, dtype=torch.float32)
+    def __init__(self, step: int):
+        self.start(step)
+
+    def start(self, step: int) -> None:
+        """Starts an empty window after optimizer step ``step``."""
+        self.first_step, self.started = step + 1, time.perf_counter()
+        self.lrs: list[float] = []
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def add(self, lr: float, metrics: dict[str, torch.Tensor]) -> None:
+        self.lrs.append(lr)
+        self.steps.append(metrics)
+
+    def write(
+        self, run: Run, accelerator: Accelerator, pairs_per_step: int, cfg: DPOConfig
+    ) -> dict[str, float]:
+        """Reduces the window over processes (one sync), logs one line per step and starts a new window.
+
+        Raises:
+            NonFiniteError: naming the first step whose loss (or grad norm, except under fp16, where an
+                infinite norm makes the grad scaler skip the step) is not finite.
+        """
+        names = sorted(self.steps[0])
+        stacked = torch.stack([torch.stack([m[n].float() for n in names]) for m in self.steps])
+        rows = accelerator.reduce(stacked.to(accelerator.device), "mean").tolist()
+        pairs_per_s = pairs_per_step * len(rows) / (time.perf_counter() - self.started)
+        for i, (lr, row) in enumerate(zip(self.lrs, rows, strict=True)):
+            metrics = dict(zip(names, row, strict=True))
+            guarded = {"loss": metrics["loss"]}
+            if cfg.mixed_precision != "fp16":
+                guarded["grad_norm"] = metrics["grad_norm"]
+            check_finite(self.first_step + i, **guarded)
+            metrics.update(lr=lr, pairs_per_s=pairs_per_s)
+            run.log(self.first_step + i, metrics)
+        self.start(self.first_step + len(rows) - 1)
+        return metrics
 
 
-def save_final(
-    unet: UNet2DConditionModel, is_sdxl: bool, cfg: DPOConfig, accelerator: Accelerator, folder: Path
-) -> Path:
-    """Writes the trained weights in a format diffusers loads, replacing ``folder`` atomically.
+def save_final(unet: UNet2DConditionModel, is_sdxl: bool, cfg: DPOConfig, run: Run) -> Path:
+    """Writes the trained weights in a format diffusers loads as the run's ``final/`` folder.
 
     LoRA and SFT: ``pytorch_lora_weights.safetensors`` for ``pipe.load_lora_weights(folder)``.
     Full: the whole pipeline with the trained UNet, for ``DiffusionPipeline.from_pretrained``.
@@ -551,18 +309,7 @@ def save_final(
         else:
             write_lora(unet, is_sdxl, tmp)
 
-    return replace_folder(folder, write, accelerator)
-
-
-def write_lora(unet: UNet2DConditionModel, is_sdxl: bool, folder: Path) -> None:
-    """Writes the UNet's LoRA adapter as ``pytorch_lora_weights.safetensors`` for ``pipe.load_lora_weights``."""
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    pipeline_class = StableDiffusionXLPipeline if is_sdxl else StableDiffusionPipeline
-    pipeline_class.save_lora_weights(
-        folder,
-        unet_lora_layers={name: tensor.float() for name, tensor in layers.items()},
-        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
-    )
+    return run.save_final(write)
 
 
 if __name__ == "__main__":

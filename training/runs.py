@@ -8,17 +8,25 @@ A run folder looks like::
         step-00000500/   accelerate state (trainable weights, optimizer, LR scheduler, RNG
                          states, registered objects) + train_state.json (step, data position)
 
+    final/               the final weights, written whole when the run ends
+
 Typical use inside a recipe, on every process::
 
-    run = Run.open(cfg.output_dir, cfg.to_dict(), accelerator)
+    run = Run.start(cfg.output_dir, cfg.to_dict(), accelerator)
     train_state = run.resume()          # None on a fresh run
     ...
     check_finite(step, loss=loss_value)
     run.log(step, {"loss": loss_value, "lr": lr})
     if step % cfg.checkpoint_every == 0:
         run.save_checkpoint(step, {"micro_step": micro_step})
+    return run.save_final(lambda folder: model.save_pretrained(folder))
 
-Checkpoints are written to a hidden temporary folder and renamed into place, so a run killed
+and anywhere else, to look at a run (no folder is created)::
+
+    run = Run.open(path)
+    run.config(), run.metrics(), run.final
+
+Checkpoints and the final folder are written to a hidden temporary folder and renamed into place, so a run killed
 while saving keeps its previous checkpoint; older checkpoints are removed the same way.
 """
 
@@ -26,19 +34,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from accelerate import Accelerator
-
+from datastore.atomic import remove_folder, replace_folder, write_json, write_text
 from training.errors import TrainingError
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 CHECKPOINT_PREFIX = "step-"
 TRAIN_STATE = "train_state.json"
+FINAL = "final"
 
 
 class RunError(TrainingError, RuntimeError):
@@ -70,63 +79,42 @@ def check_finite(step: int, **values: float) -> None:
         )
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Writes JSON to ``path`` through a temporary file and a rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with path.open("rb") as f:
-                os.fsync(f.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_tree(folder: Path) -> None:
-    """Deletes a folder so that no half-deleted copy is ever seen under its name."""
-    trash = folder.with_name(f".trash-{folder.name}")
-    shutil.rmtree(trash, ignore_errors=True)
-    os.replace(folder, trash)
-    shutil.rmtree(trash)
-
-
 class Run:
-    """One run folder, used by every process of a (possibly distributed) training job.
+    """One run folder: written by every process of a (possibly distributed) training job, read by
+    anyone (jobs, pages, the registry, rounds).
 
     Only the main process writes config, metrics and folder renames; every process takes part in
     saving and loading checkpoints because each one owns its RNG state.
 
     Attributes:
         path: The run folder.
-        accelerator: The job's accelerator; its prepared models, optimizers and schedulers and its
-            registered objects are what checkpoints hold.
+        accelerator: The job's accelerator (None for a run opened to be read); its prepared models,
+            optimizers and schedulers and its registered objects are what checkpoints hold.
     """
 
-    def __init__(self, path: Path, accelerator: Accelerator):
+    def __init__(self, path: Path, accelerator: Accelerator | None = None):
         self.path = path
         self.accelerator = accelerator
         self.checkpoints = path / "checkpoints"
         self.metrics_file = path / "metrics.jsonl"
-        accelerator.register_save_state_pre_hook(self._keep_trainable_weights)
+        self.config_file = path / "config.json"
+        if accelerator is not None:
+            accelerator.register_save_state_pre_hook(self._keep_trainable_weights)
 
     @classmethod
-    def open(cls, path: str | Path, config: dict[str, Any], accelerator: Accelerator) -> Run:
+    def open(cls, path: str | Path) -> Run:
+        """The run folder at ``path``, to read; nothing is created or written."""
+        return cls(Path(path))
+
+    @classmethod
+    def start(cls, path: str | Path, config: dict[str, Any], accelerator: Accelerator | None = None) -> Run:
         """Creates the run folder with its config, or reopens it when the config is the same.
 
         Args:
             path: Run folder; created if missing.
             config: Resolved config, JSON-serialisable; written to ``config.json``.
-            accelerator: The job's accelerator.
+            accelerator: The job's accelerator; None to prepare the folder from outside the job
+                (a launcher), as its only process.
 
         Returns:
             The run.
@@ -135,23 +123,52 @@ class Run:
             RunError: The folder holds a run with a different config.
         """
         run = cls(Path(path), accelerator)
-        config_file = run.path / "config.json"
-        if config_file.exists():
-            previous = json.loads(config_file.read_text())
-            changed = sorted(
-                key for key in previous.keys() | config.keys() if previous.get(key) != config.get(key)
-            )
-            if changed:
-                details = "; ".join(f"{key}: {previous.get(key)!r} -> {config.get(key)!r}" for key in changed)
-                raise RunError(
-                    f"Run folder {run.path} was started with another config ({details}). "
-                    "Use a new output folder, or the same config to resume."
-                )
-        elif accelerator.is_main_process:
+        if run.config_file.exists():
+            run.check_config(config)
+        elif accelerator is None or accelerator.is_main_process:
             run.checkpoints.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(config_file, config)
-        accelerator.wait_for_everyone()
+            write_json(run.config_file, config)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
         return run
+
+    def check_config(self, config: dict[str, Any]) -> None:
+        """Raises RunError naming every key where ``config`` differs from the run's ``config.json``."""
+        previous = self.config()
+        changed = sorted(key for key in previous.keys() | config.keys() if previous.get(key) != config.get(key))
+        if changed:
+            details = "; ".join(f"{key}: {previous.get(key)!r} -> {config.get(key)!r}" for key in changed)
+            raise RunError(
+                f"Run folder {self.path} was started with another config (differs in {', '.join(changed)}): "
+                f"{details}. Use a new output folder, or the same config to resume."
+            )
+
+    def config(self) -> dict[str, Any]:
+        """The config the run was started with (``config.json``).
+
+        Raises:
+            RunError: The folder has no readable ``config.json``.
+        """
+        try:
+            return json.loads(self.config_file.read_text())
+        except (OSError, ValueError) as e:
+            raise RunError(f"{self.path} is not a run folder with a readable config.json: {e}") from e
+
+    def metrics(self) -> list[dict[str, float]]:
+        """Every logged step's metrics, oldest first; [] before the first step.
+
+        A last line still being written (no newline yet) is left out.
+        """
+        if not self.metrics_file.exists():
+            return []
+        complete = self.metrics_file.read_text().split("\n")[:-1]
+        return [json.loads(line) for line in complete if line]
+
+    @property
+    def final(self) -> Path | None:
+        """The folder with the final weights, None until the run has written it."""
+        folder = self.path / FINAL
+        return folder if folder.is_dir() else None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """Appends one line ``{"step": step, **metrics}`` to ``metrics.jsonl`` and flushes it.
@@ -165,12 +182,6 @@ class Run:
         with self.metrics_file.open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
             f.flush()
-
-    def read_metrics(self) -> list[dict[str, float]]:
-        """Returns every logged step's metrics, oldest first."""
-        if not self.metrics_file.exists():
-            return []
-        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line]
 
     def latest_checkpoint(self) -> Path | None:
         """Returns the newest complete checkpoint folder, or None when there is none."""
@@ -202,16 +213,26 @@ class Run:
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            write_json_atomic(tmp / TRAIN_STATE, {"step": step, **train_state})
-            _fsync_tree(tmp)
-            if final.exists():
-                _remove_tree(final)
-            os.replace(tmp, final)
+            write_json(tmp / TRAIN_STATE, {"step": step, **train_state})
+            replace_folder(tmp, final)
             older = sorted(p for p in self.checkpoints.iterdir() if p.name.startswith(CHECKPOINT_PREFIX))
             for old in older[: max(len(older) - keep, 0)]:
-                _remove_tree(old)
+                remove_folder(old)
         accelerator.wait_for_everyone()
         return final
+
+    def save_final(self, write: Callable[[Path], None]) -> Path:
+        """On the main process, ``write`` the final weights into a temporary folder that then replaces
+        ``final/``: a reader or a kill never sees a half-written result. Call on every process.
+
+        Returns:
+            The final folder.
+        """
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            replace_folder(write, self.path / FINAL)
+        self.accelerator.wait_for_everyone()
+        return self.path / FINAL
 
     def resume(self) -> dict[str, Any] | None:
         """Loads the latest checkpoint into the accelerator's objects, if there is one.
@@ -230,10 +251,8 @@ class Run:
         self.accelerator.load_state(str(checkpoint), strict=False)
         train_state = json.loads((checkpoint / TRAIN_STATE).read_text())
         if self.accelerator.is_main_process:
-            kept = [m for m in self.read_metrics() if m["step"] <= train_state["step"]]
-            tmp = self.metrics_file.with_name(".metrics.jsonl.tmp")
-            tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
-            os.replace(tmp, self.metrics_file)
+            kept = [m for m in self.metrics() if m["step"] <= train_state["step"]]
+            write_text(self.metrics_file, "".join(json.dumps(m) + "\n" for m in kept))
         self.accelerator.wait_for_everyone()
         return train_state
 
@@ -243,22 +262,3 @@ class Run:
         for i, state in enumerate(weights):
             trainable = {name for name, p in models[i].named_parameters() if p.requires_grad}
             weights[i] = {name: tensor for name, tensor in state.items() if name in trainable}
-
-
-DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-"""Weight dtype of frozen modules per ``mixed_precision`` setting (the recipes' configs)."""
-
-
-def replace_folder(folder: Path, write: Callable[[Path], None], accelerator: Accelerator) -> Path:
-    """On the main process, ``write`` a temporary folder and rename it over ``folder``: a reader or
-    a kill never sees a half-written result. Every process waits for it."""
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        tmp = folder.with_name(f".tmp-{folder.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        write(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    accelerator.wait_for_everyone()
-    return folder

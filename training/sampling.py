@@ -34,7 +34,7 @@ from torch import Tensor
 from training.ddim import ddim_step, predict_x0
 
 if TYPE_CHECKING:
-    from training.dpo import Features
+    from training.features import Features
 
 
 @dataclass
@@ -64,7 +64,7 @@ class TextConditioning:
 
 
 def conditioning(features: Features, prompts: list[str], is_sdxl: bool, resolution: int) -> TextConditioning:
-    """Prompt and empty-prompt embeddings of B samples from a recipe's frozen text encoders (`training.dpo.Features`),
+    """Prompt and empty-prompt embeddings of B samples from a recipe's frozen text encoders (`training.features.Features`),
     with SDXL's micro-conditioning when needed."""
     hidden, pooled = features.prompts(prompts)
     empty_hidden, empty_pooled = features.prompts([""] * len(prompts))

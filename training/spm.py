@@ -28,7 +28,6 @@ import torch
 from accelerate import Accelerator
 from PIL import Image
 from torch import Tensor
-from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 from transformers import CLIPProcessor
 
@@ -37,9 +36,11 @@ from reward_models.step_aware import CONFIG_NAME, StepAwareCLIP
 from training.config import ConfigError, SPMConfig
 from training.data import SnapshotError, load_image, read_pairs, stream_indices
 from training.ddim import predict_x0
-from training.dpo import Features, Parts, load_parts
+from training.features import Features
 from training.losses import pairwise_preference_loss
-from training.runs import DTYPES, Run, check_finite, replace_folder
+from training.optim import warmup_schedule
+from training.parts import DTYPES, Parts, load_parts
+from training.runs import Run, check_finite
 from training.sampling import conditioning, decode, encode, guided_output
 
 
@@ -67,7 +68,7 @@ def main(cfg: SPMConfig) -> Path:
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps
     )
-    run = Run.open(cfg.output_dir, cfg.to_dict(), accelerator)
+    run = Run.start(cfg.output_dir, cfg.to_dict(), accelerator)
     device = accelerator.device
 
     # Data: every final pair with a consensus, ties included (fitted by equal scores), and the
@@ -116,8 +117,7 @@ def main(cfg: SPMConfig) -> Path:
         ],
         weight_decay=cfg.weight_decay,
     )
-    warmup = round(cfg.warmup_fraction * cfg.max_steps)
-    lr_scheduler = LambdaLR(optimizer, lambda done: min(1.0, (done + 1) / warmup) if warmup else 1.0)
+    lr_scheduler = warmup_schedule(optimizer, round(cfg.warmup_fraction * cfg.max_steps))
     prepared, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(lr_scheduler)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -193,9 +193,7 @@ def main(cfg: SPMConfig) -> Path:
             run.save_checkpoint(step, {"micro_step": micro_step}, keep=cfg.keep_checkpoints)
     progress.close()
 
-    return replace_folder(
-        run.path / "final", lambda tmp: accelerator.unwrap_model(prepared).save_pretrained(tmp, processor), accelerator
-    )
+    return run.save_final(lambda folder: accelerator.unwrap_model(prepared).save_pretrained(folder, processor))
 
 
 def select_pairs(table: pl.DataFrame, step_pairs: str) -> pl.DataFrame:

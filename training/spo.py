@@ -37,9 +37,11 @@ from reward_models.spec import scorer_from_spec
 from training.config import ConfigError, SPOConfig
 from training.data import stream_indices
 from training.ddim import ddim_step, transition_log_prob, transition_std
-from training.dpo import Features, Parts, add_lora, load_parts, write_lora
+from training.features import Features
+from training.lora import add_lora, write_lora
 from training.losses import spo_step_loss
-from training.runs import DTYPES, Run, check_finite, replace_folder
+from training.parts import DTYPES, Parts, load_parts
+from training.runs import Run, check_finite
 from training.sampling import (
     StepPool,
     TextConditioning,
@@ -102,7 +104,7 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
             raise ConfigError("no scorer: pass a Scorer to main() or set the scorer spec")
         scorer = scorer_from_spec(cfg.scorer, device)
     prompts = cfg.prompt_list()
-    run = Run.open(cfg.output_dir, cfg.to_dict(), accelerator)
+    run = Run.start(cfg.output_dir, cfg.to_dict(), accelerator)
 
     # Model: frozen pipeline parts; the UNet is trained through LoRA adapters only.
     parts = load_parts(cfg.pretrained_model)
@@ -175,7 +177,7 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
             run.save_checkpoint(step, {}, keep=cfg.keep_checkpoints)
     progress.close()
 
-    return replace_folder(run.path / "final", lambda tmp: write_lora(base_unet, parts.is_sdxl, tmp), accelerator)
+    return run.save_final(lambda folder: write_lora(base_unet, parts.is_sdxl, folder))
 
 
 def pool_steps(scheduler: DDIMScheduler, cfg: SPOConfig) -> tuple[int, ...]:

@@ -18,7 +18,6 @@ import ipaddress
 import os
 import re
 import secrets
-import tempfile
 import threading
 import time
 import tomllib
@@ -32,6 +31,7 @@ from typing import Literal, get_args
 
 import tomli_w
 
+from datastore.atomic import write_text
 from datastore.store import Store
 from labeling.errors import LabelingError
 from labeling.queue import human_annotator
@@ -382,17 +382,7 @@ def _write(path: Path, users: dict[str, dict]) -> None:
     text = "# People who may sign in to the workbench app. Managed by `workbench user`.\n" + tomli_w.dumps(
         {"users": users}
     )
-    # mkstemp creates the file with mode 0600; os.replace makes the new content appear at once.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, text, private=True)  # password hashes: readable by the owner only
 
 
 @contextmanager

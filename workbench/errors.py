@@ -5,9 +5,5 @@ class WorkbenchError(Exception):
     """Base class of the errors the workbench's own modules raise."""
 
 
-class ModelLoadError(WorkbenchError):
-    """A pipeline could not be loaded: a missing folder, an unreachable hub id, or an unsupported class."""
-
-
 class GenerationError(WorkbenchError):
     """Generation was asked for something it cannot do: no prompts, a bad setting, an unreadable prompts file."""

@@ -2,13 +2,15 @@
 
 Both pipelines draw one image per (prompt, seed) from the same initial noise, a scorer scores
 every image, and the candidate wins a prompt-seed when its image scores higher. This is how a
-round's checkpoint is compared with its parent and with the base model.
+round's checkpoint is compared with its parent and with the base model (`compare_scores`, so
+that the candidate's images are drawn and scored once for both comparisons).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from statistics import fmean
 
 import numpy as np
 import torch
@@ -169,6 +171,29 @@ def _score(scorer: Scorer, batch: list[tuple[str, int, Image.Image]]) -> list[tu
     return [(prompt, seed, float(s)) for (prompt, seed, _), s in zip(batch, scores, strict=True)]
 
 
+def compare_scores(
+    candidate: Sequence[tuple[str, int, float]], reference: Sequence[tuple[str, int, float]]
+) -> Comparison:
+    """Counts the candidate's wins over the reference on `score_pipeline` records of the same
+    prompts and seeds.
+
+    Raises:
+        ValueError: the records are not of the same (prompt, seed)s in the same order.
+    """
+    if [(p, s) for p, s, _ in candidate] != [(p, s) for p, s, _ in reference]:
+        raise ValueError("the candidate's and the reference's scores are not of the same prompts and seeds")
+    records = [
+        {"prompt": prompt, "seed": seed, "candidate_score": a, "reference_score": b}
+        for (prompt, seed, a), (_, _, b) in zip(candidate, reference, strict=True)
+    ]
+    return Comparison(
+        win_rate=win_rate([r["candidate_score"] for r in records], [r["reference_score"] for r in records]),
+        candidate_mean=fmean(r["candidate_score"] for r in records),
+        reference_mean=fmean(r["reference_score"] for r in records),
+        records=records,
+    )
+
+
 def compare_pipelines(
     candidate: DiffusionPipeline,
     reference: DiffusionPipeline,
@@ -191,15 +216,7 @@ def compare_pipelines(
         progress: show progress bars.
         **sampling: ``num_inference_steps`` and ``guidance_scale`` for `sample_images`.
     """
-    ours = score_pipeline(candidate, scorer, prompts, seeds, batch_size, progress, **sampling)
-    theirs = score_pipeline(reference, scorer, prompts, seeds, batch_size, progress, **sampling)
-    records = [
-        {"prompt": prompt, "seed": seed, "candidate_score": a, "reference_score": b}
-        for (prompt, seed, a), (_, _, b) in zip(ours, theirs, strict=True)
-    ]
-    return Comparison(
-        win_rate=win_rate([r["candidate_score"] for r in records], [r["reference_score"] for r in records]),
-        candidate_mean=float(np.mean([r["candidate_score"] for r in records])),
-        reference_mean=float(np.mean([r["reference_score"] for r in records])),
-        records=records,
+    return compare_scores(
+        score_pipeline(candidate, scorer, prompts, seeds, batch_size, progress, **sampling),
+        score_pipeline(reference, scorer, prompts, seeds, batch_size, progress, **sampling),
     )

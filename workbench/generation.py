@@ -14,14 +14,13 @@ transaction.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import secrets
+import typing
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
@@ -39,105 +38,15 @@ from datastore.records import (
 )
 from datastore.store import Store
 from workbench.errors import GenerationError
+from workbench.generation_config import GenerationConfig, PairingScheme
 
-# torch and diffusers are imported by the functions that sample, so that GenerationConfig (the
-# `workbench generate` options) and read_prompts load without them.
+# torch and diffusers are imported by the functions that sample.
 if TYPE_CHECKING:
     from diffusers import DDIMScheduler
 
     from workbench.pipelines import SDPipeline
 
-PairingScheme = Literal["all", "adjacent", "random"]
-PAIRING_SCHEMES: tuple[str, ...] = ("all", "adjacent", "random")
-Previews = Literal["none", "completion"]
-PREVIEWS: tuple[str, ...] = ("none", "completion")
 SAMPLER = "ddim"
-
-
-def option(default, help: str):
-    """A config field with its documentation in ``metadata["help"]`` (the CLI's help text)."""
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class GenerationConfig:
-    """How candidates are sampled and paired. Defaults follow SPO's SD1.5 setup where it has one."""
-
-    per_prompt: int = option(
-        4, help="Finished candidates per prompt for final pairs (0: none, else at least 2)."
-    )
-    num_inference_steps: int = option(20, help="DDIM steps of every chain (SPO: 20).")
-    guidance_scale: float = option(
-        5.0, help="Classifier-free guidance scale; 1 evaluates the prompt alone, without guidance (SPO: 5.0)."
-    )
-    eta: float = option(
-        1.0,
-        help="DDIM noise: 0 is deterministic DDIM, 1 has DDPM's variance; step pools need > 0 (SPO: 1.0).",
-    )
-    height: int | None = option(None, help="Image height in pixels; default the pipeline's native size.")
-    width: int | None = option(None, help="Image width in pixels; default the pipeline's native size.")
-    seed: int | None = option(
-        None,
-        help="Base seed; each image's (or chain's) seed derives from it, the prompt and the candidate "
-        "index, and is recorded. None draws a fresh base seed.",
-    )
-    batch_size: int = option(8, help="Images (or pool candidates) denoised together, across prompts.")
-    pairing: PairingScheme = option(
-        "all",
-        help="Which candidates of a prompt or pool become pairs: all = every two; adjacent = (0, 1), "
-        "(1, 2), ...; random = a random matching, each candidate in one pair.",
-    )
-    pool_k: int = option(
-        4, help="Candidates per step pool (0: none, else at least 2; SPO: 4 for SD1.5, 2 for SDXL)."
-    )
-    pool_steps: tuple[int, ...] | None = option(
-        None,
-        help="Chain steps that get a pool, in 1..num_inference_steps: step s holds k candidates of the "
-        "state after s steps. Default: 4 evenly spaced steps ending at the last (5, 10, 15, 20 of 20).",
-    )
-    previews: Previews = option(
-        "none",
-        help="completion: also store, for every pool candidate, the finished image its chain reaches "
-        "when completed with deterministic DDIM (eta 0): what people judge a step pair by.",
-    )
-
-    def __post_init__(self) -> None:
-        if self.pool_steps is not None:
-            self.pool_steps = tuple(sorted(set(self.pool_steps)))
-        if self.pairing not in PAIRING_SCHEMES:
-            raise GenerationError(
-                f"pairing must be one of {', '.join(PAIRING_SCHEMES)}, got {self.pairing!r}"
-            )
-        if self.previews not in PREVIEWS:
-            raise GenerationError(f"previews must be one of {', '.join(PREVIEWS)}, got {self.previews!r}")
-        for name, value in {"per_prompt": self.per_prompt, "pool_k": self.pool_k}.items():
-            if value < 0 or value == 1:
-                raise GenerationError(f"{name} must be 0 or >= 2 (a pair needs two candidates), got {value}")
-        for name, value in {
-            "num_inference_steps": self.num_inference_steps,
-            "batch_size": self.batch_size,
-        }.items():
-            if value < 1:
-                raise GenerationError(f"{name} must be >= 1, got {value}")
-        if self.guidance_scale < 0:
-            raise GenerationError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
-        if not 0 <= self.eta <= 1:
-            raise GenerationError(f"eta must be in [0, 1], got {self.eta}")
-        for name, value in {"height": self.height, "width": self.width}.items():
-            if value is not None and value < 8:
-                raise GenerationError(f"{name} must be >= 8 pixels, got {value}")
-        steps = self.steps_with_pools()
-        if not steps or steps[0] < 1 or steps[-1] > self.num_inference_steps:
-            raise GenerationError(
-                f"pool_steps must lie in 1..{self.num_inference_steps} (num_inference_steps), got {list(steps)}"
-            )
-
-    def steps_with_pools(self) -> tuple[int, ...]:
-        """The chain steps that get a pool: `pool_steps`, or its documented default."""
-        if self.pool_steps is not None:
-            return self.pool_steps
-        n = self.num_inference_steps
-        return tuple(sorted({max(1, round(n * q / 4)) for q in (1, 2, 3, 4)}))
 
 
 @dataclass
@@ -197,46 +106,7 @@ def pair_indices(n: int, scheme: PairingScheme, rng: random.Random) -> list[tupl
         order = list(range(n))
         rng.shuffle(order)
         return [(order[i], order[i + 1]) for i in range(0, n - 1, 2)]
-    raise GenerationError(f"pairing must be one of {', '.join(PAIRING_SCHEMES)}, got {scheme!r}")
-
-
-def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a file: JSON Lines with a ``"prompt"`` field (``.jsonl``), else one prompt per line.
-
-    Blank lines are skipped.
-
-    Raises:
-        GenerationError: the file cannot be read, a JSON line is malformed or has no prompt, or
-            there is no prompt at all.
-    """
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise GenerationError(f"cannot read the prompts file {path}: {e}") from e
-    prompts = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        if path.suffix != ".jsonl":
-            prompts.append(line.strip())
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GenerationError(f"{path}, line {number}: not valid JSON ({e})") from e
-        if (
-            not isinstance(record, dict)
-            or not isinstance(record.get("prompt"), str)
-            or not record["prompt"].strip()
-        ):
-            raise GenerationError(
-                f'{path}, line {number}: expected an object with a non-empty "prompt" string'
-            )
-        prompts.append(record["prompt"].strip())
-    if not prompts:
-        raise GenerationError(f"the prompts file {path} holds no prompt")
-    return prompts
+    raise GenerationError(f"pairing must be one of {', '.join(typing.get_args(PairingScheme))}, got {scheme!r}")
 
 
 def _check_prompts(prompts: Sequence[str]) -> list[str]:

@@ -3,13 +3,13 @@
 A job is a row of the store's ``jobs`` table and a small supervisor process::
 
     launcher (app, CLI)          supervisor (own session)            the real command
-    launch_job() ─ insert row ─► python -m workbench.jobs supervise ─► accelerate launch -m training.dpo ...
+    launch_job() ─ insert row ─► python -m workbench.supervise ─────► accelerate launch -m training.dpo ...
                                  waits, writes finished / failed /      stdout + stderr -> <run_dir>/job.log
                                  stopped (with the log tail)
 
 The supervisor leads a new session, so the job is one process group: `stop_job` sends SIGTERM
 to the group and SIGKILL after a grace period. Everything a page or a CLI command shows (status,
-progress, metrics, log) is read from the store and the run folder, so any process can list jobs
+progress, metrics, log) is read from the store and the run folder (`training.runs.Run`), so any process can list jobs
 and re-attach; a job recorded as running whose process is gone, or whose pid now belongs to
 another program, is marked failed on the next look (`reconcile`).
 
@@ -22,11 +22,9 @@ Typical use::
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -35,18 +33,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
-
-import psutil
+from typing import Any
 
 from datastore.sql import first_row
 from datastore.store import Store
-from training.config import DPOConfig, RecipeConfig, SPMConfig, SPOConfig
+from training.config import RecipeConfig
+from training.recipes import RECIPES
+from training.runs import Run, RunError
 from workbench.errors import WorkbenchError
-
-Recipe = Literal["dpo", "spo", "spm"]
-RECIPES: dict[str, type[RecipeConfig]] = {"dpo": DPOConfig, "spo": SPOConfig, "spm": SPMConfig}
-"""Training recipes by name: the module ``training.<name>`` and its config dataclass."""
+from workbench.processes import create_time, group_alive, liveness, stop_group
 
 ACTIVE = ("queued", "running")
 LOG_FILE = "job.log"
@@ -207,7 +202,7 @@ def launch_job(
     return _spawn(store, job_id)
 
 
-def training_command(recipe: Recipe, config_file: Path, accelerate_config: Path | None = None) -> list[str]:
+def training_command(recipe: str, config_file: Path, accelerate_config: Path | None = None) -> list[str]:
     """``accelerate launch`` of a recipe module: with an accelerate config file, or one process."""
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if accelerate_config is None:
@@ -224,12 +219,12 @@ def training_command(recipe: Recipe, config_file: Path, accelerate_config: Path 
         ]
     else:
         command += ["--config_file", str(accelerate_config)]
-    return command + ["-m", f"training.{recipe}", "--config", str(config_file)]
+    return command + ["-m", RECIPES[recipe].module, "--config", str(config_file)]
 
 
 def launch_training(
     store: Store,
-    recipe: Recipe,
+    recipe: str,
     cfg: RecipeConfig,
     *,
     accelerate_config: Path | str | None = None,
@@ -252,29 +247,18 @@ def launch_training(
         JobError: The run folder holds another config, the accelerate config file is missing,
             or the same recipe and config is already queued or running.
     """
-    if recipe not in RECIPES or not isinstance(cfg, RECIPES[recipe]):
+    if recipe not in RECIPES or not isinstance(cfg, RECIPES[recipe].config_class):
         raise JobError(f"recipe must be one of {', '.join(RECIPES)} with its config, got {recipe!r}")
     accelerate_file = Path(accelerate_config).resolve() if accelerate_config else None
     if accelerate_file is not None and not accelerate_file.is_file():
         raise JobError(f"accelerate config file {accelerate_file} does not exist")
-    run_dir = Path(cfg.output_dir).resolve()
     config = cfg.to_dict()
-    config_file = run_dir / "config.json"
-    if config_file.exists():
-        previous = json.loads(config_file.read_text())
-        changed = sorted(k for k in previous.keys() | config.keys() if previous.get(k) != config.get(k))
-        if changed:
-            raise JobError(
-                f"run folder {run_dir} was started with another config (differs in {', '.join(changed)}); "
-                "pick a new run folder, or the same config to resume"
-            )
-    command = training_command(recipe, config_file, accelerate_file)
-    key = hashlib.sha256(json.dumps([recipe, config], sort_keys=True).encode()).hexdigest()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not config_file.exists():
-        (run_dir / "checkpoints").mkdir(exist_ok=True)  # what Run.open makes along with config.json
-        config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
-    return launch_job(store, recipe, command, run_dir, config=config, round_id=round_id, key=key)
+    try:
+        run = Run.start(Path(cfg.output_dir).resolve(), config)
+    except RunError as e:
+        raise JobError(str(e)) from e
+    command = training_command(recipe, run.config_file, accelerate_file)
+    return launch_job(store, recipe, command, run.path, config=config, round_id=round_id, key=training_key(recipe, cfg))
 
 
 def launch_generation(store: Store, args: Sequence[str], run_dir: Path | str | None = None) -> Job:
@@ -287,7 +271,7 @@ def launch_generation(store: Store, args: Sequence[str], run_dir: Path | str | N
 
 def _spawn(store: Store, job_id: int) -> Job:
     """Starts the supervisor of a queued job and records its pid."""
-    command = [sys.executable, "-m", "workbench.jobs", "supervise", "--home", str(store.home), str(job_id)]
+    command = [sys.executable, "-m", "workbench.supervise", "--home", str(store.home), str(job_id)]
     try:
         process = subprocess.Popen(
             command,
@@ -297,11 +281,11 @@ def _spawn(store: Store, job_id: int) -> Job:
             stderr=subprocess.DEVNULL,
         )
     except OSError as e:
-        _finish(store, job_id, "failed", error=f"could not start the job's supervisor: {e}")
+        finish_job(store, job_id, "failed", error=f"could not start the job's supervisor: {e}")
         raise JobError(f"could not start job {job_id}: {e}") from e
     # Reap the supervisor when it ends while this process lives; once it is gone, init does.
     threading.Thread(target=process.wait, daemon=True).start()
-    created = _create_time(process.pid)
+    created = create_time(process.pid)
     with store.write() as con:
         con.execute(
             "UPDATE jobs SET pid = ?, pid_created = ?, started_at = current_timestamp, "
@@ -311,14 +295,7 @@ def _spawn(store: Store, job_id: int) -> Job:
     return get_job(store, job_id, check=False)
 
 
-def _create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
-def _finish(
+def finish_job(
     store: Store, job_id: int, status: str, *, error: str | None = None, exit_code: int | None = None
 ) -> None:
     """Records how an active job ended; a job that already ended keeps its first record."""
@@ -371,24 +348,9 @@ def find_active_job(store: Store, key: str) -> Job | None:
     return Job._from_row(row) if row else None
 
 
-def training_key(recipe: Recipe, cfg: RecipeConfig) -> str:
+def training_key(recipe: str, cfg: RecipeConfig) -> str:
     """The launch key `launch_training` gives this recipe and config."""
     return hashlib.sha256(json.dumps([recipe, cfg.to_dict()], sort_keys=True).encode()).hexdigest()
-
-
-def _liveness(pid: int | None, created: float | None) -> str | None:
-    """None when the process is ours and alive, else why not."""
-    if pid is None:
-        return "it has no process"
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return f"its process {pid} has exited without recording how"
-        if created is not None and abs(process.create_time() - created) > 0.01:
-            return f"its process id {pid} now belongs to another program ({process.name()})"
-    except psutil.NoSuchProcess:
-        return f"its process {pid} is gone (killed, or the machine restarted)"
-    return None
 
 
 def reconcile(store: Store) -> list[int]:
@@ -408,7 +370,7 @@ def reconcile(store: Store) -> list[int]:
         if status == "queued":
             reason = "its launcher exited before starting it" if stale and pid is None else None
         else:
-            reason = _liveness(pid, created)
+            reason = liveness(pid, created)
         if reason:
             dead.append((job_id, attempts, f"job {job_id} was {status} but {reason}; resume it to continue"))
     if dead:
@@ -422,21 +384,6 @@ def reconcile(store: Store) -> list[int]:
     return [job_id for job_id, _, _ in dead]
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of the group still runs (zombies waiting to be reaped do not count)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    for process in psutil.process_iter(["status"]):
-        try:
-            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return False
-
-
 def stop_job(store: Store, job_id: int, *, grace_s: float = 10.0) -> Job:
     """Stops a job: SIGTERM to its process group, SIGKILL after ``grace_s`` seconds; status stopped.
 
@@ -448,16 +395,9 @@ def stop_job(store: Store, job_id: int, *, grace_s: float = 10.0) -> Job:
         raise JobError(f"job {job_id} is {job.status}, not running")
     with store.write() as con:
         con.execute("UPDATE jobs SET stop_requested = true WHERE id = ?", [job_id])
-    if job.pid is not None and _liveness(job.pid, job.pid_created) is None:
-        os.killpg(job.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while _group_alive(job.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _group_alive(job.pid):
-            os.killpg(job.pid, signal.SIGKILL)
-            while _group_alive(job.pid):
-                time.sleep(0.05)
-    _finish(store, job_id, "stopped", error=f"stopped on request after attempt {job.attempts}")
+    if job.pid is not None and liveness(job.pid, job.pid_created) is None:
+        stop_group(job.pid, grace_s)
+    finish_job(store, job_id, "stopped", error=f"stopped on request after attempt {job.attempts}")
     return get_job(store, job_id, check=False)
 
 
@@ -474,7 +414,7 @@ def resume_job(store: Store, job_id: int) -> Job:
         row = first_row(con, "SELECT status, launch_key, pid FROM jobs WHERE id = ?", [job_id])
         if row[0] not in ("failed", "stopped"):
             raise JobError(f"job {job_id} is {row[0]}; only a failed or stopped job can be resumed")
-        if row[2] is not None and _group_alive(row[2]):  # its supervisor died, its command did not
+        if row[2] is not None and group_alive(row[2]):  # its supervisor died, its command did not
             raise JobError(
                 f"job {job_id}'s command still runs in process group {row[2]} although its supervisor is "
                 f"gone; end it (kill -- -{row[2]}) before resuming, or two runs would share {job.run_dir}"
@@ -512,19 +452,8 @@ def wait_for_job(store: Store, job_id: int, *, timeout_s: float = 3600.0, poll_s
 
 
 def read_metrics(job: Job) -> list[dict[str, float]]:
-    """The run folder's ``metrics.jsonl`` lines (one per optimizer step), oldest first; [] if none.
-
-    A line being written at this moment is left out.
-    """
-    if job.run_dir is None or not (job.run_dir / "metrics.jsonl").exists():
-        return []
-    rows = []
-    for line in (job.run_dir / "metrics.jsonl").read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
+    """The run folder's metrics (one row per optimizer step, see `training.runs.Run.metrics`); [] if none."""
+    return [] if job.run_dir is None else Run.open(job.run_dir).metrics()
 
 
 @dataclass(frozen=True)
@@ -551,10 +480,7 @@ def log_tail(job: Job, lines: int = 30, max_chars: int = 4000) -> str:
     """The last lines of the job's log; progress bars redrawn with carriage returns count once."""
     if job.log_path is None or not job.log_path.exists():
         return ""
-    return _tail(job.log_path, lines, max_chars)
-
-
-def _tail(path: Path, lines: int, max_chars: int) -> str:
+    path = job.log_path
     with path.open("rb") as f:
         f.seek(max(path.stat().st_size - 64_000, 0))
         text = f.read().decode(errors="replace")
@@ -564,58 +490,3 @@ def _tail(path: Path, lines: int, max_chars: int) -> str:
         if redraws:
             kept.append(redraws[-1])
     return "\n".join(kept[-lines:])[-max_chars:]
-
-
-def supervise(home: Path, job_id: int) -> int:
-    """Runs a job's command with its output in the log, then records how it ended.
-
-    Run by `launch_job` as ``python -m workbench.jobs supervise --home HOME ID`` in a new session;
-    not meant to be called by hand. SIGTERM (from `stop_job`) is recorded as a stop.
-
-    Returns:
-        The command's exit status (negative: killed by that signal).
-    """
-    store = Store.open(home)
-    job = get_job(store, job_id, check=False)
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
-    with job.log_path.open("ab") as log:
-        log.write(f"\n=== job {job_id} attempt {job.attempts}: {' '.join(job.command)}\n".encode())
-        log.flush()
-        try:
-            child = subprocess.Popen(
-                job.command, cwd=job.cwd, env={**os.environ, **job.env}, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        except OSError as e:
-            _finish(store, job_id, "failed", error=f"could not start {job.command[0]}: {e}")
-            return 127
-        code = child.wait()
-    if stopping.is_set() or get_job(store, job_id, check=False).stop_requested:
-        _finish(
-            store, job_id, "stopped", exit_code=code, error=f"stopped on request after attempt {job.attempts}"
-        )
-    elif code == 0:
-        _finish(store, job_id, "finished", exit_code=0)
-    else:
-        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-        _finish(
-            store,
-            job_id,
-            "failed",
-            exit_code=code,
-            error=f"{how}; last lines of {job.log_path}:\n{_tail(job.log_path, 30, 4000)}",
-        )
-    return code
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description="Supervisor of one background job (started by workbench.jobs)."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    sup = sub.add_parser("supervise", help="Run a recorded job and record how it ends.")
-    sup.add_argument("--home", type=Path, required=True, help="Workbench home folder holding the store.")
-    sup.add_argument("job_id", type=int, help="Id of the job to run.")
-    arguments = parser.parse_args()
-    supervise(arguments.home, arguments.job_id)

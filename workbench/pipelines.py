@@ -1,8 +1,9 @@
-"""Loading Stable-Diffusion-family pipelines from a local folder or a hub id.
+"""Loading Stable-Diffusion-family pipelines from a local folder, a hub id or the store's models.
 
 One code path serves SD1.5, SDXL and the shipped toy model: ``from_pretrained`` on whatever
 ``model`` names. Only the pipeline classes the sampler knows are accepted, checked from
-``model_index.json`` before any weight is read.
+``model_index.json`` before any weight is read. A registered LoRA model is loaded as its
+ancestor with the LoRA fused in (`load_model`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from workbench.errors import ModelLoadError
+from datastore.atomic import replace_folder
+from datastore.errors import NotFoundError
+from datastore.records import model_lineage
+from datastore.sql import first_row
+from datastore.store import Store
+from training.parts import ModelLoadError
 
 SDPipeline = StableDiffusionPipeline | StableDiffusionXLPipeline
 """The pipeline families generation supports."""
@@ -97,3 +103,58 @@ def load_pipeline(
         pipe.vae.to(torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def fuse_lora(pipe: SDPipeline, lora: str | Path) -> SDPipeline:
+    """Applies the LoRA weights in ``lora`` to the pipeline and fuses them into its weights.
+
+    The adapter is unloaded afterwards, so the pipeline is a plain one that ``save_pretrained``
+    writes as a full checkpoint and that takes a fresh LoRA.
+    """
+    pipe.load_lora_weights(str(lora))
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    return pipe
+
+
+def load_model(store: Store, model_id: int, device: str | torch.device | None = None) -> SDPipeline:
+    """A model registered in the store as a float32 pipeline; a ``lora`` model is its nearest
+    non-LoRA ancestor with every LoRA on the way fused in, oldest first.
+
+    Raises:
+        ModelLoadError: a LoRA model with no full or base ancestor to apply it to.
+    """
+    with store.read() as con:
+        chain = model_lineage(con, model_id)
+    loras = []
+    for model in chain:
+        if model["kind"] != "lora":
+            break
+        loras.append(model)
+    else:
+        raise ModelLoadError(f"model {model_id} is a LoRA with no full or base ancestor to apply it to")
+    pipe = load_pipeline(chain[len(loras)]["path"], device=device, dtype=torch.float32)
+    for lora in reversed(loras):
+        fuse_lora(pipe, lora["path"])
+    return pipe
+
+
+def checkpoint_folder(store: Store, model_id: int) -> str:
+    """A ``from_pretrained`` folder (or hub id) of a registered model; a LoRA model is fused into
+    its ancestors once and kept as ``models/fused-<id>/``.
+
+    Raises:
+        NotFoundError: no such model.
+    """
+    with store.read() as con:
+        row = first_row(con, "SELECT path, kind FROM models WHERE id = ?", [model_id])
+    if row is None:
+        raise NotFoundError(f"model {model_id} does not exist")
+    path, kind = row
+    if kind != "lora":
+        return path
+    folder = store.models_dir / f"fused-{model_id}"
+    if not folder.exists():
+        pipe = load_model(store, model_id, device="cpu")
+        replace_folder(pipe.save_pretrained, folder)
+    return str(folder)

@@ -8,7 +8,9 @@ from pathlib import Path
 from datastore.records import register_model
 from datastore.sql import first_row
 from datastore.store import Store
-from training.config import DPOConfig, RecipeConfig, SPMConfig, SPOConfig
+from training.config import RecipeConfig
+from training.options import ConfigError
+from training.recipes import get_recipe
 
 
 def _model_id_for(con, path: str) -> int:
@@ -38,29 +40,28 @@ def register_run(
     Args:
         store: the workbench store.
         recipe: ``dpo``, ``spo`` or ``spm``.
-        cfg: the run's config (its ``pretrained_model`` or, for the SPM, ``reward_model`` is the parent).
+        cfg: the run's config; the recipe's ``parent_field`` names the parent model.
         final: the folder with the final weights (what the recipe's ``main`` returned).
         round_id: the round that trained it, if any.
         job_id: the background job that trained it, if any.
 
     Returns:
         The new (or existing) model id.
+
+    Raises:
+        ConfigError: ``recipe`` is unknown or ``cfg`` is not its config.
     """
-    if isinstance(cfg, SPMConfig):
-        parent_path, kind = cfg.reward_model, "scorer"
-    elif isinstance(cfg, DPOConfig):
-        parent_path, kind = cfg.pretrained_model, "full" if cfg.mode == "full" else "lora"
-    elif isinstance(cfg, SPOConfig):
-        parent_path, kind = cfg.pretrained_model, "lora"
-    else:
-        raise TypeError(f"no registration rule for {type(cfg).__name__}")
+    spec = get_recipe(recipe)
+    if type(cfg) is not spec.config_class:
+        raise ConfigError(f"a {recipe} run needs a {spec.config_class.__name__}, got {type(cfg).__name__}")
+    parent_path = getattr(cfg, spec.parent_field)
     dataset = getattr(cfg, "dataset", None)
     with store.write() as con:
         return register_model(
             con,
             f"{recipe}-{Path(cfg.output_dir).name}",
             str(Path(final).resolve()),
-            kind=kind,
+            kind=spec.output_kind(cfg),
             parent_id=_model_id_for(con, parent_path),
             round_id=round_id,
             job_id=job_id,

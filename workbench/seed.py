@@ -9,7 +9,8 @@ from pathlib import Path
 from datastore.sql import scalar
 from datastore.store import Store
 from reward_models.shapes import ShapesOracle, train_captions
-from workbench.generation import GenerationConfig, generate_pairs, generate_step_pools
+from workbench.generation import generate_pairs, generate_step_pools
+from workbench.generation_config import GenerationConfig
 from workbench.pipelines import load_pipeline
 from workbench.toy import TOY_MODEL_DIR
 
@@ -74,9 +75,8 @@ def mark_gold_pairs(store: Store, margin: float) -> int:
     """Give final pairs whose oracle scores differ by at least ``margin`` the oracle's answer as gold."""
     with store.read() as con:
         rows = con.execute(
-            "SELECT p.id, pr.text, ia.path, ib.path FROM pairs p JOIN prompts pr ON pr.id = p.prompt_id "
-            "JOIN images ia ON ia.id = p.image_a JOIN images ib ON ib.id = p.image_b "
-            "WHERE p.kind = 'final' AND p.gold_outcome IS NULL ORDER BY p.id"
+            "SELECT id, prompt, path_a, path_b FROM pair_media "
+            "WHERE kind = 'final' AND gold_outcome IS NULL ORDER BY id"
         ).fetchall()
     if not rows:
         return 0

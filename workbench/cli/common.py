@@ -17,6 +17,7 @@ from datastore.errors import StoreError
 from datastore.store import Store
 from labeling.errors import LabelingError
 from reward_models.base import ScorerError
+from training.errors import TrainingError
 from workbench.errors import WorkbenchError
 from workbench.settings import Settings
 
@@ -25,7 +26,9 @@ from workbench.settings import Settings
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
-EXPECTED_ERRORS: tuple[type[Exception], ...] = (StoreError, ScorerError, WorkbenchError, LabelingError)
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (
+    StoreError, ScorerError, WorkbenchError, LabelingError, TrainingError
+)
 """Errors a user can act on: printed as one line, exit code 1, no traceback."""
 
 

@@ -9,14 +9,12 @@ import typer
 from rich.table import Table
 
 from datastore.datasets import DatasetFilters, judgments_frame
+from datastore.records import ANNOTATOR_KINDS
 from labeling.agreement import agreement_report
 from labeling.curation import Curation, build_curation, list_curations, near_duplicate_pairs, save_curation
 from workbench.cli.common import console, open_store, print_json, print_table, user_errors
 
 app = typer.Typer(no_args_is_help=True)
-
-ANNOTATOR_KINDS = {"both": ("human", "ai"), "human": ("human",), "ai": ("ai",)}
-
 
 def print_frame(title: str, frame: pl.DataFrame) -> None:
     """A polars frame as a rich table (floats to 3 decimals, nulls as '-')."""

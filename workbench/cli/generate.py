@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 from pathlib import Path
 from typing import Any, Literal
@@ -10,26 +9,24 @@ from typing import Any, Literal
 import typer
 
 from workbench.cli.common import console, open_store, user_errors
+from workbench.cli.options import Override, with_config_options
 from workbench.errors import GenerationError
-from workbench.generation import (
-    GenerationConfig,
-    PairingScheme,
-    Previews,
-    generate_pairs,
-    generate_step_pools,
-    read_prompts,
-)
+from workbench.generation import generate_pairs, generate_step_pools
+from workbench.generation_config import GenerationConfig, read_prompts
 from workbench.toy import TOY_MODEL_DIR, train_captions
 
-_FIELDS = {f.name: f for f in dataclasses.fields(GenerationConfig)}
-
-
-def _default(name: str) -> Any:
-    return _FIELDS[name].default
-
-
-def _help(name: str) -> str:
-    return _FIELDS[name].metadata["help"]
+# Where `workbench generate`'s options differ from GenerationConfig's fields.
+OVERRIDES = {
+    "pool_k": Override(
+        0, "k: also draw SPO step pools of k candidates at each of --steps (0: no pools).", flag="step-pools"
+    ),
+    "pool_steps": Override(
+        help="Comma-separated. " + GenerationConfig.__dataclass_fields__["pool_steps"].metadata["help"],
+        flag="steps",
+        annotation=str | None,
+    ),
+    "seed": Override(help="Base seed (default: a fresh one, printed)."),
+}
 
 
 def _parse_steps(text: str | None) -> tuple[int, ...] | None:
@@ -61,26 +58,6 @@ def generate(
         help="Use the shipped toy model; without --prompts, on the shapes world's training captions.",
     ),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Use only the first N prompts."),
-    per_prompt: int = typer.Option(_default("per_prompt"), "--per-prompt", help=_help("per_prompt")),
-    step_pools: int = typer.Option(
-        0,
-        "--step-pools",
-        help="k: also draw SPO step pools of k candidates at each of --steps (0: no pools).",
-    ),
-    steps: str | None = typer.Option(None, "--steps", help="Comma-separated. " + _help("pool_steps")),
-    previews: Previews = typer.Option(_default("previews"), "--previews", help=_help("previews")),
-    seed: int | None = typer.Option(None, "--seed", help="Base seed (default: a fresh one, printed)."),
-    num_inference_steps: int = typer.Option(
-        _default("num_inference_steps"), "--num-inference-steps", help=_help("num_inference_steps")
-    ),
-    guidance_scale: float = typer.Option(
-        _default("guidance_scale"), "--guidance-scale", help=_help("guidance_scale")
-    ),
-    eta: float = typer.Option(_default("eta"), "--eta", help=_help("eta")),
-    height: int | None = typer.Option(None, "--height", help=_help("height")),
-    width: int | None = typer.Option(None, "--width", help=_help("width")),
-    batch_size: int = typer.Option(_default("batch_size"), "--batch-size", help=_help("batch_size")),
-    pairing: PairingScheme = typer.Option(_default("pairing"), "--pairing", help=_help("pairing")),
     model_name: str | None = typer.Option(
         None, "--model-name", help="Name to register the model under (default: --model as given, or 'toy')."
     ),
@@ -90,6 +67,7 @@ def generate(
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = typer.Option(
         "auto", "--dtype", help="Weight precision; auto = float16 on CUDA, float32 on the CPU."
     ),
+    **options: Any,
 ) -> None:
     """Generate candidate images for prompts: final pairs and/or SPO noisy-step pools, stored for judging."""
     import torch
@@ -101,37 +79,25 @@ def generate(
             raise GenerationError("give either --model PATH_OR_ID or --toy")
         if prompts_file is None and not toy:
             raise GenerationError("give --prompts FILE (or --toy for the shapes world's captions)")
-        if per_prompt == 0 and step_pools == 0:
+        if options["per_prompt"] == 0 and options["pool_k"] == 0:
             raise GenerationError("nothing to generate: --per-prompt and --step-pools are both 0")
         prompts = read_prompts(prompts_file) if prompts_file is not None else list(train_captions())
         prompts = prompts[:limit] if limit else prompts
-        base_seed = seed if seed is not None else secrets.randbits(32)
-        cfg = GenerationConfig(
-            per_prompt=per_prompt,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            eta=eta,
-            height=height,
-            width=width,
-            seed=base_seed,
-            batch_size=batch_size,
-            pairing=pairing,
-            pool_k=step_pools,
-            pool_steps=_parse_steps(steps),
-            previews=previews,
-        )
+        if options["seed"] is None:
+            options["seed"] = secrets.randbits(32)
+        cfg = GenerationConfig(**{**options, "pool_steps": _parse_steps(options["pool_steps"])})
         source = str(TOY_MODEL_DIR) if toy else model
         name = model_name or ("toy" if toy else model)
         dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
         pipe = load_pipeline(source, device=device, dtype=None if dtype == "auto" else dtypes[dtype])
         store = open_store(ctx)
-        console.print(f"{name}: {len(prompts)} prompts on {pipe.device}, seed {base_seed}")
+        console.print(f"{name}: {len(prompts)} prompts on {pipe.device}, seed {cfg.seed}")
         skipped = 0
-        if per_prompt:
+        if cfg.per_prompt:
             report = generate_pairs(store, pipe, name, prompts, cfg)
             skipped += report.skipped_pairs
             console.print(f"final pairs: {report.images} images, {report.pairs} pairs")
-        if step_pools:
+        if cfg.pool_k:
             report = generate_step_pools(store, pipe, name, prompts, cfg)
             skipped += report.skipped_pairs
             console.print(
@@ -140,3 +106,6 @@ def generate(
             )
         if skipped:
             console.print(f"left out {skipped} pairs of two identical images")
+
+
+with_config_options(generate, GenerationConfig, OVERRIDES)

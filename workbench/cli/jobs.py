@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from training.config import ConfigError
+from training.options import ConfigError
+from training.recipes import get_recipe
 from workbench import jobs
 from workbench.cli.common import console, open_store, print_json, print_table, user_errors
 
@@ -95,10 +96,12 @@ def launch(
     ),
 ) -> None:
     """Launch a training recipe as a background job on the config's output_dir."""
-    if recipe not in jobs.RECIPES:
-        raise typer.BadParameter(f"recipe must be one of {', '.join(jobs.RECIPES)}, got {recipe!r}")
     try:
-        cfg = jobs.RECIPES[recipe].from_json(config)
+        config_class = get_recipe(recipe).config_class
+    except ConfigError as e:
+        raise typer.BadParameter(str(e)) from e
+    try:
+        cfg = config_class.from_json(config)
     except (ConfigError, OSError, ValueError, TypeError) as e:
         raise typer.BadParameter(f"cannot read {config}: {e}") from e
     with user_errors():

@@ -8,17 +8,15 @@ from pathlib import Path
 
 import typer
 
-from labeling.labelstudio import (
+from labeling.labelstudio.client import LabelStudioClient
+from labeling.labelstudio.server import (
     DEFAULT_PORT,
     DEFAULT_URL,
-    PROJECT_TITLE,
-    LabelStudioClient,
     LabelStudioServer,
     api_token,
     load_credentials,
-    pull,
-    push,
 )
+from labeling.labelstudio.sync import PROJECT_TITLE, pull, push
 from workbench.cli.common import console, err_console, open_store, user_errors
 
 app = typer.Typer(

@@ -2,94 +2,59 @@
 
 from __future__ import annotations
 
-import inspect
 import json
-from dataclasses import fields
 from pathlib import Path
-from typing import get_type_hints
 
 import typer
 
+from workbench.cli.common import user_errors
+from workbench.cli.options import with_config_options
 from workbench.toy import TOY_MODEL_DIR, TOY_SCORER_DIR
 from workbench.toy.config import ToyScorerConfig, ToyTrainConfig
 
 app = typer.Typer(no_args_is_help=True, help="The shapes world's toy text-to-image model.")
 
 
-def _with_config_options(command, config_class, out_default: Path, out_help: str):
-    """Gives `command` one CLI option per field of `config_class`, with the field's default and help,
-    so the dataclass stays the single place where settings are defined; plus ``--out``."""
-    hints = get_type_hints(config_class)
-    command.__signature__ = inspect.Signature(
-        [
-            inspect.Parameter(
-                "out",
-                inspect.Parameter.KEYWORD_ONLY,
-                annotation=Path,
-                default=typer.Option(out_default, "--out", help=out_help),
-            ),
-            *(
-                inspect.Parameter(
-                    f.name,
-                    inspect.Parameter.KEYWORD_ONLY,
-                    annotation=hints[f.name],
-                    default=typer.Option(f.default, "--" + f.name.replace("_", "-"), help=f.metadata["help"]),
-                )
-                for f in fields(config_class)
-            ),
-        ]
-    )
-    command.__annotations__ = {
-        "out": Path,
-        **{f.name: hints[f.name] for f in fields(config_class)},
-        "return": None,
-    }
-    return command
-
-
-def train(out: Path, **options) -> None:
+def train(
+    out: Path = typer.Option(
+        TOY_MODEL_DIR, "--out", help="Folder to write the pipeline to (default: the shipped model)."
+    ),
+    **options,
+) -> None:
     """Train the toy model from scratch (autoencoder, then UNet + text encoder) and save the pipeline."""
     from workbench.toy.train import train_toy_model
 
-    try:
+    with user_errors():
         cfg = ToyTrainConfig(**options)
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from err
     result = train_toy_model(cfg, out)
     typer.echo(f"saved {result.out_dir} in {result.seconds['total']:.0f} s")
     if result.evals:
         typer.echo("held-out accuracy: " + json.dumps(result.evals[-1]))
 
 
-app.command()(
-    _with_config_options(
-        train, ToyTrainConfig, TOY_MODEL_DIR, "Folder to write the pipeline to (default: the shipped model)."
-    )
-)
+app.command()(with_config_options(train, ToyTrainConfig))
 
 
-def train_scorer(out: Path, **options) -> None:
+def train_scorer(
+    out: Path = typer.Option(
+        TOY_SCORER_DIR,
+        "--out",
+        help="Folder to write the CLIP model and processor to (default: the shipped scorer).",
+    ),
+    **options,
+) -> None:
     """Train the shapes world's PickScore (a small CLIP: contrastive, then oracle-judged pairs) and save it."""
     from workbench.toy.scorer import train_toy_scorer
 
-    try:
+    with user_errors():
         cfg = ToyScorerConfig(**options)
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from err
     result = train_toy_scorer(cfg, out)
     typer.echo(f"saved {result.out_dir}; process CPU seconds: " + json.dumps(result.cpu_seconds))
     if result.evaluation:
         typer.echo("held-out pairs: " + json.dumps(result.evaluation))
 
 
-app.command("train-scorer")(
-    _with_config_options(
-        train_scorer,
-        ToyScorerConfig,
-        TOY_SCORER_DIR,
-        "Folder to write the CLIP model and processor to (default: the shipped scorer).",
-    )
-)
+app.command("train-scorer")(with_config_options(train_scorer, ToyScorerConfig))
 
 
 @app.command()

@@ -22,6 +22,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from reward_models.shapes import check, held_out_captions, render, train_captions
+from training.optim import warmup_schedule
 from workbench.threads import torch_threads
 from workbench.toy.config import ToyTrainConfig
 from workbench.toy.evaluate import evaluate_pipeline
@@ -68,12 +69,6 @@ def _ema_update(average: torch.nn.Module, model: torch.nn.Module, decay: float) 
     with torch.no_grad():
         for avg, param in zip(average.parameters(), model.parameters(), strict=True):
             avg.lerp_(param, 1 - decay)
-
-
-def _warmup(step: int, cfg: ToyTrainConfig) -> float:
-    # Constant after warm-up, so a run of N steps is exactly the first N steps of a longer run with
-    # the same seed: one long run's evaluations show what any shorter run would ship.
-    return min(1.0, (step + 1) / max(1, cfg.warmup_steps))
 
 
 def _train_vae(cfg: ToyTrainConfig, images: torch.Tensor, generator: torch.Generator, bar: tqdm):
@@ -205,7 +200,9 @@ def _train_denoiser(
     scheduler = build_scheduler()
     params = [*unet.parameters(), *text_encoder.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _warmup(step, cfg))
+    # Constant after warm-up, so a run of N steps is exactly the first N steps of a longer run with
+    # the same seed: one long run's evaluations show what any shorter run would ship.
+    lr_schedule = warmup_schedule(optimizer, cfg.warmup_steps)
     pipe = assemble_pipeline(vae, ema_text, tokenizer, ema_unet)
     held_out = held_out_captions()
     eval_captions = (

@@ -3,18 +3,16 @@
 import streamlit as st
 
 from datastore.datasets import DatasetFilters, judgments_frame
-from datastore.records import SOURCES
+from datastore.records import ANNOTATOR_KINDS, SOURCES
 from labeling.agreement import AgreementUndefined, agreement_report
 from labeling.curation import near_duplicate_pairs
-from workbench.ui.state import require_admin, store
-
-ANNOTATORS = {"People and AI": ("human", "ai"), "People": ("human",), "AI": ("ai",)}
+from workbench.ui.state import ANNOTATOR_CHOICES, require_admin, store
 
 require_admin()
 st.title("Data")
 with st.container(horizontal=True):
     kinds = st.multiselect("Pair kinds", ["final", "step"], default=["final", "step"], key="data_kinds")
-    annotators = st.selectbox("Annotators", list(ANNOTATORS), key="data_annotators")
+    annotators = st.selectbox("Annotators", list(ANNOTATOR_CHOICES), key="data_annotators")
     sources = st.multiselect("Sources (none = all)", list(SOURCES), key="data_sources")
     margin = st.number_input("Min AI score margin", min_value=0.0, value=0.0, step=0.05, key="data_margin")
     both_bad = st.checkbox("Count both-bad", value=True, key="data_both_bad")
@@ -24,7 +22,7 @@ if not kinds:
 filters = DatasetFilters(
     kinds=tuple(kinds),
     sources=tuple(sources),
-    annotator_kinds=ANNOTATORS[annotators],
+    annotator_kinds=ANNOTATOR_KINDS[ANNOTATOR_CHOICES[annotators]],
     min_ai_margin=margin,
     include_both_bad=both_bad,
 )

@@ -7,7 +7,7 @@ import streamlit as st
 from datastore.datasets import DatasetFilters
 from datastore.errors import StoreError
 from datastore.formats import export_dataset
-from datastore.records import SOURCES
+from datastore.records import ANNOTATOR_KINDS, SOURCES
 from labeling.curation import (
     Curation,
     CurationError,
@@ -16,10 +16,9 @@ from labeling.curation import (
     list_curations,
     save_curation,
 )
-from workbench.ui.state import require_admin, store
+from workbench.ui.state import ANNOTATOR_CHOICES, require_admin, store
 
 NEW = "New curation..."
-ANNOTATORS = {"People and AI": ("human", "ai"), "People": ("human",), "AI": ("ai",)}
 FORMATS = {"pickapic": "Pick-a-Pic Parquet", "jsonl": "JSONL + images", "hf": "Hugging Face datasets folder"}
 
 require_admin()
@@ -34,7 +33,7 @@ if choice == NEW:
         name = st.text_input("Name", key="new_name")
         method = st.radio("Consensus", ["majority", "dawid_skene"], horizontal=True, key="new_method")
         kinds = st.multiselect("Pair kinds", ["final", "step"], default=["final", "step"], key="new_kinds")
-        annotators = st.selectbox("Annotators", list(ANNOTATORS), key="new_annotators")
+        annotators = st.selectbox("Annotators", list(ANNOTATOR_CHOICES), key="new_annotators")
         sources = st.multiselect("Sources (none = all)", list(SOURCES), key="new_sources")
         c1, c2, c3 = st.columns(3)
         min_judgments = c1.number_input("Min judgments", min_value=1, value=1, key="new_min_judgments")
@@ -50,7 +49,7 @@ if choice == NEW:
                 filters = DatasetFilters(
                     kinds=tuple(kinds),
                     sources=tuple(sources),
-                    annotator_kinds=ANNOTATORS[annotators],
+                    annotator_kinds=ANNOTATOR_KINDS[ANNOTATOR_CHOICES[annotators]],
                     min_ai_margin=margin,
                     include_both_bad=both_bad,
                     min_judgments=int(min_judgments),

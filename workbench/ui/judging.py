@@ -4,7 +4,7 @@ The widget (``judge_widget/``: plain HTML, CSS and JavaScript shipped in the pac
 custom component) holds the next pairs with their images and owns the keyboard: a key press
 shows the next pair at once, and the answer goes to the server in the background with the pair
 that was on screen and an idempotency key. Each message from the widget reruns only the widget's
-fragment, which records the answers and undos (`labeling.queue`), tops the browser's queue up to
+fragment, which records the answers and undos (`labeling.answers`), tops the browser's queue up to
 ``prefetch`` leased pairs once half of it is gone, and acknowledges the keys it handled; the
 widget resends what is not acknowledged.
 """
@@ -26,18 +26,9 @@ import streamlit.components.v1 as components
 
 from datastore.errors import NotFoundError, StoreError
 from datastore.records import PREVIEW_KINDS
+from labeling.answers import SIDES, Answer, record_answers, withdraw_answer
 from labeling.errors import LabelingError
-from labeling.queue import (
-    SIDES,
-    Answer,
-    Progress,
-    QueueConfig,
-    QueueItem,
-    human_annotator,
-    next_pairs,
-    record_answers,
-    withdraw_answer,
-)
+from labeling.queue import Progress, QueueConfig, QueueItem, human_annotator, next_pairs
 from workbench.ui.state import sign_in_needed, signed_in, store
 
 _WIDGET = components.declare_component("judge", path=str(Path(__file__).parent / "judge_widget"))

@@ -7,17 +7,21 @@ import polars as pl
 import streamlit as st
 
 from reward_models.spec import SPEC_HELP
-from workbench import rounds
 from workbench.jobs import JobError, list_jobs
+from workbench.rounds.config import DEMO, DPO_DEFAULTS, RoundConfig, demo_config
+from workbench.rounds.driver import continue_round, launch_round
+from workbench.rounds.errors import RoundError
+from workbench.rounds.evaluate import evaluation_prompts, grid_images
+from workbench.rounds.reading import human_needs, list_rounds, rounds_table, training_metrics
 from workbench.ui.state import require_admin, store
 
 require_admin()
 st.title("Rounds")
-summaries = rounds.list_rounds(store())
+summaries = list_rounds(store())
 
 st.subheader("Timeline")
 if summaries:
-    table = rounds.rounds_table(summaries).with_columns(
+    table = rounds_table(summaries).with_columns(
         pl.format("{} -> {}", "parent", pl.col("model").cast(pl.String).fill_null("?")).alias(
             "parent -> model"
         )
@@ -45,7 +49,7 @@ waiting = [s for s in summaries if s.status == "awaiting_judgments"]
 if waiting:
     st.subheader("Waiting for people")
 for s in waiting:
-    needs = rounds.human_needs(store(), s.id)
+    needs = human_needs(store(), s.id)
     judges = "people and the AI scorer" if needs.feedback == "both" else "people"
     if needs.missing:
         st.warning(
@@ -63,15 +67,15 @@ for s in waiting:
         f"Continue round {s.id} (curate, train, evaluate)", key=f"continue_{s.id}", disabled=bool(needs.missing)
     ):
         try:
-            job = rounds.continue_round(store(), s.id)
+            job = continue_round(store(), s.id)
             st.success(f"Continuing in job {job.id}; `workbench jobs show {job.id}` follows it.")
-        except (JobError, rounds.RoundError) as e:
+        except (JobError, RoundError) as e:
             st.error(str(e))
 
 if summaries:
     st.subheader("Round metrics")
     chosen = st.selectbox("Round", [s.id for s in summaries], index=len(summaries) - 1, key="round_metrics")
-    metrics = rounds.training_metrics(next(s for s in summaries if s.id == chosen))
+    metrics = training_metrics(next(s for s in summaries if s.id == chosen))
     if metrics.is_empty():
         st.caption("This round has not trained yet.")
     else:
@@ -92,9 +96,9 @@ if len(models) > 1:
         st.session_state["grid"] = (int(n), int(seed))
     if "grid" in st.session_state:
         n, seed = st.session_state["grid"]
-        prompts = rounds.evaluation_prompts(rounds.RoundConfig(eval_prompts=int(n)))
+        prompts = evaluation_prompts(RoundConfig(eval_prompts=int(n)))
         with st.spinner("Drawing (once per model, then cached)"):
-            grid = rounds.grid_images(store(), [m for m, _ in models], prompts, seed=seed)
+            grid = grid_images(store(), [m for m, _ in models], prompts, seed=seed)
         for prompt_index, prompt in enumerate(prompts):
             st.caption(prompt)
             for col, (model_id, label) in zip(st.columns(len(models)), models, strict=True):
@@ -110,25 +114,24 @@ RECIPES = {
 with st.form("launch_round"):
     feedback = st.selectbox("Judged by", list(JUDGES), format_func=JUDGES.get, key="launch_feedback")
     scorer = st.text_input(
-        "AI judge / scorer", rounds.DEMO.scorer, key="launch_scorer", help=f"A scorer spec: {SPEC_HELP}."
+        "AI judge / scorer", DEMO.scorer, key="launch_scorer", help=f"A scorer spec: {SPEC_HELP}."
     )
     per_pair = st.number_input("Human judgments per pair (people)", 1, 10, 1, key="launch_per_pair")
     recipe = st.selectbox(
         "Recipe", list(RECIPES), format_func=lambda r: f"{r}: {RECIPES[r]}", key="launch_recipe"
     )
     n_rounds = st.number_input("Rounds (AI scorer only: each from the last one's model)", 1, 10, 1)
-    num_prompts = st.number_input("Prompts per round", 1, 432, rounds.DEMO.num_prompts)
-    train_steps = st.number_input("Training steps per round", 1, 5000, int(rounds.DEMO_DPO["max_steps"]))
+    num_prompts = st.number_input("Prompts per round", 1, 432, DEMO.num_prompts)
+    train_steps = st.number_input("Training steps per round", 1, 5000, DPO_DEFAULTS["max_steps"])
     parent = st.selectbox(
         "Parent",
         [m for m, _ in models[-1:]] + [None],
         format_func=lambda m: "base model" if m is None else f"model {m}",
     )
     if st.form_submit_button("Launch in the background"):
-        config = rounds.demo_config(prompts=int(num_prompts), train_steps=int(train_steps))
-        # The demo's training overrides are DPO's: the other recipes get only their step count.
-        steps = (f"max_steps={int(train_steps)}",)
-        recipe_options = {} if recipe == "dpo" else {"training": steps, "spo_training": steps * (recipe == "spm-spo")}
+        config = demo_config(prompts=int(num_prompts), train_steps=int(train_steps))
+        # Every training stage of the recipe gets the step count.
+        spo_training = dict(config.training) if recipe == "spm-spo" else {}
         if feedback != "ai" and n_rounds > 1:
             st.error("A round judged by people waits for them: launch one at a time.")
         elif not scorer.strip():
@@ -141,13 +144,13 @@ with st.form("launch_round"):
                     scorer=scorer.strip(),
                     human_judgments_per_pair=int(per_pair),
                     recipe=recipe,
-                    **recipe_options,
+                    spo_training=spo_training,
                 )
-                job = rounds.launch_round(store(), config, parent, int(n_rounds))
+                job = launch_round(store(), config, parent, int(n_rounds))
                 st.success(f"Launched job {job.id}; `workbench jobs show {job.id}` follows it.")
                 if feedback != "ai":
                     st.info("Once its pairs are drawn the round waits for people: its count shows above.")
-            except (JobError, rounds.RoundError) as e:
+            except (JobError, RoundError) as e:
                 st.error(str(e))
 jobs = list_jobs(store(), kind="round")
 if jobs:

@@ -8,6 +8,9 @@ from datastore.store import Store
 from workbench.access import AccessConfig, User, get_user, sign_in_required, verify
 from workbench.settings import resolve_home
 
+ANNOTATOR_CHOICES = {"People and AI": "both", "People": "human", "AI": "ai"}
+"""The Annotators select box of the data pages: each label and its key in ``datastore.records.ANNOTATOR_KINDS``."""
+
 _SIGNED_IN = "signed_in"
 """Session-state key holding the signed-in user's name (never a password)."""
 

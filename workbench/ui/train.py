@@ -5,28 +5,14 @@ from datetime import datetime
 import streamlit as st
 
 from datastore.datasets import find_dataset_version, list_dataset_versions
-from training.config import ConfigError
+from training.options import ConfigError
+from training.recipes import RECIPES
 from workbench import jobs
+from workbench.forms import config_from_form, form_fields
 from workbench.toy import TOY_MODEL_DIR
-from workbench.training_form import FormField, config_from_form, form_fields, training_curves
+from workbench.training_curves import training_curves
+from workbench.ui.forms import config_widgets
 from workbench.ui.state import require_admin, store
-
-RECIPES = {"DPO": "dpo", "SPO": "spo", "SPM": "spm"}
-
-
-def widget(container, spec: FormField, default, key: str):
-    """The widget of one config field, with its default and help."""
-    if spec.kind == "bool":
-        return container.checkbox(spec.name, value=default, help=spec.help, key=key)
-    if spec.kind == "int":
-        return container.number_input(spec.name, value=default, step=1, help=spec.help, key=key)
-    if spec.kind == "float":
-        return container.number_input(spec.name, value=float(default), format="%g", help=spec.help, key=key)
-    if spec.kind == "choice":
-        return container.selectbox(
-            spec.name, spec.choices, index=spec.choices.index(default), help=spec.help, key=key
-        )
-    return container.text_input(spec.name, value=default, help=spec.help, key=key)
 
 
 @st.fragment(run_every=2)
@@ -86,8 +72,10 @@ def jobs_panel(launched_id: int | None) -> None:
 
 require_admin()
 st.title("Train")
-recipe = RECIPES[st.radio("Recipe", list(RECIPES), horizontal=True, key="train_recipe")]
-config_class = jobs.RECIPES[recipe]
+recipe = st.radio(
+    "Recipe", list(RECIPES), format_func=lambda name: RECIPES[name].title, horizontal=True, key="train_recipe"
+)
+config_class = RECIPES[recipe].config_class
 stamp = st.session_state.setdefault("train_stamp", datetime.now().strftime("%Y%m%d-%H%M%S"))
 defaults = {"pretrained_model": str(TOY_MODEL_DIR), "output_dir": str(store().runs_dir / f"{recipe}-{stamp}")}
 
@@ -103,11 +91,7 @@ if any(spec.name == "dataset" for spec in specs):
     )
     values["dataset"] = str(find_dataset_version(store(), chosen).path) if chosen else ""
 with st.expander("Hyperparameters", expanded=True):
-    columns = st.columns(3)
-    for i, spec in enumerate(s for s in specs if s.name != "dataset"):
-        values[spec.name] = widget(
-            columns[i % 3], spec, defaults.get(spec.name, spec.default), f"{recipe}_{spec.name}"
-        )
+    values |= config_widgets(st, [s for s in specs if s.name != "dataset"], defaults, recipe)
 accelerate_config = st.text_input(
     "Accelerate config file",
     key="train_accelerate_config",
