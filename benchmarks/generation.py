@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusers import DDIMScheduler  # noqa: E402
+from figures import publish  # noqa: E402
 
 from datastore.store import Store  # noqa: E402
 from workbench.generation import (  # noqa: E402
@@ -162,10 +162,7 @@ def main() -> None:
             "seconds_per_chain": round(pools_s / len(prompts), 3),
         },
     }
-    print(json.dumps(figures, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(figures, indent=2))
+    publish(figures, args.out)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from figures import publish  # noqa: E402
+
 from datastore.records import (  # noqa: E402
     ImageRow,
     NewJudgment,
@@ -135,10 +137,7 @@ def main() -> None:
         "of_which_export_s": export_s,
     }
     text = json.dumps(figures, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from figures import publish  # noqa: E402
+
 from datastore.datasets import DatasetFilters, consensus_frame, create_dataset_version  # noqa: E402
 from datastore.formats import export_dataset, import_pickapic  # noqa: E402
 from datastore.records import NewJudgment, insert_judgments, store_stats  # noqa: E402
@@ -296,10 +298,7 @@ def main() -> None:
         results["drain"] = bench_drain(store, args.drain_rows, annotator=50)
         results["reads_with_pending"] = bench_pending_reads(store, annotator=49, repeats=20)
     text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from figures import publish  # noqa: E402
+
 from datastore.errors import StoreError  # noqa: E402
 from datastore.records import (  # noqa: E402
     ImageRow,
@@ -216,10 +218,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         report = storm(args.seconds, args.malformed, args.seed, Path(tmp))
-    print(json.dumps(report, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
+    publish(report, args.out)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ separate reference UNet, four UNet calls, default AdamW, a host sync per step):
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import subprocess
@@ -47,110 +46,20 @@ sys.path.insert(0, str(BENCHMARKS.parent))
 sys.path.insert(0, str(BENCHMARKS))
 
 from accelerate import Accelerator  # noqa: E402
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor  # noqa: E402
-from generation_gpu import offline_tokenizer  # noqa: E402
+from figures import publish  # noqa: E402
 from PIL import Image  # noqa: E402
+from sd_shapes import build_parts  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from training_speed import Trainer, straightforward_dpo  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
 
 from training import dpo  # noqa: E402
 from training.config import DPOConfig  # noqa: E402
 from training.data import PreferencePair  # noqa: E402
 from training.features import Features, cached_features  # noqa: E402
-from training.lora import add_lora  # noqa: E402
 from training.parts import DTYPES, Parts  # noqa: E402
 
 H100_BF16_DENSE_TFLOPS = 989.0
-
-
-def text_encoder(hidden: int, layers: int, projection: int | None = None) -> CLIPTextModel:
-    config = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=hidden,
-        intermediate_size=4 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 64),
-        max_position_embeddings=77,
-        projection_dim=projection or hidden,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-    )
-    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
-
-
-def build_parts(family: str, tiny: bool, device: torch.device) -> tuple[Parts, int]:
-    """The components of an SD1.5- or SDXL-shaped pipeline with random weights, and the image side."""
-    torch.manual_seed(0)
-    with torch.device(device):
-        if tiny:
-            vae = AutoencoderKL(
-                block_out_channels=(32, 64),
-                down_block_types=("DownEncoderBlock2D",) * 2,
-                up_block_types=("UpDecoderBlock2D",) * 2,
-                latent_channels=4,
-                layers_per_block=1,
-            )
-            unet_shape = {
-                "sample_size": 8,
-                "block_out_channels": (32, 64),
-                "layers_per_block": 1,
-                "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-                "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
-                "attention_head_dim": 8,
-            }
-            encoders = [text_encoder(32, 2)] + (
-                [text_encoder(32, 2, projection=32)] if family == "sdxl" else []
-            )
-        else:
-            vae = AutoencoderKL(
-                block_out_channels=(128, 256, 512, 512),
-                down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4,
-                layers_per_block=2,
-                latent_channels=4,
-                scaling_factor=0.18215 if family == "sd15" else 0.13025,
-            )
-            if family == "sd15":
-                unet_shape, encoders = {"sample_size": 64}, [text_encoder(768, 12)]
-            else:
-                unet_shape = {
-                    "sample_size": 128,
-                    "block_out_channels": (320, 640, 1280),
-                    "layers_per_block": 2,
-                    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                    "transformer_layers_per_block": (1, 2, 10),
-                    "attention_head_dim": (5, 10, 20),
-                }
-                encoders = [text_encoder(768, 12), text_encoder(1280, 32, projection=1280)]
-        cross = sum(e.config.hidden_size for e in encoders)
-        if family == "sdxl":
-            time_dim = 8 if tiny else 256
-            pooled = encoders[1].config.projection_dim
-            unet_shape |= {
-                "use_linear_projection": True,
-                "addition_embed_type": "text_time",
-                "addition_time_embed_dim": time_dim,
-                "projection_class_embeddings_input_dim": 6 * time_dim + pooled,
-            }
-        unet = UNet2DConditionModel(cross_attention_dim=cross, **unet_shape)
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    sdxl = family == "sdxl"
-    parts = Parts(
-        unet=unet,
-        vae=vae,
-        tokenizer=offline_tokenizer(),
-        text_encoder=encoders[0],
-        tokenizer_2=offline_tokenizer() if sdxl else None,
-        text_encoder_2=encoders[1] if sdxl else None,
-        noise_scheduler=scheduler,
-        is_sdxl=sdxl,
-    )
-    side = unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
-    return parts, side
 
 
 def write_pairs(folder: Path, n: int, side: int) -> list[PreferencePair]:
@@ -241,15 +150,8 @@ def ours(cfg: DPOConfig, parts: Parts, pairs: list[PreferencePair], device: torc
     parts.vae.to(device, torch.float32)
     features = cached_features(Features(parts, cfg.resolution, device), pairs, cfg, accelerator)
     del parts.vae, parts.text_encoder, parts.text_encoder_2
-    unet, reference = parts.unet, None
-    if cfg.mode == "full":
-        reference = copy.deepcopy(unet).requires_grad_(False).eval()
-        unet.requires_grad_(True)
-    else:
-        add_lora(unet, cfg, device, weight_dtype)
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet.train()
+    unet = parts.unet
+    reference = dpo.trainable_unet(unet, cfg, device, weight_dtype)
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
     prepared, optimizer = accelerator.prepare(unet, optimizer)
@@ -376,10 +278,7 @@ def main() -> None:
         if straight and "pairs_per_s" in straight and "pairs_per_s" in r:
             r["vs_straightforward"] = round(r["pairs_per_s"] / straight["pairs_per_s"], 2)
     figures = {"tiny": args.tiny, "cases": results}
-    print(json.dumps(figures, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(figures, indent=2))
+    publish(figures, args.out)
 
 
 if __name__ == "__main__":

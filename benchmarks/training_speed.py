@@ -46,6 +46,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from figures import publish  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
@@ -485,10 +486,7 @@ def main() -> None:
             print(json.dumps(figures["recipes"][recipe], indent=2), flush=True)
         if args.levers:
             figures["levers_cpu_ms"] = levers(args.threads, batch=8)
-    print(json.dumps(figures, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(figures, indent=2))
+    publish(figures, args.out)
 
 
 if __name__ == "__main__":

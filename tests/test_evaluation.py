@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
 from reward_models.shapes import ShapesOracle, held_out_captions
-from workbench.evaluation import compare_pipelines, sample_images, win_rate
+from workbench.evaluation import compare_scores, sample_images, score_pipeline, win_rate
+from workbench.threads import torch_threads
 from workbench.toy import TOY_MODEL_DIR
 
 
@@ -25,9 +28,9 @@ def test_win_rate_refuses_unpaired_scores():
 
 
 @pytest.fixture(scope="module")
-def toy() -> StableDiffusionPipeline:
-    torch.set_num_threads(1)
-    return StableDiffusionPipeline.from_pretrained(TOY_MODEL_DIR, torch_dtype=torch.float32)
+def toy() -> Iterator[StableDiffusionPipeline]:
+    with torch_threads(1):
+        yield StableDiffusionPipeline.from_pretrained(TOY_MODEL_DIR, torch_dtype=torch.float32)
 
 
 def test_images_do_not_depend_on_batching(toy):
@@ -41,9 +44,11 @@ def test_images_do_not_depend_on_batching(toy):
 
 def test_a_pipeline_against_itself_ties_everywhere_and_matches_the_oracle(toy):
     prompts = held_out_captions()[:4]
-    comparison = compare_pipelines(
-        toy, toy, ShapesOracle(), prompts, seeds=(0, 1), num_inference_steps=5, batch_size=3
-    )
+    scored = [
+        score_pipeline(toy, ShapesOracle(), prompts, seeds=(0, 1), num_inference_steps=5, batch_size=3)
+        for _ in range(2)
+    ]
+    comparison = compare_scores(*scored)
     assert comparison.win_rate.summary()["ties"] == 8 and comparison.win_rate.rate == 0.5
     images = [im for _, _, im in sample_images(toy, prompts, seeds=(0, 1), num_inference_steps=5)]
     expected = ShapesOracle().score(images, [p for _ in (0, 1) for p in prompts])

@@ -59,20 +59,7 @@ def main(cfg: DPOConfig) -> Path:
     # The VAE only encodes training images; fp32 avoids the SDXL VAE's fp16 overflow.
     parts.vae.to(device, torch.float32)
     unet = parts.unet
-
-    # Reference: a frozen copy taken before any update (full), or nothing at all for LoRA, whose
-    # reference is the same UNet with its adapters disabled. SFT has no reference. The full
-    # copy keeps the trained UNet's fp32 weights so that both compute the same function at step 0:
-    # beta ~ 5000 turns even rounding-level error gaps into visible margins.
-    reference = None
-    if cfg.mode == "full":
-        reference = copy.deepcopy(unet).requires_grad_(False).eval().to(device)
-        unet.requires_grad_(True)
-    else:
-        add_lora(unet, cfg, device, weight_dtype)
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet.train()
+    reference = trainable_unet(unet, cfg, device, weight_dtype)
     # In place, so that the unwrapped UNet (the LoRA reference, the saved weights) is the compiled one.
     if cfg.compile_unet:
         for model in (unet, reference):
@@ -191,6 +178,28 @@ def make_batch(
     return Batch(
         latents, time_ids.to(latents.device), hidden, pooled, noise, torch.cat(timesteps).to(latents.device)
     )
+
+
+def trainable_unet(
+    unet: torch.nn.Module, cfg: DPOConfig, device: torch.device, weight_dtype: torch.dtype
+) -> torch.nn.Module | None:
+    """Makes ``unet`` the trained model of ``cfg.mode`` and returns its frozen reference.
+
+    The reference is a frozen copy taken before any update (full), or None: a LoRA's reference is
+    the same UNet with its adapters disabled, and SFT has none. The full copy keeps the trained
+    UNet's fp32 weights so that both compute the same function at step 0: beta ~ 5000 turns even
+    rounding-level error gaps into visible margins.
+    """
+    reference = None
+    if cfg.mode == "full":
+        reference = copy.deepcopy(unet).requires_grad_(False).eval().to(device)
+        unet.requires_grad_(True)
+    else:
+        add_lora(unet, cfg, device, weight_dtype)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    return reference
 
 
 def pair_losses(

@@ -192,31 +192,3 @@ def compare_scores(
         reference_mean=fmean(r["reference_score"] for r in records),
         records=records,
     )
-
-
-def compare_pipelines(
-    candidate: DiffusionPipeline,
-    reference: DiffusionPipeline,
-    scorer: Scorer,
-    prompts: Sequence[str],
-    seeds: Sequence[int] = (0,),
-    batch_size: int = 64,
-    progress: bool = False,
-    **sampling,
-) -> Comparison:
-    """Scores both pipelines' images for every (prompt, seed) and counts the candidate's wins.
-
-    Args:
-        candidate: the checkpoint under test.
-        reference: what it is compared with (its parent, or the base model).
-        scorer: any `Scorer`; the shapes oracle for the shapes world.
-        prompts: held-out prompts.
-        seeds: seeds; each prompt is drawn once per seed by both pipelines.
-        batch_size: images per pipeline call and per scorer call.
-        progress: show progress bars.
-        **sampling: ``num_inference_steps`` and ``guidance_scale`` for `sample_images`.
-    """
-    return compare_scores(
-        score_pipeline(candidate, scorer, prompts, seeds, batch_size, progress, **sampling),
-        score_pipeline(reference, scorer, prompts, seeds, batch_size, progress, **sampling),
-    )
