@@ -51,21 +51,21 @@ def timed(fn: Callable[[], T]) -> tuple[T, float, float]:
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def plain_pipeline(pipe, prompts: list[str], cfg: GenerationConfig) -> None:
-    """``pipe(...)`` drawing the same images as `generate_pairs`, batch for batch, PIL output."""
+def plain_pipeline(pipe, prompts: list[str], cfg: GenerationConfig, per_prompt: int | None = None) -> None:
+    """``pipe(...)`` drawing the same images as `generate_pairs`, batch for batch, PIL output
+    (``per_prompt`` images of each prompt instead of ``cfg.per_prompt`` when given)."""
+    per_prompt = per_prompt or cfg.per_prompt
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     height, width = image_size(pipe, cfg)
-    per_batch = max(1, cfg.batch_size // cfg.per_prompt)
+    per_batch = max(1, cfg.batch_size // per_prompt)
     for i in range(0, len(prompts), per_batch):
         batch = prompts[i : i + per_batch]
         generators = [
-            torch.Generator().manual_seed(image_seed(cfg.seed, p, j))
-            for p in batch
-            for j in range(cfg.per_prompt)
+            torch.Generator().manual_seed(image_seed(cfg.seed, p, j)) for p in batch for j in range(per_prompt)
         ]
         pipe(
             prompt=batch,
-            num_images_per_prompt=cfg.per_prompt,
+            num_images_per_prompt=per_prompt,
             num_inference_steps=cfg.num_inference_steps,
             guidance_scale=cfg.guidance_scale,
             eta=cfg.eta,

@@ -24,6 +24,7 @@ shapes. Without ``--tiny``, exits with a message when no CUDA device is present.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -35,13 +36,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from figures import publish  # noqa: E402
+from generation import plain_pipeline  # noqa: E402
 from sd_shapes import save_pipeline  # noqa: E402
 
 from datastore.store import Store  # noqa: E402
 from workbench.generation import (  # noqa: E402
     generate_pairs,
     generate_step_pools,
-    image_seed,
     image_size,
 )
 from workbench.generation_config import GenerationConfig  # noqa: E402
@@ -83,23 +84,6 @@ def seconds(value: float) -> float:
 def gib(value: float | None) -> float | None:
     """GiB as written in the figures: 2 decimals, None where not measured."""
     return None if value is None else round(value, 2)
-
-
-def plain_call(pipe, prompts: list[str], per_prompt: int, batch_size: int, cfg: GenerationConfig) -> None:
-    """``pipe(...)`` with DDIM, drawing per_prompt images per prompt in batches of about batch_size images."""
-    per_batch = max(1, batch_size // per_prompt)
-    for i in range(0, len(prompts), per_batch):
-        batch = prompts[i : i + per_batch]
-        pipe(
-            prompt=batch,
-            num_images_per_prompt=per_prompt,
-            num_inference_steps=cfg.num_inference_steps,
-            guidance_scale=cfg.guidance_scale,
-            eta=cfg.eta,
-            generator=[
-                torch.Generator().manual_seed(image_seed(0, p, j)) for p in batch for j in range(per_prompt)
-            ],
-        )
 
 
 def main() -> None:
@@ -148,18 +132,18 @@ def main() -> None:
         warm = GenerationConfig(per_prompt=2, num_inference_steps=2, pool_k=2, pool_steps=(1, 2), seed=1)
         generate_pairs(store, pipe, "sd15-shaped", prompts[:2], warm, progress=False)
         generate_step_pools(store, pipe, "sd15-shaped", prompts[:2], warm, progress=False)
-        plain_call(pipe, prompts[:2], 2, 4, warm)
+        plain_pipeline(pipe, prompts[:2], dataclasses.replace(warm, batch_size=4))
 
         reports = {}
         plain_pairs_s, plain_pairs_gib = measure(
-            lambda: plain_call(pipe, prompts, cfg.per_prompt, cfg.batch_size, cfg)
+            lambda: plain_pipeline(pipe, prompts, cfg)
         )
         pairs_s, pairs_gib = measure(
             lambda: reports.update(
                 pairs=generate_pairs(store, pipe, "sd15-shaped", prompts, cfg, progress=False)
             )
         )
-        plain_chain_s, plain_chain_gib = measure(lambda: plain_call(pipe, prompts, 1, cfg.batch_size, cfg))
+        plain_chain_s, plain_chain_gib = measure(lambda: plain_pipeline(pipe, prompts, cfg, per_prompt=1))
         pools_s, pools_gib = measure(
             lambda: reports.update(
                 pools=generate_step_pools(store, pipe, "sd15-shaped", prompts, cfg, progress=False)

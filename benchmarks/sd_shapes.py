@@ -13,14 +13,13 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
-    DDIMScheduler,
     DDPMScheduler,
-    StableDiffusionPipeline,
     UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from training.parts import Parts
+from workbench.toy.model import assemble_pipeline
 
 
 def offline_tokenizer() -> CLIPTokenizer:
@@ -132,22 +131,5 @@ def save_pipeline(folder: Path, family: str, tiny: bool, device: torch.device) -
     if family != "sd15":
         raise ValueError(f"save_pipeline writes sd15 pipelines only, got family {family!r}")
     parts, _ = build_parts(family, tiny, device)
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=parts.vae,
-        text_encoder=parts.text_encoder,
-        tokenizer=parts.tokenizer,
-        unet=parts.unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = assemble_pipeline(parts.vae, parts.text_encoder, parts.tokenizer, parts.unet)
     pipe.save_pretrained(folder)

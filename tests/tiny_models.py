@@ -17,7 +17,6 @@ import polars as pl
 import torch
 from diffusers import (
     AutoencoderKL,
-    DDIMScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -26,6 +25,7 @@ from PIL import Image, ImageDraw
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from training.config import DPOConfig
+from workbench.toy.model import build_scheduler
 
 WORDS = (
     "a an the of at in on and with small large red green blue yellow white black purple orange "
@@ -94,18 +94,6 @@ def _tiny_vae(blocks: int = 2) -> AutoencoderKL:
     )
 
 
-def _scheduler(prediction_type: str) -> DDIMScheduler:
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type=prediction_type,
-    )
-
-
 def build_tiny_sd15(
     path: str | Path, prediction_type: str = "epsilon", seed: int = 0, vae_blocks: int = 2
 ) -> Path:
@@ -143,7 +131,7 @@ def build_tiny_sd15(
         text_encoder=CLIPTextModel(_text_config(len(tokenizer))),
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=_scheduler(prediction_type),
+        scheduler=build_scheduler(prediction_type),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -195,7 +183,7 @@ def build_tiny_sdxl(path: str | Path, prediction_type: str = "epsilon", seed: in
         tokenizer=tokenizer,
         tokenizer_2=build_tiny_tokenizer(),
         unet=unet,
-        scheduler=_scheduler(prediction_type),
+        scheduler=build_scheduler(prediction_type),
     )
     path = Path(path)
     pipe.save_pretrained(path)

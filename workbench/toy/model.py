@@ -113,8 +113,8 @@ def build_unet(latent_size: int, width: int, cross_attention_dim: int) -> UNet2D
     )
 
 
-def build_scheduler() -> DDIMScheduler:
-    """DDIM with Stable Diffusion's scaled-linear betas and epsilon prediction.
+def build_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
+    """DDIM with Stable Diffusion's scaled-linear betas (epsilon prediction unless told otherwise).
 
     A cosine schedule with epsilon prediction made DDIM sample garbage for this model.
     """
@@ -126,7 +126,7 @@ def build_scheduler() -> DDIMScheduler:
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,
-        prediction_type="epsilon",
+        prediction_type=prediction_type,
     )
 
 
