@@ -205,6 +205,14 @@ def test_bad_settings_and_unknown_parent_are_refused_before_anything_runs(tmp_pa
     assert ensure_base_model(store) == ensure_base_model(store) == 1
 
 
+def test_a_home_made_by_a_moved_checkout_finds_the_toy_model_here(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "home")
+    with store.write() as con:
+        moved = register_model(con, "toy", str(tmp_path / "old-checkout" / "workbench/toy/model"), kind="base")
+    assert ensure_base_model(store) == moved
+    assert rows(store, "SELECT path FROM models") == [(str(TOY_MODEL_DIR),)]
+
+
 def test_a_flat_config_recorded_by_an_older_round_loads_nested() -> None:
     recorded = {
         **{"num_prompts": 32, "per_prompt": 3, "pairing": "all", "final_pairs": True, "step_pools": True},

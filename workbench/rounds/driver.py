@@ -22,7 +22,7 @@ from datastore.atomic import write_text
 from datastore.errors import StoreBusyError
 from datastore.lock import file_lock
 from datastore.records import register_model
-from datastore.sql import scalar
+from datastore.sql import first_row, scalar
 from datastore.store import Store
 from workbench.jobs import Job, launch_job
 from workbench.rounds import collect, evaluate, train
@@ -48,12 +48,22 @@ BASE_MODEL_NAME = "toy"
 
 
 def ensure_base_model(store: Store) -> int:
-    """The id of the home's base model: the shipped toy model, registered as ``toy`` if missing."""
+    """The id of the home's base model: the shipped toy model, registered as ``toy`` if missing.
+
+    A ``toy`` row that names another folder (the home was made by a checkout that has moved, or
+    by another clone) is pointed at this checkout's toy model, so that its rounds' lineage still
+    loads.
+    """
+    toy = str(TOY_MODEL_DIR)
     with store.write() as con:
-        known = scalar(
-            con, "SELECT min(id) FROM models WHERE path = ? AND kind = 'base'", [str(TOY_MODEL_DIR)]
-        )
-        return known or register_model(con, BASE_MODEL_NAME, str(TOY_MODEL_DIR), kind="base")
+        known = scalar(con, "SELECT min(id) FROM models WHERE path = ? AND kind = 'base'", [toy])
+        if known:
+            return known
+        row = first_row(con, "SELECT id FROM models WHERE name = ? AND kind = 'base'", [BASE_MODEL_NAME])
+        if row is None:
+            return register_model(con, BASE_MODEL_NAME, toy, kind="base")
+        con.execute("UPDATE models SET path = ? WHERE id = ?", [toy, row[0]])
+        return row[0]
 
 
 def run_round(
@@ -113,6 +123,7 @@ def resume_round(store: Store, round_id: int, *, progress: bool = False) -> Roun
         RoundError: another process is running or resuming this round.
     """
     get_round(store, round_id)  # a round that does not exist is named as such
+    ensure_base_model(store)  # its lineage's root may have been registered by a moved checkout
     with round_lock(store, round_id):
         return _resume(store, round_id, progress)
 
