@@ -1,4 +1,4 @@
-"""DPO training speed on one GPU: SD1.5-shaped UNet at 512 px and SDXL-shaped at 1024 px, random weights.
+"""DPO and SPO training speed on one GPU: SD1.5-shaped UNet at 512 px and SDXL-shaped at 1024 px, random weights.
 
     .venv/bin/python benchmarks/training_gpu.py --out benchmarks/out/training_gpu.json
     .venv/bin/python benchmarks/training_gpu.py --tiny     # the same cases on tiny shapes (CPU too)
@@ -24,7 +24,14 @@ separate reference UNet, four UNet calls, default AdamW, a host sync per step):
   and loser, the adapter-off reference for LoRA, fused AdamW, no host sync), in fp16, with the
   classic attention processor instead of SDPA, and compiled;
 - SDXL DPO LoRA: ours in bf16, with gradient checkpointing, compiled; the straightforward
-  configuration in fp32 (it may not fit at the batch size: reported as out of memory).
+  configuration in fp32 (it may not fit at the batch size: reported as out of memory);
+- SD1.5 SPO at 512 px through its recipe (`training.spo.main` on an SD1.5-shaped pipeline folder
+  written by `sd_shapes.save_pipeline`, the SPOConfig defaults: 4 chains of 20 DDIM steps, k = 4):
+  ours with mixed precision bf16 (``no`` on the CPU) against the straightforward fp32 run. From
+  the run's metrics.jsonl over ``--spo-steps`` steps after the first (timed on its own): pairs
+  kept per second and seconds per step in sampling (chains, pools, decoding, scoring) and in
+  training. The scorer is `Brightness` at threshold 0, so every pool whose candidates differ keeps
+  its pair: the figure measures SPO's work, not a scorer's judgment.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,17 +57,22 @@ from accelerate import Accelerator  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor  # noqa: E402
 from figures import publish  # noqa: E402
 from PIL import Image  # noqa: E402
-from sd_shapes import build_parts  # noqa: E402
+from sd_shapes import build_parts, save_pipeline  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from training_speed import Trainer, straightforward_dpo  # noqa: E402
 
-from training import dpo  # noqa: E402
-from training.config import DPOConfig  # noqa: E402
+from reward_models.base import Scorer  # noqa: E402
+from training import dpo, spo  # noqa: E402
+from training.config import DPOConfig, SPOConfig  # noqa: E402
 from training.data import PreferencePair  # noqa: E402
 from training.features import Features, cached_features  # noqa: E402
 from training.parts import DTYPES, Parts  # noqa: E402
+from training.runs import Run  # noqa: E402
 
 H100_BF16_DENSE_TFLOPS = 989.0
+SPO_PROMPTS = tuple(f"a red circle number {i}" for i in range(16))
+TINY_SPO = {"prompts_per_step": 2, "num_inference_steps": 4, "num_candidates": 2, "warmup_steps": 1}
+"""The SPO workload with --tiny; without it the SPOConfig defaults."""
 
 
 def write_pairs(folder: Path, n: int, side: int) -> list[PreferencePair]:
@@ -78,8 +91,8 @@ def write_pairs(folder: Path, n: int, side: int) -> list[PreferencePair]:
     return pairs
 
 
-def run_case(case: dict) -> dict:
-    """One configuration: builds it, counts the FLOPs of a step, warms up, times ``steps`` steps."""
+def run_dpo_case(case: dict) -> dict:
+    """One DPO configuration: builds it, counts the FLOPs of a step, warms up, times ``steps`` steps."""
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     root = Path(case["root"])
@@ -174,6 +187,60 @@ def ours(cfg: DPOConfig, parts: Parts, pairs: list[PreferencePair], device: torc
     return Trainer(unet, reference, batch, loss, step)
 
 
+class Brightness(Scorer):
+    """Mean pixel value in [0, 1]: a cheap deterministic scorer for random-weight images.
+
+    Candidates drawn from the same x_t decode to different pixels, so their scores differ and at
+    threshold 0 every pool keeps its pair (the shapes oracle mostly ties on such images, and a tied
+    pool keeps no pair at any threshold).
+    """
+
+    name = "brightness"
+    version = "1"
+
+    def score(
+        self, images: Sequence[Image.Image], prompts: Sequence[str], timesteps: Sequence[int] | None = None
+    ) -> np.ndarray:
+        self._check_lengths(images, prompts, timesteps)
+        return np.array([np.asarray(image, dtype=np.float64).mean() / 255 for image in images])
+
+
+def run_spo_case(case: dict) -> dict:
+    """One SPO configuration through `training.spo.main`: ``1 + steps`` steps, figures from metrics.jsonl."""
+    cuda = torch.cuda.is_available()
+    root = Path(case["root"]) / case["name"]
+    pipeline = root / "pipeline"
+    save_pipeline(pipeline, "sd15", case["tiny"], torch.device("cuda" if cuda else "cpu"))
+    unet = json.loads((pipeline / "unet" / "config.json").read_text())
+    vae = json.loads((pipeline / "vae" / "config.json").read_text())
+    cfg = SPOConfig(
+        pretrained_model=str(pipeline),
+        output_dir=root / "run",
+        prompts=SPO_PROMPTS,
+        resolution=unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1),
+        mixed_precision=case["precision"],
+        threshold=0.0,
+        max_steps=1 + case["steps"],
+        **case["workload"],
+    )
+    spo.main(cfg, Brightness())
+    first, *timed = Run.open(cfg.output_dir).metrics()
+    pairs = sum(m["pairs"] for m in timed)
+    sample_s, train_s = (sum(m[name] for m in timed) for name in ("sample_s", "train_s"))
+    return {
+        **case,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "resolution": cfg.resolution,
+        "pairs_per_s": float(f"{pairs / (sample_s + train_s):.4g}"),
+        "pairs_per_step": pairs / len(timed),
+        "pools_per_step": sum(m["pools"] for m in timed) / len(timed),
+        "sample_s_per_step": float(f"{sample_s / len(timed):.4g}"),
+        "train_s_per_step": float(f"{train_s / len(timed):.4g}"),
+        "first_step_s": round(first["sample_s"] + first["train_s"], 2),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+    }
+
+
 def in_fresh_process(case: dict) -> dict:
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(Path(case["root"]) / f"inductor-{case['name']}")}
     result = subprocess.run(
@@ -191,8 +258,8 @@ def in_fresh_process(case: dict) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def cases(args: argparse.Namespace) -> list[dict]:
-    """Every case of the benchmark; names say family, recipe and configuration."""
+def cases(args: argparse.Namespace, cuda: bool) -> list[dict]:
+    """Every case of the benchmark; names say family, recipe and configuration, ``group`` the first two."""
     sd_batch = 2 if args.tiny else args.sd15_batch
     xl_batch = 2 if args.tiny else args.sdxl_batch
     base = {
@@ -200,11 +267,12 @@ def cases(args: argparse.Namespace) -> list[dict]:
         "steps": args.steps,
         "warmup": args.warmup,
         "pairs": 2 * max(sd_batch, xl_batch),
+        "recipe": "dpo",
     }
     base |= {"peak_tflops": args.peak_tflops, "attention": "sdpa", "compile": False, "checkpointing": False}
     out = []
-    for mode in ("lora", "full") if "sd15" in args.families else ():
-        sd = {**base, "family": "sd15", "mode": mode, "batch": sd_batch}
+    for mode in ("lora", "full") if "sd15" in args.families and "dpo" in args.recipes else ():
+        sd = {**base, "family": "sd15", "group": f"sd15-{mode}", "mode": mode, "batch": sd_batch}
         out += [
             {**sd, "name": f"sd15-{mode}-straightforward", "variant": "straightforward", "precision": "no"},
             {**sd, "name": f"sd15-{mode}-ours-bf16", "variant": "ours", "precision": "bf16"},
@@ -215,8 +283,8 @@ def cases(args: argparse.Namespace) -> list[dict]:
         if args.compile:
             out.append({**sd, "name": f"sd15-{mode}-ours-bf16-compiled", "variant": "ours", "precision": "bf16",
                         "compile": True})  # fmt: skip
-    if "sdxl" in args.families:
-        xl = {**base, "family": "sdxl", "mode": "lora", "batch": xl_batch}
+    if "sdxl" in args.families and "dpo" in args.recipes:
+        xl = {**base, "family": "sdxl", "group": "sdxl-lora", "mode": "lora", "batch": xl_batch}
         out += [
             {**xl, "name": "sdxl-lora-straightforward", "variant": "straightforward", "precision": "no"},
             {**xl, "name": "sdxl-lora-ours-bf16", "variant": "ours", "precision": "bf16"},
@@ -226,6 +294,13 @@ def cases(args: argparse.Namespace) -> list[dict]:
         if args.compile:
             out.append({**xl, "name": "sdxl-lora-ours-bf16-compiled", "variant": "ours", "precision": "bf16",
                         "compile": True})  # fmt: skip
+    if "sd15" in args.families and "spo" in args.recipes:
+        sp = {"tiny": args.tiny, "recipe": "spo", "family": "sd15", "group": "sd15-spo"}
+        sp |= {"steps": 1 if args.tiny else args.spo_steps, "workload": TINY_SPO if args.tiny else {}}
+        out += [
+            {**sp, "name": "sd15-spo-straightforward", "variant": "straightforward", "precision": "no"},
+            {**sp, "name": "sd15-spo-ours", "variant": "ours", "precision": "bf16" if cuda else "no"},
+        ]
     return out
 
 
@@ -239,6 +314,9 @@ def main() -> None:
     parser.add_argument(
         "--warmup", type=int, default=3, help="Untimed steps first (compilation happens here)."
     )
+    parser.add_argument(
+        "--spo-steps", type=int, default=3, help="Timed SPO steps after an untimed one (1 with --tiny)."
+    )
     parser.add_argument("--sd15-batch", type=int, default=16, help="Pairs per step at 512 px.")
     parser.add_argument("--sdxl-batch", type=int, default=4, help="Pairs per step at 1024 px.")
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
@@ -251,30 +329,40 @@ def main() -> None:
         help="Which shapes to run (one family per command keeps a run under 10 minutes on one GPU).",
     )
     parser.add_argument(
+        "--recipes",
+        nargs="+",
+        default=["dpo", "spo"],
+        choices=["dpo", "spo"],
+        help="Which recipes to run (SPO: SD1.5 only).",
+    )
+    parser.add_argument(
         "--in-process",
         action="store_true",
-        help="Run the cases in this process (quick check; accelerate then allows one mixed precision, "
-        "so only without fp16 cases, as on the CPU).",
+        help="Run the DPO cases in this process (quick check; accelerate then allows one mixed precision, "
+        "so only without fp16 cases, as on the CPU). SPO cases still run in a fresh process each: "
+        "spo.main makes its own Accelerator, and their precisions differ from the DPO cases'.",
     )
     parser.add_argument("--out", type=Path, help="Write the figures as JSON here too.")
     args = parser.parse_args()
     if args.case:
-        print(json.dumps(run_case(json.loads(args.case))))
+        case = json.loads(args.case)
+        print(json.dumps((run_spo_case if case["recipe"] == "spo" else run_dpo_case)(case)))
         return
     cuda = torch.cuda.is_available()
     if not args.tiny and not cuda:
         sys.exit("no CUDA device: run with --tiny for the CPU check, or on a GPU machine")
     with tempfile.TemporaryDirectory() as tmp:
         results = []
-        for case in cases(args):
+        for case in cases(args, cuda):
             if case["precision"] == "fp16" and not cuda:
                 continue  # accelerate autocasts fp16 on CUDA only
             case["root"] = tmp
-            results.append(run_case(case) if args.in_process else in_fresh_process(case))
+            in_process = args.in_process and case["recipe"] == "dpo"
+            results.append(run_dpo_case(case) if in_process else in_fresh_process(case))
             print(json.dumps(results[-1]), flush=True)
     by_name = {r["name"]: r for r in results}
     for r in results:
-        straight = by_name.get(f"{r['family']}-{r['mode']}-straightforward")
+        straight = by_name.get(f"{r['group']}-straightforward")
         if straight and "pairs_per_s" in straight and "pairs_per_s" in r:
             r["vs_straightforward"] = round(r["pairs_per_s"] / straight["pairs_per_s"], 2)
     figures = {"tiny": args.tiny, "cases": results}

@@ -1,4 +1,4 @@
-"""The GPU training benchmark runs end to end on tiny shapes, on the CPU when there is no GPU."""
+"""The GPU training benchmark (DPO and SPO) runs end to end on tiny shapes, on the CPU when there is no GPU."""
 
 from __future__ import annotations
 
@@ -26,10 +26,21 @@ def test_training_gpu_benchmark_runs_every_case_on_tiny_shapes(tmp_path):
         "sdxl-lora-ours-bf16",
     }
     expected |= {"sdxl-lora-ours-bf16-checkpointing", "sd15-full-ours-bf16-classic-attention"}
+    expected |= {"sd15-spo-straightforward", "sd15-spo-ours"}
     assert expected <= cases.keys()
     for name, case in cases.items():
-        assert case["pairs_per_s"] > 0 and case["model_gflop_per_step"] > 0, name
-        assert 0 < case["mfu"] < 1 and case["achieved_tflops"] > 0, name
+        if case["recipe"] == "dpo":
+            assert case["pairs_per_s"] > 0 and case["model_gflop_per_step"] > 0, name
+            assert 0 < case["mfu"] < 1 and case["achieved_tflops"] > 0, name
+    for variant in ("straightforward", "ours"):
+        # One timed step of 2 chains, 4 DDIM steps after 1 warm-up: 3 pools per chain, each kept at threshold 0.
+        spo = cases[f"sd15-spo-{variant}"]
+        assert spo["pairs_per_step"] == spo["pools_per_step"] == 6, variant
+        assert spo["pairs_per_s"] > 0 and spo["first_step_s"] > 0, variant
+        assert spo["sample_s_per_step"] > 0 and spo["train_s_per_step"] > 0, variant
+        assert (spo["peak_memory_gib"] is None) == (spo["device"] == "cpu"), variant
+    spo, straight = cases["sd15-spo-ours"], cases["sd15-spo-straightforward"]
+    assert spo["vs_straightforward"] == round(spo["pairs_per_s"] / straight["pairs_per_s"], 2)
     for family, mode in (("sd15", "lora"), ("sd15", "full"), ("sdxl", "lora")):
         # The same UNet work in both configurations: one call of 2B (plus the reference) or four of B.
         straight = cases[f"{family}-{mode}-straightforward"]
