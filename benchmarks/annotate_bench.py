@@ -5,8 +5,8 @@
 Builds a store in a temporary folder: shapes-world images (shared among pairs), 100,000 pairs
 bulk-inserted with SQL (one in 50 gold), and judgments by 50 people on a third of them. Then:
 
-- queue: ``next_pair``, ``record_answer`` and ``next_pairs`` (a browser's batch of 5, leased)
-  latency through the library (one process);
+- queue: ``next_pairs`` (one pair, and a browser's batch of 5, leased) and ``record_answers``
+  (one answer through the inbox) latency through the library (one process);
 - browser: ``workbench app`` serves the store and chromium (playwright) judges on the Annotate
   page's widget. First one session presses 1-4 ``--presses`` times with no pause (the next press
   as soon as a pair is on screen), then ``--sessions`` sessions annotate at once for
@@ -48,7 +48,8 @@ from tiny_clip import build_tiny_clip_model, build_tiny_clip_processor  # noqa: 
 
 from datastore.store import Store  # noqa: E402
 from labeling.ai_feedback import label_with_scorer  # noqa: E402
-from labeling.queue import QueueConfig, human_annotator, next_pair, next_pairs, record_answer  # noqa: E402
+from labeling.answers import Answer, now, record_answers  # noqa: E402
+from labeling.queue import QueueConfig, human_annotator, next_pairs  # noqa: E402
 from reward_models.clip import ClipScorer  # noqa: E402
 from reward_models.shapes import ShapesOracle, all_captions, render  # noqa: E402
 
@@ -108,22 +109,27 @@ def fill(store: Store, n_pairs: int, n_images: int, n_judged: int) -> dict:
 
 
 def bench_queue(store: Store, answers: int) -> dict:
-    """Library latencies: one pair read, one answer through the inbox, a browser's batch of 5 leased."""
+    """Library latencies: one pair leased, one answer through the inbox, a browser's batch of 5 leased."""
     annotator = human_annotator(store, "bench queue")
     config = QueueConfig()
     fetch, write, batch = [], [], []
     for _ in range(answers):
         start = time.perf_counter()
-        item, _ = next_pair(store, annotator, config=config)
+        [item], _ = next_pairs(store, annotator, 1, config=config)
         fetch.append(time.perf_counter() - start)
+        answer = Answer(None, item.pair_id, "left", item.left_image, item.gold_outcome is not None, item.shown_at, now())
         start = time.perf_counter()
-        record_answer(store, item, annotator, "left")
+        record_answers(store, annotator, [answer])
         write.append(time.perf_counter() - start)
     for _ in range(answers // 5):
         start = time.perf_counter()
         next_pairs(store, annotator, 5, config=config)
         batch.append(time.perf_counter() - start)
-    return {"next_pair": _percentiles(fetch), "record_answer": _percentiles(write), "next_pairs_5": _percentiles(batch)}
+    return {
+        "next_pairs_1": _percentiles(fetch),
+        "record_answers_1": _percentiles(write),
+        "next_pairs_5": _percentiles(batch),
+    }
 
 
 def _free_port() -> int:

@@ -4,6 +4,3 @@
 class LabelingError(Exception):
     """Base class of every error the labeling package raises."""
 
-
-class AlreadyJudgedError(LabelingError):
-    """An annotator answered a pair they had already judged (e.g. a double click)."""

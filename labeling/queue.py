@@ -1,6 +1,6 @@
 """The annotation queue: which pair a person judges next, leased to their browser.
 
-Policy, applied by one SQL statement per next pair (:func:`next_pair`):
+Policy, applied by one SQL statement per request for pairs (:func:`next_pairs`):
 
 - a pair is never offered twice to one annotator;
 - a pair leaves the queue once ``overlap`` people judged it, and pairs with the fewest
@@ -11,11 +11,11 @@ Policy, applied by one SQL statement per next pair (:func:`next_pair`):
   are offered to every annotator whatever their overlap, since they measure each person.
 
 Human judgments of every source count towards the overlap (the app, Label Studio, imports);
-AI judgments do not. :func:`next_pairs` hands a browser several pairs at once and leases them to
+AI judgments do not. :func:`next_pairs` hands a browser one or several pairs at once and leases them to
 that annotator for ``lease_s``: an unexpired lease counts towards the overlap like a judgment, so
 two people working at once are not handed the same last pairs beyond it.
 
-An answer to a shown pair becomes a judgment through :mod:`labeling.answers` (:func:`record_answer`).
+An answer to a shown pair becomes a judgment through :mod:`labeling.answers` (:func:`record_answers`).
 """
 
 from __future__ import annotations
@@ -30,12 +30,11 @@ from typing import Literal
 
 import duckdb
 
-from datastore.errors import DuplicateJudgmentError
 from datastore.records import PAIR_KINDS, ensure_annotator
 from datastore.sql import first_row, scalar
 from datastore.store import Store
-from labeling.answers import Answer, Side, now, outcome
-from labeling.errors import AlreadyJudgedError, LabelingError
+from labeling.answers import Side, now, outcome
+from labeling.errors import LabelingError
 
 CONFIG_FILE = "labeling.toml"
 """Optional file in the workbench home holding :class:`QueueConfig`'s fields as top-level keys."""
@@ -185,7 +184,7 @@ def human_annotator(store: Store, name: str) -> int:
         return ensure_annotator(con, name, kind="human")
 
 
-# Candidates for one annotator; shared by next_pair(s) and progress. Parameters: $annotator,
+# Candidates for one annotator; shared by next_pairs and progress. Parameters: $annotator,
 # $kinds, $overlap, $now. A lease of another annotator who has not answered yet counts as a judgment.
 _OPEN = """
     counts AS (
@@ -233,30 +232,6 @@ SELECT stats.remaining, stats.done, shown.* FROM stats LEFT JOIN shown ON true
 """
 
 
-def next_pair(
-    store: Store,
-    annotator_id: int,
-    *,
-    kinds: tuple[str, ...] = ("final",),
-    config: QueueConfig | None = None,
-    exclude: tuple[int, ...] = (),
-) -> tuple[QueueItem | None, Progress]:
-    """The pair to show an annotator next, and their progress; one read, one statement, no lease.
-
-    Args:
-        annotator_id: the annotator (see :func:`human_annotator`).
-        kinds: pair kinds to draw from: ``final``, ``step`` or both.
-        config: the queue policy; defaults to ``QueueConfig()``.
-        exclude: pair ids not to offer now (e.g. those skipped in this session).
-
-    Returns:
-        The item (None when nothing is left for this annotator) and the progress.
-    """
-    with store.read() as con:
-        items, progress_now = _next(con, annotator_id, kinds, config or QueueConfig(), exclude, 1)
-    return (items[0] if items else None), progress_now
-
-
 def next_pairs(
     store: Store,
     annotator_id: int,
@@ -270,7 +245,7 @@ def next_pairs(
     """Up to ``n`` pairs for an annotator's browser, leased to them for ``config.lease_s``.
 
     One write: expired leases go, and so do the annotator's leases of ``exclude``; the pairs are
-    drawn as :func:`next_pair` would draw them one after the other (gold draws included), and
+    drawn as requests for one pair would draw them one after the other (gold draws included), and
     their leases and those of ``held`` are renewed.
 
     Args:
@@ -344,37 +319,6 @@ def progress(
     with store.read() as con:
         done, remaining = first_row(con, f"WITH {_OPEN} SELECT done, remaining FROM stats", params)
     return Progress(done=done, remaining=remaining)
-
-
-def record_answer(
-    store: Store, item: QueueItem, annotator_id: int, side: Side, *, answered_at: datetime | None = None
-) -> None:
-    """Record an annotator's answer to a shown pair as a judgment (source ``app``).
-
-    The judgment goes through the store's inbox: it is on disk when this returns (a few ms, no
-    DuckDB open) and every read of the store from then on sees it.
-
-    Args:
-        item: the pair as shown (its ``left_image`` turns the side into an outcome).
-        side: the button pressed: ``left``, ``right``, ``tie`` or ``both_bad``.
-        answered_at: when the answer was given; now by default.
-
-    Raises:
-        AlreadyJudgedError: the annotator already answered this pair; nothing is written.
-    """
-    answer = Answer(
-        key=None,
-        pair_id=item.pair_id,
-        side=side,
-        left_image=item.left_image,
-        is_gold=item.gold_outcome is not None,
-        shown_at=item.shown_at,
-        answered_at=answered_at or now(),
-    )
-    try:
-        store.record_judgment(answer.judgment(annotator_id))
-    except DuplicateJudgmentError as e:
-        raise AlreadyJudgedError(str(e)) from e
 
 
 def completion_previews(store: Store, image_ids: Sequence[str]) -> dict[str, tuple[str, str]]:

@@ -11,20 +11,32 @@ from labeling_data import add_shapes_pairs
 
 from datastore.records import NewJudgment, ensure_annotator, insert_judgments, insert_previews
 from datastore.store import Store
-from labeling.answers import Answer, now, record_answers, withdraw_answer
-from labeling.errors import AlreadyJudgedError, LabelingError
+from labeling.answers import Answer, now, outcome, record_answers, withdraw_answer
+from labeling.errors import LabelingError
 from labeling.queue import (
     Progress,
     QueueConfig,
+    QueueItem,
     completion_previews,
     gold_accuracy,
     human_annotator,
-    next_pair,
     next_pairs,
     progress,
-    record_answer,
     step_pairs_have_previews,
 )
+
+
+def next_pair(store: Store, annotator_id: int, **options) -> tuple[QueueItem | None, Progress]:
+    """The next pair as a browser asking for one pair gets it, and the progress."""
+    items, progress_now = next_pairs(store, annotator_id, 1, **options)
+    return (items[0] if items else None), progress_now
+
+
+def record_answer(store: Store, item: QueueItem, annotator_id: int, side: str) -> list[str]:
+    """A key press on the shown pair, recorded as the browser records it; the statuses."""
+    at = now()
+    answer = Answer(None, item.pair_id, side, item.left_image, item.gold_outcome is not None, item.shown_at, at)
+    return record_answers(store, annotator_id, [answer])
 
 
 def _answer_all(store: Store, annotator_id: int, config: QueueConfig, kinds=("final",), side="left") -> list[int]:
@@ -152,9 +164,10 @@ def test_an_answer_twice_is_refused_and_skips_are_excluded(store: Store) -> None
     add_shapes_pairs(store, 3)
     ann = human_annotator(store, "ann")
     item, _ = next_pair(store, ann)
-    record_answer(store, item, ann, "left")
-    with pytest.raises(AlreadyJudgedError, match=f"pair {item.pair_id}"):
-        record_answer(store, item, ann, "right")
+    assert record_answer(store, item, ann, "left") == ["saved"]
+    assert record_answer(store, item, ann, "right") == ["already_judged"]
+    with store.read() as con:
+        assert con.execute("SELECT outcome FROM judgments").fetchall() == [(outcome("left", item.left_image),)]
     skipped, _ = next_pair(store, ann)
     after, progress_now = next_pair(store, ann, exclude=(skipped.pair_id,))
     assert after.pair_id not in (item.pair_id, skipped.pair_id)
@@ -205,13 +218,13 @@ def _answer(item, side="left", key=None) -> Answer:
     return Answer(key, item.pair_id, side, item.left_image, item.gold_outcome is not None, at, at)
 
 
-def test_next_pairs_draws_as_next_pair_would_one_after_the_other(store: Store) -> None:
+def test_next_pairs_draws_as_requests_for_one_pair_would_one_after_the_other(store: Store) -> None:
     add_shapes_pairs(store, 12, gold_every=3)
     ann = human_annotator(store, "ann")
     config = QueueConfig(gold_rate=0.3, seed=4)
     batch, progress_now = next_pairs(store, ann, 6, config=config)
     assert progress_now == Progress(done=0, remaining=12) and len(batch) == 6
-    # The same pairs, sides and order as answering next_pair's pair each time (gold draws included).
+    # The same pairs, sides and order as answering one requested pair at a time (gold draws included).
     other = human_annotator(store, "ann2")
     for i in range(6):
         item, _ = next_pair(store, ann, config=config, exclude=tuple(b.pair_id for b in batch[:i]))
