@@ -307,6 +307,8 @@ def test_cli_save_list_build_and_agreement(tmp_path: Path) -> None:
         "--no-ties",
         "--min-gold-accuracy",
         "0.5",
+        "--step-judgments",
+        "completion",
     )
     bad = runner.invoke(app, ["--home", str(home), "curation", "save", "people"])
     assert bad.exit_code == 1 and "exists" in bad.output
@@ -314,6 +316,7 @@ def test_cli_save_list_build_and_agreement(tmp_path: Path) -> None:
     assert bad.exit_code == 1 and "min_agreement must be within [0, 1]" in bad.output
     listed = run("list")
     assert "people" in listed and "dawid_skene" in listed and "min_gold_accuracy=0.5" in listed
+    assert load_curation(store, "people").filters.step_judgments == "completion"
 
     built = run("build", "people")
     version = build_curation(store, "people")

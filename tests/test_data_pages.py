@@ -10,7 +10,9 @@ from labeling_data import add_shapes_pairs
 from streamlit.testing.v1 import AppTest
 from test_curation import judge, near_duplicate_pair
 
+from datastore.datasets import DatasetFilters
 from datastore.store import Store
+from labeling.curation import load_curation
 
 UI = Path(__file__).resolve().parents[1] / "workbench" / "ui"
 
@@ -137,3 +139,15 @@ def test_export_page_saves_builds_and_writes(home: Path, tmp_path: Path) -> None
     at.button(key="export_prepare").click().run()
     assert not at.exception
     assert at.session_state["export_download"][2] == f"{manifest['id']}-hf.zip"
+
+
+def test_export_page_saves_which_step_judgments_count(home: Path) -> None:
+    store = Store.open(home)
+    fill(store)
+    at = AppTest.from_file(str(UI / "export.py"), default_timeout=60).run()
+    at.text_input(key="new_name").input("previewed")
+    at.radio(key="new_step_judgments").set_value("completion")
+    next(b for b in at.button if b.label == "Save curation").click().run()
+    assert not at.exception
+    assert load_curation(store, "previewed").filters.step_judgments == "completion"
+    assert load_curation(store, "previewed").filters == DatasetFilters(step_judgments="completion")

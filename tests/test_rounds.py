@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import typer
 from diffusers import StableDiffusionPipeline
 from tiny_clip import build_tiny_clip
 from typer.testing import CliRunner
@@ -18,6 +19,7 @@ from workbench.cli import app
 from workbench.generation import generate_pairs
 from workbench.generation_config import GenerationConfig
 from workbench.pipelines import load_pipeline
+from workbench.rounds.collect import round_curation
 from workbench.rounds.config import RoundConfig, RoundCuration
 from workbench.rounds.driver import ensure_base_model, resume_round, run_round
 from workbench.rounds.errors import RoundError, RoundWaiting
@@ -375,3 +377,12 @@ def test_a_repeated_demo_draws_new_candidates(tmp_path: Path) -> None:
     assert "1 rounds, seed 0" in outputs[0].output and "1 rounds, seed 1" in outputs[1].output
     seeds = [r.results["generation"]["seed"] for r in list_rounds(Store.open(tmp_path / "home"))]
     assert seeds == [1, 2]  # base seed + depth 1 from the base model
+
+
+def test_a_round_can_count_only_step_judgments_made_on_completion_previews(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "home")
+    config = RoundConfig.from_dict({**TINY, "curation": {"step_judgments": "completion"}})
+    assert round_curation(config, 1, store).filters.step_judgments == "completion"
+    assert round_curation(RoundConfig.from_dict(TINY), 1, store).filters.step_judgments == "all"
+    run_command = typer.main.get_command(app).commands["round"].commands["run"]
+    assert "--step-judgments" in {flag for param in run_command.params for flag in param.opts}

@@ -34,6 +34,7 @@ def _filters(
     min_agreement: float = 0.0,
     ties: bool = True,
     gold: bool = True,
+    step_judgments: str = "all",
 ) -> DatasetFilters:
     return DatasetFilters(
         kinds=tuple(kinds),
@@ -45,6 +46,7 @@ def _filters(
         min_agreement=min_agreement,
         include_ties=ties,
         include_gold=gold,
+        step_judgments=step_judgments,
     )
 
 
@@ -58,6 +60,9 @@ MARGIN = typer.Option(
 )
 BOTH_BAD = typer.Option(
     True, "--both-bad/--no-both-bad", help="Count both-bad judgments (they count against agreement)."
+)
+STEP_JUDGMENTS = typer.Option(
+    "all", "--step-judgments", help="Step judgments to count: all, or only those made on completion previews."
 )
 
 
@@ -77,6 +82,7 @@ def save(
     min_agreement: float = typer.Option(0.0, help="Leave out pairs with lower agreement with the consensus."),
     ties: bool = typer.Option(True, "--ties/--no-ties", help="Keep pairs whose consensus is a tie."),
     gold: bool = typer.Option(True, "--gold/--no-gold", help="Keep gold pairs."),
+    step_judgments: Literal["all", "completion"] = STEP_JUDGMENTS,
     min_gold_accuracy: float = typer.Option(0.0, help="Leave out annotators whose gold accuracy is lower."),
     near_duplicates: int | None = typer.Option(
         None,
@@ -88,7 +94,16 @@ def save(
     """Save a curation: a consensus method and filters, built into a dataset version by `build`."""
     with user_errors():
         filters = _filters(
-            kinds, sources, annotators, min_ai_margin, both_bad, min_judgments, min_agreement, ties, gold
+            kinds,
+            sources,
+            annotators,
+            min_ai_margin,
+            both_bad,
+            min_judgments,
+            min_agreement,
+            ties,
+            gold,
+            step_judgments,
         )
         curation = Curation(name, method, filters, min_gold_accuracy, near_duplicates)
         save_curation(open_store(ctx), curation, replace=replace)

@@ -17,6 +17,7 @@ from datastore.formats import export_dataset, import_pickapic
 from datastore.records import store_stats
 from datastore.store import Store, StoreConfig
 from workbench.cli.common import console, open_store, print_json, print_table, user_errors
+from workbench.cli.curation import STEP_JUDGMENTS
 
 import_app = typer.Typer(no_args_is_help=True, help="Import preference data into the store.")
 dataset_app = typer.Typer(no_args_is_help=True, help="Build and list dataset versions.")
@@ -90,9 +91,7 @@ def dataset_create(
     min_judgments: int = typer.Option(1, help="Leave out pairs with fewer judgments."),
     min_agreement: float = typer.Option(0.0, help="Leave out pairs with lower agreement with the consensus."),
     ties: bool = typer.Option(True, "--ties/--no-ties", help="Keep pairs whose consensus is a tie."),
-    step_judgments: Literal["all", "completion"] = typer.Option(
-        "all", "--step-judgments", help="Step judgments to count: all, or only those made on completion previews."
-    ),
+    step_judgments: Literal["all", "completion"] = STEP_JUDGMENTS,
 ) -> None:
     """Snapshot judged pairs with consensus labels as an immutable dataset version."""
     with user_errors():

@@ -127,6 +127,7 @@ def round_curation(config: RoundConfig, round_id: int, store: Store) -> Curation
         annotator_kinds=ANNOTATOR_KINDS[config.feedback],
         min_agreement=settings.min_agreement,
         include_ties=settings.include_ties,
+        step_judgments=settings.step_judgments,
     )
     return Curation(name=f"round-{round_id}", method=settings.method, filters=filters)
 

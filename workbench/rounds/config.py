@@ -74,10 +74,13 @@ class RoundCuration(TypedConfig):
         0.0, ge=0.0, le=1.0, help="Leave out pairs whose judgments agree less than this."
     )
     include_ties: bool = option(False, help="Keep pairs whose consensus is a tie.")
+    step_judgments: Literal["all", "completion"] = option(
+        "all", help="Step judgments that count: all, or only those people made on completion previews."
+    )
     saved: str | None = option(
         None,
         help="A saved curation (`workbench curation save`) to use instead of the feedback, min_agreement, "
-        "include_ties and consensus settings; restricted to the round's pairs either way.",
+        "include_ties, step_judgments and consensus settings; restricted to the round's pairs either way.",
     )
 
 

@@ -19,6 +19,7 @@ from labeling.curation import (
 from workbench.ui.state import ANNOTATOR_CHOICES, require_admin, store
 
 NEW = "New curation..."
+STEP_JUDGMENT_CHOICES = {"all": "all of them", "completion": "only those made on completion previews"}
 FORMATS = {"pickapic": "Pick-a-Pic Parquet", "jsonl": "JSONL + images", "hf": "Hugging Face datasets folder"}
 
 require_admin()
@@ -35,6 +36,13 @@ if choice == NEW:
         kinds = st.multiselect("Pair kinds", ["final", "step"], default=["final", "step"], key="new_kinds")
         annotators = st.selectbox("Annotators", list(ANNOTATOR_CHOICES), key="new_annotators")
         sources = st.multiselect("Sources (none = all)", list(SOURCES), key="new_sources")
+        step_judgments = st.radio(
+            "Step pairs: judgments that count",
+            list(STEP_JUDGMENT_CHOICES),
+            format_func=STEP_JUDGMENT_CHOICES.get,
+            horizontal=True,
+            key="new_step_judgments",
+        )
         c1, c2, c3 = st.columns(3)
         min_judgments = c1.number_input("Min judgments", min_value=1, value=1, key="new_min_judgments")
         min_agreement = c2.number_input("Min agreement", 0.0, 1.0, 0.0, step=0.05, key="new_min_agreement")
@@ -56,6 +64,7 @@ if choice == NEW:
                     min_agreement=min_agreement,
                     include_ties=ties,
                     include_gold=gold,
+                    step_judgments=step_judgments,
                 )
                 curation = Curation(name, method, filters, min_gold, None if dedup < 0 else int(dedup))
                 save_curation(store(), curation)
