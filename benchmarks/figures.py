@@ -1,9 +1,17 @@
-"""How every benchmark hands over its figures: printed, and written as a file when asked."""
+"""How benchmarks hand over figures: printed and written as a file, and from a configuration that
+runs in a fresh process (so that its peak memory, compile cache and thread count are its own)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+
+class FreshProcessError(RuntimeError):
+    """A configuration run in a fresh process failed; the message ends with its stderr's tail."""
 
 
 def publish(figures: dict | str, out: Path | None) -> None:
@@ -14,3 +22,23 @@ def publish(figures: dict | str, out: Path | None) -> None:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text if text.endswith("\n") else text + "\n")
+
+
+def run_fresh(script: str, flag: str, spec: dict, what: str, **env: str) -> dict:
+    """Runs ``python script flag JSON(spec)`` in a new process, with ``env`` added to the
+    environment, and returns the JSON object its last line of output is.
+
+    Raises:
+        FreshProcessError: the process failed; the message names ``what`` and ends with the last
+            4,000 characters of its stderr.
+    """
+    result = subprocess.run(
+        [sys.executable, script, flag, json.dumps(spec)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode:
+        raise FreshProcessError(f"{what} failed:\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,7 +53,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 from accelerate import Accelerator  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor  # noqa: E402
-from figures import publish  # noqa: E402
+from figures import FreshProcessError, publish, run_fresh  # noqa: E402
 from PIL import Image  # noqa: E402
 from sd_shapes import build_parts, save_pipeline  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -242,20 +240,15 @@ def run_spo_case(case: dict) -> dict:
 
 
 def in_fresh_process(case: dict) -> dict:
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(Path(case["root"]) / f"inductor-{case['name']}")}
-    result = subprocess.run(
-        [sys.executable, __file__, "--case", json.dumps(case)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode:
-        error = result.stderr[-3000:]
-        if "OutOfMemoryError" in error or "out of memory" in error:
+    """Runs one case in a new process with its own inductor cache; a case that runs out of GPU
+    memory is reported as such."""
+    inductor = str(Path(case["root"]) / f"inductor-{case['name']}")
+    try:
+        return run_fresh(__file__, "--case", case, f"case {case['name']}", TORCHINDUCTOR_CACHE_DIR=inductor)
+    except FreshProcessError as e:
+        if "OutOfMemoryError" in str(e) or "out of memory" in str(e):
             return {**case, "out_of_memory": True}
-        raise RuntimeError(f"case {case['name']} failed:\n{error}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+        raise
 
 
 def cases(args: argparse.Namespace, cuda: bool) -> list[dict]:

@@ -31,9 +31,7 @@ import argparse
 import contextlib
 import copy
 import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +44,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from figures import publish  # noqa: E402
+from figures import publish, run_fresh  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
@@ -279,21 +277,14 @@ def measured(job: dict, start: tuple[float, float], clock: StepClock, pairs: lis
 
 def in_fresh_process(job: dict) -> dict:
     """Runs `run_one` in a new Python process with one thread and its own inductor cache."""
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": str(job["threads"]),
-        "TORCHINDUCTOR_CACHE_DIR": str(Path(job["out"]).parent / f"inductor-{Path(job['out']).name}"),
-    }
-    result = subprocess.run(
-        [sys.executable, __file__, "--job", json.dumps(job)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
+    return run_fresh(
+        __file__,
+        "--job",
+        job,
+        f"{job['recipe']} {job['variant']}",
+        OMP_NUM_THREADS=str(job["threads"]),
+        TORCHINDUCTOR_CACHE_DIR=str(Path(job["out"]).parent / f"inductor-{Path(job['out']).name}"),
     )
-    if result.returncode:
-        raise RuntimeError(f"{job['recipe']} {job['variant']} failed:\n{result.stderr[-4000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 # --- comparing the configurations ----------------------------------------------------------------
