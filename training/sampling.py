@@ -21,9 +21,9 @@ floating-point differences between batch sizes and devices).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -80,7 +80,17 @@ def conditioning(features: Features, prompts: list[str], is_sdxl: bool, resoluti
 
 def vae_scale_factor(vae: AutoencoderKL) -> int:
     """How many pixels one latent spans per side: 2 per down block after the first (as diffusers' pipelines)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+    return _scale_factor(vae.config)
+
+
+def native_side(unet_config: Mapping[str, Any], vae_config: Mapping[str, Any]) -> int:
+    """Image side a model draws natively: the UNet's sample size times the VAE's factor, from their
+    configs (``model.config``, or a ``config.json`` read as a dict, so nothing is loaded)."""
+    return int(unet_config["sample_size"]) * _scale_factor(vae_config)
+
+
+def _scale_factor(vae_config: Mapping[str, Any]) -> int:
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
 
 
 def latent_shape(unet: UNet2DConditionModel, vae: AutoencoderKL, height: int, width: int) -> tuple[int, int, int]:

@@ -123,7 +123,9 @@ def _check_prompts(prompts: Sequence[str]) -> list[str]:
 
 def image_size(pipe: SDPipeline, cfg: GenerationConfig) -> tuple[int, int]:
     """(height, width): the config's, else the pipeline's native size (UNet sample size x VAE factor)."""
-    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    from training.sampling import native_side
+
+    native = native_side(pipe.unet.config, pipe.vae.config)
     height, width = cfg.height or native, cfg.width or native
     for name, value in (("height", height), ("width", width)):
         if value % pipe.vae_scale_factor:

@@ -96,8 +96,8 @@ def held_out_human_accuracy(
     from training.data import PreferencePair
     from training.features import Features
     from training.parts import load_parts
+    from training.sampling import native_side
     from workbench.pipelines import default_device
-    from workbench.rounds.train import native_resolution
 
     held_out = set(held_out_prompts(config))
     votes = majority_consensus(
@@ -130,7 +130,7 @@ def held_out_human_accuracy(
     ref_unet = (
         UNet2DConditionModel.from_pretrained(reference, subfolder="unet").to(device, torch.float32).eval()
     )
-    features = Features(parts, native_resolution(candidate), device)
+    features = Features(parts, native_side(parts.unet.config, parts.vae.config), device)
     accuracy, draws = implicit_accuracy(
         parts.unet, ref_unet, features, parts.noise_scheduler, pairs, seed=seed, repeats=repeats
     )

@@ -34,10 +34,10 @@ RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
 
 def native_resolution(model_path: str) -> int:
     """Image side the model draws natively (UNet sample size x VAE factor), read from its configs."""
+    from training.sampling import native_side
+
     root = Path(model_path)
-    unet = json.loads((root / "unet" / "config.json").read_text())
-    vae = json.loads((root / "vae" / "config.json").read_text())
-    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    return native_side(*(json.loads((root / part / "config.json").read_text()) for part in ("unet", "vae")))
 
 
 def _train(

@@ -55,7 +55,7 @@ from reward_models.shapes import (
 )
 from reward_models.spec import scorer_from_spec
 from training.losses import pairwise_preference_loss
-from training.sampling import vae_scale_factor
+from training.sampling import native_side
 from workbench.evaluation import sample_images
 from workbench.threads import torch_threads
 from workbench.toy import DEFAULT_GUIDANCE, DEFAULT_STEPS, TOY_MODEL_DIR
@@ -358,7 +358,7 @@ def _train(cfg: ToyScorerConfig, out_dir: Path, progress: bool) -> ToyScorerResu
         clock = now
 
     pipe = StableDiffusionPipeline.from_pretrained(str(TOY_MODEL_DIR))
-    image_size = pipe.unet.config.sample_size * vae_scale_factor(pipe.vae)
+    image_size = native_side(pipe.unet.config, pipe.vae.config)
     processor = build_processor(pipe.tokenizer, image_size)
     seeds = range(cfg.seed * cfg.candidates, (cfg.seed + 1) * cfg.candidates)
     candidates = None
