@@ -165,8 +165,7 @@ def train_spm(store: Store, args, results: Path) -> None:
         dataset=args.home / dataset if not dataset.is_absolute() else dataset,
         output_dir=run_dir,
         resolution=TOY_IMAGE_SIZE,
-        guidance_scale=DEFAULT_GUIDANCE,
-        **overrides(args.set),
+        **{"guidance_scale": DEFAULT_GUIDANCE, **overrides(args.set)},
     )
     start = time.process_time()
     final = spm.main(cfg)
@@ -249,9 +248,8 @@ def main() -> None:
             judge = {"scorer": f"spm:{spm_summary['final']}", "score_scale": 1.0}
         cfg = SPOConfig(
             prompts=tuple(train_captions()),
-            guidance_scale=DEFAULT_GUIDANCE,
             **common,
-            **{**judge, **overrides(args.set)},
+            **{"guidance_scale": DEFAULT_GUIDANCE, **judge, **overrides(args.set)},
         )
         recipe = spo.main
     start = time.process_time()

@@ -203,6 +203,43 @@ def test_completion_of_a_candidate_is_its_deterministic_chain(models) -> None:
     assert {image.size for image in decode(parts.vae, finished)} == {(side, side)}
 
 
+def test_judged_x0_guidance_changes_only_what_is_judged(models) -> None:
+    """``x0_guidance_scale`` gives each candidate's x0 at that scale, from the same UNet call; the chain is untouched."""
+    parts = load_parts(str(models[4]))
+    scheduler = DDIMScheduler.from_config(parts.noise_scheduler.config)
+    scheduler.set_timesteps(4)
+    side = resolution_of(models[4])
+    text = conditioning(Features(parts, side, torch.device("cpu")), PROMPTS, False, side)
+
+    def sample(x0_guidance_scale):
+        return denoise(
+            parts.unet,
+            scheduler,
+            text,
+            [torch.Generator().manual_seed(s) for s in (1, 2)],
+            shape=latent_shape(parts.unet, parts.vae, side, side),
+            guidance_scale=3.0,
+            eta=1.0,
+            pool_steps=(2,),
+            k=2,
+            x0_guidance_scale=x0_guidance_scale,
+        )
+
+    final, (pool,) = sample(None)
+    final_1, (pool_1,) = sample(1.0)
+    torch.testing.assert_close(final_1, final, rtol=0, atol=0)
+    torch.testing.assert_close(pool_1.candidates, pool.candidates, rtol=0, atol=0)
+    flat = pool.candidates.flatten(0, 1)
+    flat_text = text.select(torch.arange(2).repeat_interleave(2))
+    t = pool.timestep
+    for scale, judged in ((3.0, pool.pred_x0), (1.0, pool_1.pred_x0)):
+        output = predict_noise(parts.unet, scheduler, flat_text, flat, t, scale)
+        alpha = scheduler.alphas_cumprod[t]
+        x0 = (flat - (1 - alpha).sqrt() * output) / alpha.sqrt()  # epsilon prediction, by hand
+        torch.testing.assert_close(judged.flatten(0, 1), x0, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(pool_1.pred_x0, pool.pred_x0)
+
+
 def test_spo_on_the_toy_model_judges_32_px_images(tmp_path) -> None:
     scorer = SizeScorer()
     cfg = SPOConfig(

@@ -290,6 +290,12 @@ class SPOConfig(LoRAOptions, RecipeConfig):
         "for a step-aware scorer such as the SPM); completion = the finished image its deterministic (eta 0) "
         "completion reaches (any final-image scorer; costs the remaining denoising steps per candidate).",
     )
+    judge_guidance_scale: float | None = option(
+        None,
+        help="Guidance of the predicted x0 that step_judge x0 judges, taken from the same UNet call as the "
+        "chain's step (no extra cost); None: guidance_scale, as the paper. Match the SPM's guidance_scale.",
+        ge=1,
+    )
     threshold: float = option(
         0.3,
         help="Keep a pool's best-worst pair only when softmax(best, worst) differs by more than this (SDXL: 0.4).",

@@ -121,9 +121,20 @@ def guided_output(
     Returns:
         Shape (B, C, H, W).
     """
-    if guidance_scale == 1.0:
+    return guided_outputs(unet, sample, timesteps, text, (guidance_scale,))[0]
+
+
+def guided_outputs(
+    unet: torch.nn.Module, sample: Tensor, timesteps: Tensor, text: TextConditioning, scales: Sequence[float]
+) -> list[Tensor]:
+    """`guided_output` at several guidance scales from one UNet call (the empty and prompted outputs are shared).
+
+    Returns:
+        One (B, C, H, W) output per scale, in order.
+    """
+    if all(scale == 1.0 for scale in scales):
         added = None if text.pooled is None else {"text_embeds": text.pooled, "time_ids": text.time_ids}
-        return unet(sample, timesteps, text.hidden, added_cond_kwargs=added).sample
+        return [unet(sample, timesteps, text.hidden, added_cond_kwargs=added).sample] * len(scales)
     added = None
     if text.pooled is not None:
         added = {
@@ -137,7 +148,7 @@ def guided_output(
         added_cond_kwargs=added,
     ).sample
     empty, prompted = both.chunk(2)
-    return empty + guidance_scale * (prompted - empty)
+    return [empty + scale * (prompted - empty) for scale in scales]
 
 
 @torch.no_grad()
@@ -162,10 +173,23 @@ def predict_noise(
     Returns:
         The model output (noise, v or x0 per the scheduler's prediction type), (N, C, h, w).
     """
+    return predict_noises(unet, scheduler, text, latents, timestep, (guidance_scale,))[0]
+
+
+@torch.no_grad()
+def predict_noises(
+    unet: UNet2DConditionModel,
+    scheduler: DDIMScheduler,
+    text: TextConditioning,
+    latents: Tensor,
+    timestep: int,
+    scales: Sequence[float],
+) -> list[Tensor]:
+    """`predict_noise` at several guidance scales from one UNet call (`guided_outputs`)."""
     # The first weight's dtype: diffusers' ``unet.dtype`` walks every module, 7 ms a call on the toy UNet.
     model_input = scheduler.scale_model_input(latents, timestep).to(next(unet.parameters()).dtype)
     timesteps = torch.full((len(latents),), timestep, device=latents.device)
-    return guided_output(unet, model_input, timesteps, text, guidance_scale).float()
+    return [output.float() for output in guided_outputs(unet, model_input, timesteps, text, scales)]
 
 
 @dataclass(frozen=True)
@@ -220,6 +244,7 @@ def denoise(
     eta: float,
     pool_steps: Sequence[int] = (),
     k: int = 0,
+    x0_guidance_scale: float | None = None,
 ) -> tuple[Tensor, list[StepPool]]:
     """Runs B DDIM chains from fresh noise, branching into pools of k candidates at ``pool_steps``.
 
@@ -239,6 +264,8 @@ def denoise(
         eta: DDIM noise level; pools need eta > 0.
         pool_steps: Steps s in 1..n after which to draw a pool (see `StepPool`).
         k: Candidates per pool.
+        x0_guidance_scale: Guidance of the candidates' predicted x0 (what is judged), from the same
+            UNet call as the chain's own step; None: ``guidance_scale``.
 
     Returns:
         The final latents (B, C, h, w), float32, and the pools in step order.
@@ -248,6 +275,7 @@ def denoise(
     n = len(timesteps)
     if pool_steps and (eta <= 0 or k < 1):
         raise ValueError(f"pools need eta > 0 and k >= 1, got eta={eta}, k={k}")
+    x0_scale = guidance_scale if x0_guidance_scale is None else x0_guidance_scale
     latents = _normal(generators, shape, device) * scheduler.init_noise_sigma
     pools: list[StepPool] = []
     output: Tensor | None = None  # the model output at (latents, t) when already computed for a candidate
@@ -269,8 +297,10 @@ def denoise(
         if s < n:
             flat = candidates.flatten(0, 1)
             flat_text = text.select(torch.arange(batch, device=device).repeat_interleave(k))
-            flat_output = predict_noise(unet, scheduler, flat_text, flat, timesteps[s], guidance_scale)
-            flat_x0, _ = predict_x0(scheduler, flat_output, flat, torch.full((batch * k,), timesteps[s]))
+            flat_output, judged_output = predict_noises(
+                unet, scheduler, flat_text, flat, timesteps[s], (guidance_scale, x0_scale)
+            )
+            flat_x0, _ = predict_x0(scheduler, judged_output, flat, torch.full((batch * k,), timesteps[s]))
             pred_x0 = flat_x0.unflatten(0, (batch, k))
             output = flat_output.unflatten(0, (batch, k))[chosen]
         else:

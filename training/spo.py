@@ -222,6 +222,7 @@ def sample_pools(
         eta=cfg.eta,
         pool_steps=pool_steps(scheduler, cfg),
         k=cfg.num_candidates,
+        x0_guidance_scale=cfg.judge_guidance_scale,
     )
     return pools
 
