@@ -21,7 +21,7 @@ from workbench.generation_config import GenerationConfig
 from workbench.pipelines import load_pipeline
 from workbench.rounds.collect import round_curation
 from workbench.rounds.config import RoundConfig, RoundCuration
-from workbench.rounds.driver import ensure_base_model, resume_round, run_round
+from workbench.rounds.driver import ensure_base_model, launch_round, resume_round, run_round
 from workbench.rounds.errors import RoundError, RoundWaiting
 from workbench.rounds.evaluate import held_out_human_accuracy
 from workbench.rounds.reading import get_round, list_rounds
@@ -191,6 +191,21 @@ def test_a_human_round_waits_for_judgments_and_continues_without_regenerating(tm
     # Pair 1: a, a -> a; pairs 2 and 3: a, b -> ties, left out.
     assert done.results["dataset"]["n_pairs"] == 1
     assert resume_round(store, 1) == done  # a finished round is returned as it is
+
+
+def test_a_human_round_asking_more_than_the_queue_hands_out_is_refused(tmp_path: Path) -> None:
+    """Pairs leave the annotation queue after ``overlap`` people: a round needing more would wait forever."""
+    store = Store.open(tmp_path / "home")
+    (store.home / "labeling.toml").write_text("overlap = 2\n")
+    too_many = RoundConfig.from_dict({**TINY, "feedback": "both", "human_judgments_per_pair": 3})
+    with pytest.raises(RoundError, match="asks for 3 human judgments per pair.*once 2 people judged it"):
+        run_round(store, too_many)
+    with pytest.raises(RoundError, match="asks for 3 human judgments per pair"):
+        launch_round(store, too_many)
+    assert rows(store, "SELECT count(*) FROM rounds UNION ALL SELECT count(*) FROM jobs") == [(0,), (0,)]
+    (store.home / "labeling.toml").write_text("overlap = 3\n")
+    with pytest.raises(RoundWaiting):
+        run_round(store, too_many)
 
 
 def test_bad_settings_and_unknown_parent_are_refused_before_anything_runs(tmp_path: Path) -> None:

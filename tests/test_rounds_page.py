@@ -131,35 +131,44 @@ def test_a_waiting_round_shows_what_it_needs_and_continues_once_judged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_torch_thread
 ) -> None:
     store = Store.open(tmp_path / "home")
-    config = RoundConfig.from_dict({**TINY.to_dict(), "feedback": "human", "human_judgments_per_pair": 2})
+    config = RoundConfig.from_dict({**TINY.to_dict(), "feedback": "both", "human_judgments_per_pair": 2})
     with pytest.raises(RoundWaiting) as waiting:
         run_round(store, config)
     with store.read() as con:
         pairs = [r[0] for r in con.execute("SELECT id FROM pairs WHERE round_id = 1 ORDER BY id").fetchall()]
-    assert waiting.value.missing == 2 * len(pairs)
+    n = len(pairs)
+    assert waiting.value.missing == 2 * n
     page = _open(store.home, monkeypatch)
-    assert f"needs **{2 * len(pairs)}** more human judgments on **{len(pairs)}** pairs" in page.warning[0].value
+    assert f"needs **{2 * n}** more human judgments on **{n}** pairs" in page.warning[0].value
+    assert "names no annotators" in page.warning[0].value
     assert page.button(key="continue_1").disabled
-    # Ann judges every pair, Bob all but one: one judgment is still missing.
+    # The oracle judged every pair once before the round waited; no person has judged yet.
+    _, given, short = (d.value for d in page.dataframe)
+    assert dict(zip(given["annotator"], given["judgments"], strict=True)) == {"AI scorer": n}
+    assert f"{n} of the round's {n} pairs" in page.caption[0].value
+    assert short.to_dict("list") == {"pair": pairs, "kind": ["final"] * n, "still needed": [2] * n, "judged by": [""] * n}
+    # Ann judges every pair, Bob all but the first: one judgment is still missing, on the first pair.
     with store.write() as con:
         ann, bob = ensure_annotator(con, "ann"), ensure_annotator(con, "bob")
         insert_judgments(con, [NewJudgment(p, ann, "app", "a") for p in pairs])
         insert_judgments(con, [NewJudgment(p, bob, "app", "b") for p in pairs[1:]])
     page.run()
     assert "needs **1** more human judgments on **1** pairs" in page.warning[0].value
-    given = page.dataframe[-1].value
-    assert dict(zip(given["annotator"], given["judgments"], strict=True)) == {"ann": len(pairs), "bob": len(pairs) - 1}
+    _, given, short = (d.value for d in page.dataframe)
+    assert dict(zip(given["annotator"], given["judgments"], strict=True)) == {"ann": n, "bob": n - 1, "AI scorer": n}
+    assert short.to_dict("list") == {"pair": [pairs[0]], "kind": ["final"], "still needed": [1], "judged by": ["ann"]}
     with store.write() as con:
         insert_judgments(con, [NewJudgment(pairs[0], bob, "app", "b")])
     page.run()
     assert "has every human judgment it needs" in page.success[0].value
+    assert len(page.dataframe) == 2  # the timeline and the judgments given: no pair is short
     page.button(key="continue_1").click().run()
     assert not page.exception and not page.error
     (job,) = list_jobs(store, kind="round")
     stop_job(store, job.id, grace_s=5)
     assert job.command[3:6] == ["round", "resume", "1"] and job.round_id == 1
     needs = human_needs(store, 1)
-    assert (needs.missing, needs.pairs, needs.per_pair, needs.ai) == (0, 0, 2, 0)
+    assert (needs.missing, needs.pairs, needs.per_pair, needs.ai, needs.ai_pairs) == (0, 0, 2, n, n)
 
 
 def test_the_recipe_and_the_ai_judge_are_chosen_at_launch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ from tiny_models import build_tiny_sd15
 
 from datastore.records import ImageRow, NewPair, insert_images, insert_pairs, upsert_prompts
 from datastore.store import Store
+from labeling.queue import completion_previews
 from reward_models.shapes import render
 from workbench.seed import SeedConfig, mark_gold_pairs, seed_shapes_world
 
@@ -26,6 +27,24 @@ def test_seed_fills_an_empty_store_once(tmp_path: Path) -> None:
     assert kinds == {"final": 6, "step": 4}
     assert gold == report.gold_pairs
     assert seed_shapes_world(store, cfg, model=model, progress=False) is None
+
+
+def test_seed_stores_a_completion_preview_for_every_step_pool_candidate(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "home")
+    model = build_tiny_sd15(tmp_path / "sd15")
+    seed_shapes_world(store, SeedConfig(prompts=1, per_prompt=2, pool_prompts=1, pool_k=2), model=model, progress=False)
+    with store.read() as con:
+        sizes = dict(
+            con.execute(
+                "SELECT i.id, [g.width, g.height] FROM images i JOIN generations g ON g.id = i.generation_id "
+                "WHERE i.pool_id IS NOT NULL"
+            ).fetchall()
+        )
+    assert len(sizes) == 8  # 4 pool steps x 2 candidates
+    previews = completion_previews(store, list(sizes))
+    assert previews.keys() == sizes.keys()
+    for image, (_, path) in previews.items():
+        assert list(store.media.open_image(path).size) == sizes[image]  # the model's size (16 x 16)
 
 
 def test_gold_pairs_take_the_oracles_answer_above_the_margin(tmp_path: Path) -> None:

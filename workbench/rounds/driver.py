@@ -24,6 +24,8 @@ from datastore.lock import file_lock
 from datastore.records import register_model
 from datastore.sql import first_row, scalar
 from datastore.store import Store
+from labeling.errors import LabelingError
+from labeling.queue import QueueConfig
 from workbench.jobs import Job, launch_job
 from workbench.rounds import collect, evaluate, train
 from workbench.rounds.config import RoundConfig
@@ -75,6 +77,7 @@ def run_round(
         RoundWaiting: the round needs human judgments first (`resume_round` continues it).
         RoundError: bad settings or an unknown parent; other errors of a stage mark the round failed.
     """
+    check_judgeable(store, config)
     parent = ensure_base_model(store) if parent_model_id is None else parent_model_id
     with store.write() as con:
         kind = scalar(con, "SELECT kind FROM models WHERE id = ?", [parent])
@@ -89,6 +92,27 @@ def run_round(
             [parent, json.dumps(config.to_dict())],
         )
     return resume_round(store, round_id, progress=progress)
+
+
+def check_judgeable(store: Store, config: RoundConfig) -> None:
+    """Refuses a round that asks people for more judgments per pair than the annotation queue hands out.
+
+    Raises:
+        RoundError: ``human_judgments_per_pair`` is above the queue's ``overlap`` (the round would
+            wait forever), or this home's ``labeling.toml`` is invalid.
+    """
+    if config.feedback not in ("human", "both"):
+        return
+    try:
+        overlap = QueueConfig.from_home(store.home).overlap
+    except LabelingError as e:
+        raise RoundError(str(e)) from e
+    if config.human_judgments_per_pair > overlap:
+        raise RoundError(
+            f"the round asks for {config.human_judgments_per_pair} human judgments per pair, but the annotation "
+            f"queue stops handing a pair out once {overlap} people judged it (overlap in "
+            f"{store.home / 'labeling.toml'}): lower human_judgments_per_pair or raise overlap"
+        )
 
 
 def run_auto(
@@ -206,7 +230,12 @@ def _workbench_command(store: Store, *args: str) -> list[str]:
 def launch_round(
     store: Store, config: RoundConfig, parent_model_id: int | None = None, rounds: int = 1
 ) -> Job:
-    """Runs `workbench round run` with this config as a background job (see `workbench.jobs`)."""
+    """Runs `workbench round run` with this config as a background job (see `workbench.jobs`).
+
+    Raises:
+        RoundError: the round could never finish (`check_judgeable`).
+    """
+    check_judgeable(store, config)
     run_dir = store.runs_dir / datetime.now().strftime("round-job-%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = run_dir / "round_config.json"

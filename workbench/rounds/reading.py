@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import duckdb
 import polars as pl
 
 from datastore.sql import first_row
@@ -112,40 +113,89 @@ def training_metrics(summary: RoundSummary) -> pl.DataFrame:
     return pl.DataFrame(Run.open(training["config"]["output_dir"]).metrics())
 
 
-def missing_human(con, round_id: int, per_pair: int) -> tuple[int, int]:
+@dataclass(frozen=True)
+class ShortPair:
+    """A pair of a round that lacks human judgments.
+
+    Attributes:
+        needed: human judgments it still needs, from people who have not judged it (the queue
+            hands a pair to each person once).
+        judged_by: the people who judged it so far, by name.
+    """
+
+    pair_id: int
+    kind: str
+    needed: int
+    judged_by: tuple[str, ...]
+
+
+def short_pairs(con: duckdb.DuckDBPyConnection, round_id: int, per_pair: int) -> list[ShortPair]:
+    """The round's pairs with fewer than ``per_pair`` human judgments, by id."""
+    rows = con.execute(
+        "SELECT p.id, p.kind, list(h.name ORDER BY h.name) FILTER (WHERE h.name IS NOT NULL) FROM pairs p "
+        "LEFT JOIN (SELECT j.pair_id, a.name FROM judgments j JOIN annotators a ON a.id = j.annotator_id "
+        "  WHERE a.kind = 'human' AND NOT j.withdrawn) h ON h.pair_id = p.id "
+        "WHERE p.round_id = ? GROUP BY p.id, p.kind HAVING count(h.name) < ? ORDER BY p.id",
+        [round_id, per_pair],
+    ).fetchall()
+    return [ShortPair(i, kind, per_pair - len(names or ()), tuple(names or ())) for i, kind, names in rows]
+
+
+def missing_human(con: duckdb.DuckDBPyConnection, round_id: int, per_pair: int) -> tuple[int, int]:
     """(human judgments still needed, pairs that need one or more) for a round."""
-    missing, pairs = con.execute(
-        "SELECT coalesce(sum(? - n), 0), count(*) FROM ("
-        "  SELECT p.id, count(j.id) AS n FROM pairs p LEFT JOIN judgments j ON j.pair_id = p.id "
-        "  AND NOT j.withdrawn AND j.annotator_id IN (SELECT id FROM annotators WHERE kind = 'human') "
-        "  WHERE p.round_id = ? GROUP BY p.id) WHERE n < ?",
-        [per_pair, round_id, per_pair],
-    ).fetchall()[0]
-    return int(missing), int(pairs)
+    short = short_pairs(con, round_id, per_pair)
+    return sum(p.needed for p in short), len(short)
 
 
 @dataclass(frozen=True)
 class HumanNeeds:
-    """Where a round judged by people stands.
+    """Where a round judged by people stands. The round names no annotators: any person who has
+    not judged a pair yet can give its missing judgments.
 
     Attributes:
         feedback: who judges the round: ``human`` or ``both`` (people and the AI scorer).
         per_pair: human judgments each of the round's pairs needs.
-        missing: human judgments still needed; pairs: the round's pairs that need one or more.
+        short: the round's pairs that need one or more human judgments.
         by_annotator: human judgments given on the round's pairs so far, by annotator name.
         ai: AI judgments of the round's pairs.
+        round_pairs: the round's pairs; ai_pairs: those an AI scorer judged (one judgment each in a
+            round judged by both; the scorer judges the rest when the round continues).
     """
 
     feedback: str
     per_pair: int
-    missing: int
-    pairs: int
+    short: tuple[ShortPair, ...]
     by_annotator: dict[str, int]
     ai: int
+    round_pairs: int
+    ai_pairs: int
+
+    @property
+    def missing(self) -> int:
+        """Human judgments still needed."""
+        return sum(p.needed for p in self.short)
+
+    @property
+    def pairs(self) -> int:
+        """Pairs that need one or more human judgments."""
+        return len(self.short)
+
+    def given_table(self) -> pl.DataFrame:
+        """Judgments given so far: a row per person, and one for the AI scorer once it judged."""
+        rows = [{"annotator": name, "judgments": n} for name, n in self.by_annotator.items()]
+        rows += [{"annotator": "AI scorer", "judgments": self.ai}] if self.ai else []
+        return pl.DataFrame(rows, schema={"annotator": pl.String, "judgments": pl.Int64})
+
+    def short_table(self) -> pl.DataFrame:
+        """A row per pair still short: its id and kind, the human judgments it still needs, who judged it."""
+        rows = [(p.pair_id, p.kind, p.needed, ", ".join(p.judged_by)) for p in self.short]
+        schema = {"pair": pl.Int64, "kind": pl.String, "still needed": pl.Int64, "judged by": pl.String}
+        return pl.DataFrame(rows, schema=schema, orient="row")
 
 
 def human_needs(store: Store, round_id: int) -> HumanNeeds:
-    """How many human judgments a round still needs, and who gave the ones it has.
+    """How many human judgments a round still needs and on which pairs, who gave the ones it has,
+    and the AI scorer's part.
 
     Raises:
         RoundError: no such round, or a round judged by the AI scorer alone.
@@ -155,18 +205,25 @@ def human_needs(store: Store, round_id: int) -> HumanNeeds:
     if config.feedback == "ai":
         raise RoundError(f"round {round_id} is judged by the AI scorer alone; it needs no people")
     with store.read() as con:
-        missing, pairs = missing_human(con, round_id, config.human_judgments_per_pair)
+        short = short_pairs(con, round_id, config.human_judgments_per_pair)
         rows = con.execute(
             "SELECT a.name, a.kind, count(*) FROM judgments j JOIN annotators a ON a.id = j.annotator_id "
             "JOIN pairs p ON p.id = j.pair_id WHERE p.round_id = ? AND NOT j.withdrawn "
             "GROUP BY a.name, a.kind ORDER BY count(*) DESC, a.name",
             [round_id],
         ).fetchall()
+        round_pairs, ai_pairs = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE EXISTS (SELECT 1 FROM judgments j JOIN annotators a "
+            "ON a.id = j.annotator_id WHERE j.pair_id = p.id AND a.kind = 'ai' AND NOT j.withdrawn)) "
+            "FROM pairs p WHERE p.round_id = ?",
+            [round_id],
+        ).fetchall()[0]
     return HumanNeeds(
         feedback=config.feedback,
         per_pair=config.human_judgments_per_pair,
-        missing=missing,
-        pairs=pairs,
+        short=tuple(short),
         by_annotator={name: n for name, kind, n in rows if kind == "human"},
         ai=sum(n for _, kind, n in rows if kind == "ai"),
+        round_pairs=round_pairs,
+        ai_pairs=ai_pairs,
     )

@@ -54,15 +54,21 @@ for s in waiting:
     if needs.missing:
         st.warning(
             f"Round {s.id} (judged by {judges}) needs **{needs.missing}** more human judgments on "
-            f"**{needs.pairs}** pairs ({needs.per_pair} per pair): judge them on Annotate / Noisy steps."
+            f"**{needs.pairs}** pairs ({needs.per_pair} per pair): judge them on Annotate / Noisy steps. "
+            "The round names no annotators: anyone who has not judged a pair yet can give its judgments."
         )
     else:
         st.success(f"Round {s.id} has every human judgment it needs ({needs.per_pair} per pair).")
-    given = [{"annotator": name, "judgments": n} for name, n in needs.by_annotator.items()]
-    if needs.ai:
-        given.append({"annotator": "AI scorer", "judgments": needs.ai})
-    if given:
-        st.dataframe(pl.DataFrame(given), hide_index=True, key=f"given_{s.id}")
+    if needs.by_annotator or needs.ai:
+        st.dataframe(needs.given_table(), hide_index=True, key=f"given_{s.id}")
+    if needs.feedback == "both":
+        st.caption(
+            f"The AI scorer judges each pair once: {needs.ai_pairs} of the round's {needs.round_pairs} pairs "
+            "so far, any others when the round continues."
+        )
+    if needs.short:
+        st.caption("Pairs still short of human judgments")
+        st.dataframe(needs.short_table(), hide_index=True, key=f"short_{s.id}")
     if st.button(
         f"Continue round {s.id} (curate, train, evaluate)", key=f"continue_{s.id}", disabled=bool(needs.missing)
     ):
