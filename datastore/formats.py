@@ -3,6 +3,7 @@ Hugging Face ``datasets`` loads."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -10,9 +11,11 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,6 +26,7 @@ from datastore.datasets import DatasetVersion
 from datastore.errors import ImportFormatError, MediaError, StoreError
 from datastore.media import MediaStore, StoredImage
 from datastore.records import (
+    OUTCOMES,
     ImageRow,
     NewJudgment,
     NewPair,
@@ -55,7 +59,8 @@ class ImportReport:
     images: int
     annotators: int
     duplicates: int = 0
-    """Rows that repeat an earlier row of the file (same ranking id, or same user and images, same labels)."""
+    """Rows skipped as repeats of an earlier row of the file or of a judgment imported before (same
+    ranking id, or same user and two images in either order, the same image preferred)."""
 
 
 def _label_to_outcome(label_0: float, label_1: float) -> str | None:
@@ -124,7 +129,7 @@ def _batch_columns(batch: pa.RecordBatch, offset: int) -> dict[str, list]:
     return cols
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Row:
     number: int
     caption: str
@@ -137,6 +142,37 @@ class _Row:
     model_1: str | None
     user: str | None
     ranking: str
+
+    @property
+    def annotator(self) -> str:
+        """The name of the annotator the row's judgment is recorded under."""
+        return f"pickapic:{self.user}" if self.user else "pickapic"
+
+    def judged(self) -> tuple[frozenset[str], str, str]:
+        """What the row says, whatever the order of its images: (the two images, the annotator, the
+        preferred image or ``tie``)."""
+        images = frozenset((self.image_0.id, self.image_1.id))
+        return images, self.annotator, _preferred(self.image_0.id, self.image_1.id, self.outcome)
+
+    def swapped(self) -> _Row:
+        """The same judgment with the two images in the other order."""
+        return dataclasses.replace(
+            self, image_0=self.image_1, image_1=self.image_0, uid_0=self.uid_1, uid_1=self.uid_0,
+            model_0=self.model_1, model_1=self.model_0, outcome=_SWAPPED.get(self.outcome, self.outcome),
+        )  # fmt: skip
+
+
+_SWAPPED = {"a": "b", "b": "a"}
+
+
+def _preferred(image_a: str, image_b: str, outcome: str) -> str:
+    """The image an outcome of the pair (image_a, image_b) prefers, or the outcome when it prefers neither."""
+    return {"a": image_a, "b": image_b}.get(outcome, outcome)
+
+
+def _describe(preferred: str) -> str:
+    """A preferred image or outcome (see :func:`_preferred`) for an error message."""
+    return preferred if preferred in OUTCOMES else f"image {preferred[:12]}"
 
 
 def _validate_file(path: Path, media: MediaStore) -> tuple[list[_Row], int]:
@@ -157,7 +193,7 @@ def _validate_file(path: Path, media: MediaStore) -> tuple[list[_Row], int]:
     wanted = [c for c in (*PICKAPIC_REQUIRED, *_OPTIONAL) if c in schema.names]
     rows: list[_Row] = []
     by_ranking: dict[str, _Row] = {}
-    by_pair: dict[tuple, _Row] = {}
+    by_pair: dict[tuple[frozenset[str], str], _Row] = {}
     duplicates = 0
     for offset, batch in tqdm(_iter_batches(path, wanted), desc="checking", unit="batch", leave=False):
         cols = _batch_columns(batch, offset)
@@ -172,30 +208,110 @@ def _validate_file(path: Path, media: MediaStore) -> tuple[list[_Row], int]:
     return rows, duplicates
 
 
-def _is_duplicate(row: _Row, by_ranking: dict[str, _Row], by_pair: dict[tuple, _Row]) -> bool:
+def _is_duplicate(
+    row: _Row, by_ranking: dict[str, _Row], by_pair: dict[tuple[frozenset[str], str], _Row]
+) -> bool:
     """Whether ``row`` repeats an earlier row; a row that contradicts one is an ImportFormatError."""
-    pair = (row.image_0.id, row.image_1.id, row.user)
+    images, annotator, preferred = judged = row.judged()
     same = by_ranking.get(row.ranking)
     if same is not None:
-        if (same.image_0.id, same.image_1.id, same.user, same.outcome) != (*pair, row.outcome):
+        if same.judged() != judged:
             raise ImportFormatError(
                 f"ranking id {row.ranking!r} is also row {same.number}, with other images, user or labels",
                 row=row.number,
                 column="ranking_id",
             )
         return True
-    same = by_pair.get(pair)
+    same = by_pair.get((images, annotator))
     if same is not None:
-        if same.outcome != row.outcome:
+        if same.judged()[2] != preferred:
             raise ImportFormatError(
-                f"contradicts row {same.number}: the same user judged the same two images "
-                f"{same.outcome!r} there and {row.outcome!r} here",
+                f"contradicts row {same.number}: the same user judged the same two images, preferring "
+                f"{_describe(same.judged()[2])} there and {_describe(preferred)} here",
                 row=row.number,
                 column="label_0",
             )
         return True
-    by_ranking[row.ranking] = by_pair[pair] = row
+    by_ranking[row.ranking] = by_pair[(images, annotator)] = row
     return False
+
+
+_MATCHING_PAIRS = (
+    "SELECT i.number, i.annotator, p.id AS pair_id, p.image_a, p.image_b FROM incoming_rows i "
+    "JOIN pairs p ON p.image_a = i.image_0 AND p.image_b = i.image_1 "
+    "UNION ALL SELECT i.number, i.annotator, p.id, p.image_a, p.image_b FROM incoming_rows i "
+    "JOIN pairs p ON p.image_a = i.image_1 AND p.image_b = i.image_0"
+)
+"""The store's pairs of each incoming row's two images, in either order."""
+
+
+@contextmanager
+def _incoming(con: duckdb.DuckDBPyConnection, rows: list[_Row]) -> Iterator[None]:
+    """The rows as the table ``incoming_rows`` (number, ranking, image_0, image_1, annotator) of ``con``."""
+    table = pa.table({
+        "number": pa.array([r.number for r in rows], pa.int64()),
+        "ranking": pa.array([r.ranking for r in rows], pa.string()),
+        "image_0": pa.array([r.image_0.id for r in rows], pa.string()),
+        "image_1": pa.array([r.image_1.id for r in rows], pa.string()),
+        "annotator": pa.array([r.annotator for r in rows], pa.string()),
+    })  # fmt: skip
+    con.register("incoming_rows", table)
+    try:
+        yield
+    finally:
+        con.unregister("incoming_rows")
+
+
+def _not_imported_before(con: duckdb.DuckDBPyConnection, rows: list[_Row]) -> list[_Row]:
+    """The rows that no judgment imported before already records.
+
+    A row repeating one (same ranking id, or same annotator and two images in either order, with
+    the same image preferred) is dropped; one contradicting it is an ImportFormatError.
+    """
+    with _incoming(con, rows):
+        stored = con.execute(
+            "SELECT i.number, j.id, j.external_id, p.image_a, p.image_b, a.name, j.outcome FROM incoming_rows i "
+            "JOIN judgments j ON j.source = 'import' AND j.external_id = i.ranking "
+            "JOIN pairs p ON p.id = j.pair_id JOIN annotators a ON a.id = j.annotator_id "
+            "UNION ALL SELECT m.number, j.id, j.external_id, m.image_a, m.image_b, a.name, j.outcome "
+            f"FROM ({_MATCHING_PAIRS}) m JOIN judgments j ON j.pair_id = m.pair_id AND j.source = 'import' "
+            "JOIN annotators a ON a.id = j.annotator_id AND a.name = m.annotator "
+            "ORDER BY 1, 2"
+        ).fetchall()
+    by_number = {r.number: r for r in rows}
+    for number, judgment, ranking, image_a, image_b, annotator, outcome in stored:
+        row = by_number[number]
+        before = _preferred(image_a, image_b, outcome)
+        if ranking == row.ranking and (frozenset((image_a, image_b)), annotator, before) != row.judged():
+            raise ImportFormatError(
+                f"ranking id {row.ranking!r} was imported before (judgment {judgment}) with other images, user or labels",
+                row=number,
+                column="ranking_id",
+            )
+        if before != row.judged()[2]:
+            raise ImportFormatError(
+                f"contradicts judgment {judgment}, imported before: the same user judged the same two images, "
+                f"preferring {_describe(before)} there and {_describe(row.judged()[2])} here",
+                row=number,
+                column="label_0",
+            )
+    repeats = {number for number, *_ in stored}
+    return [r for r in rows if r.number not in repeats]
+
+
+def _oriented(con: duckdb.DuckDBPyConnection, rows: list[_Row]) -> list[_Row]:
+    """The rows with their images in the order of the store's oldest pair of the same two images,
+    else of the first row with them, so that two images make one pair whatever their order."""
+    with _incoming(con, rows):
+        stored = con.execute(f"SELECT image_a, image_b FROM ({_MATCHING_PAIRS}) ORDER BY pair_id").fetchall()
+    first: dict[frozenset[str], str] = {}
+    for image_a, image_b in stored:
+        first.setdefault(frozenset((image_a, image_b)), image_a)
+    out = []
+    for r in rows:
+        image_a = first.setdefault(frozenset((r.image_0.id, r.image_1.id)), r.image_0.id)
+        out.append(r if image_a == r.image_0.id else r.swapped())
+    return out
 
 
 def _validate_row(cols: dict, i: int, row: int, file_hash: str, media: MediaStore) -> _Row:
@@ -274,22 +390,29 @@ def import_pickapic(store: Store, path: Path | str, *, show_progress: bool = Tru
     text that is not UTF-8, captions up to :data:`MAX_CAPTION_CHARS`, ids and names up to their
     limits, two different images per row, each one whole still image under the media store's
     byte and pixel limits (see :func:`~datastore.media.inspect_image`). A row repeating an earlier
-    one (same ranking id, or same user and images, with the same labels) is skipped and counted;
-    one that contradicts it is an error. Importing the same file twice adds nothing. Each row
-    becomes one judgment by the annotator ``pickapic:<user_id>``.
+    row of the file or a judgment imported before (same ranking id, or same user and two images
+    in either order, the same image preferred) is skipped and counted; one that contradicts it is
+    an error. Importing the same file twice adds nothing. Each row becomes one judgment by the
+    annotator ``pickapic:<user_id>``, of the store's pair of its two images when there is one
+    (in either order: the labels follow the pair's order).
     """
     path = Path(path)
     rows, duplicates = _validate_file(path, store.media)
+    total = len(rows) + duplicates
+    with store.read() as con:
+        rows = _not_imported_before(con, rows)
+    if not rows:
+        return ImportReport(rows=total, duplicates=total, pairs=0, judgments=0, images=0, annotators=0)
 
     # Second pass: the images are written only once the whole file is known to be good.
     by_number = {r.number: r for r in rows}
     written: set[str] = set()
-    with tqdm(total=len(rows) + duplicates, desc="images", unit="row", disable=not show_progress) as bar:
+    with tqdm(total=total, desc="images", unit="row", disable=not show_progress) as bar:
         for offset, batch in _iter_batches(path, ["jpg_0", "jpg_1"]):
             cols = batch.to_pydict()
             for i in range(batch.num_rows):
                 row = by_number.get(offset + i)
-                if row is None:  # a duplicate
+                if row is None:  # a repeat
                     continue
                 for column, record in (("jpg_0", row.image_0), ("jpg_1", row.image_1)):
                     if record.id not in written:
@@ -299,6 +422,8 @@ def import_pickapic(store: Store, path: Path | str, *, show_progress: bool = Tru
     os.sync()  # one flush for every file above, before any row refers to them
 
     with store.write() as con:
+        # Checked again under the write lock: another import may have committed since the read.
+        rows = _oriented(con, _not_imported_before(con, rows))
         before = {t: scalar(con, f"SELECT count(*) FROM {t}") for t in ("pairs", "images", "annotators")}
         prompt_ids = upsert_prompts(con, [r.caption for r in rows], source=f"import:{path.name}")
         insert_images(
@@ -310,27 +435,21 @@ def import_pickapic(store: Store, path: Path | str, *, show_progress: bool = Tru
             con,
             [NewPair(prompt_ids[r.caption], r.image_0.id, r.image_1.id, source_ref=r.ranking) for r in rows],
         )
-        annotators = {
-            user: ensure_annotator(con, f"pickapic:{user}" if user else "pickapic", kind="human")
-            for user in {r.user for r in rows}
-        }
-        known = {
-            x[0]
-            for x in con.execute("SELECT external_id FROM judgments WHERE source = 'import'").fetchall()
-        }
-        new = [
-            NewJudgment(pair_id=pid, annotator_id=annotators[r.user], source="import", outcome=r.outcome,
-                        external_id=r.ranking)
-            for r, pid in zip(rows, pair_ids, strict=True)
-            if r.ranking not in known
-        ]
-        insert_judgments(con, new)
+        annotators = {name: ensure_annotator(con, name, kind="human") for name in {r.annotator for r in rows}}
+        insert_judgments(
+            con,
+            [
+                NewJudgment(pair_id=pid, annotator_id=annotators[r.annotator], source="import", outcome=r.outcome,
+                            external_id=r.ranking)
+                for r, pid in zip(rows, pair_ids, strict=True)
+            ],
+        )
         after = {t: scalar(con, f"SELECT count(*) FROM {t}") for t in ("pairs", "images", "annotators")}
     return ImportReport(
-        rows=len(rows) + duplicates,
-        duplicates=duplicates,
+        rows=total,
+        duplicates=total - len(rows),
         pairs=after["pairs"] - before["pairs"],
-        judgments=len(new),
+        judgments=len(rows),
         images=after["images"] - before["images"],
         annotators=after["annotators"] - before["annotators"],
     )

@@ -207,7 +207,8 @@ class Inbox:
         """Insert the pending judgments not yet applied, inside the caller's DuckDB transaction.
 
         Records the new high-water mark in ``inbox_applied`` in the same transaction, and the rows
-        that cannot be applied in ``inbox_quarantine``. Returns the highest inbox id now applied
+        that cannot be applied (a malformed field, a pair or annotator that does not exist) in
+        ``inbox_quarantine``. Returns the highest inbox id now applied
         (0 when nothing was pending); pass it to :meth:`forget_through` after the commit.
         """
         self._quarantined = []
@@ -215,16 +216,32 @@ class Inbox:
         if not rows:
             return 0
         done = scalar(con, "SELECT through_id FROM inbox_applied WHERE inbox_id = ?", [self.inbox_id]) or 0
-        fresh, refused = [], []
+        checked, refused = [], []
+
+        def refuse(inbox_row: int, values: dict, error: str) -> None:
+            refused.append([self.inbox_id, inbox_row, json.dumps(values, default=repr), error])
+            if all(isinstance(values[k], int) for k in ("pair_id", "annotator_id")):
+                self._quarantined.append((values["pair_id"], values["annotator_id"]))
+
         for inbox_row, values in rows:
             if inbox_row <= done:
                 continue
             try:
-                fresh.append(stored_judgment(values))
+                checked.append((inbox_row, values, stored_judgment(values)))
             except StoreError as e:
-                refused.append([self.inbox_id, inbox_row, json.dumps(values, default=repr), str(e)])
-                if all(isinstance(values[k], int) for k in ("pair_id", "annotator_id")):
-                    self._quarantined.append((values["pair_id"], values["annotator_id"]))
+                refuse(inbox_row, values, str(e))
+        # The judgments table has no foreign keys: a row naming a pair or annotator that is not
+        # there (written by hand, or by a version that did not check) is quarantined too.
+        pairs = _existing(con, "pairs", [j.pair_id for _, _, j in checked])
+        annotators = _existing(con, "annotators", [j.annotator_id for _, _, j in checked])
+        fresh = []
+        for inbox_row, values, j in checked:
+            if j.pair_id not in pairs:
+                refuse(inbox_row, values, f"judgment of pair {j.pair_id}: pair {j.pair_id} does not exist")
+            elif j.annotator_id not in annotators:
+                refuse(inbox_row, values, f"judgment of pair {j.pair_id}: annotator {j.annotator_id} does not exist")
+            else:
+                fresh.append(j)
         through = rows[-1][0]
         if fresh or refused:
             insert_judgments(con, fresh)
@@ -238,6 +255,12 @@ class Inbox:
                 [self.inbox_id, through],
             )
         return through
+
+
+def _existing(con: duckdb.DuckDBPyConnection, table: str, ids: list[int]) -> set[int]:
+    """Those of ``ids`` that are rows of ``table`` (pairs or annotators)."""
+    rows = con.execute(f"SELECT id FROM {table} WHERE id IN (SELECT unnest(?::BIGINT[]))", [ids]).fetchall()
+    return {r[0] for r in rows}
 
 
 def stored_judgment(values: dict) -> NewJudgment:

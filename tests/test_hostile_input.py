@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -31,6 +32,7 @@ from typer.testing import CliRunner
 
 from datastore.errors import DuplicateJudgmentError, ImportFormatError, StoreError
 from datastore.formats import import_pickapic
+from datastore.media import inspect_image
 from datastore.records import NewJudgment, ensure_annotator
 from datastore.sql import scalar
 from datastore.store import Store, StoreConfig
@@ -98,6 +100,8 @@ def test_an_inbox_row_that_cannot_be_applied_is_quarantined_and_stats_report_it(
     store.record_judgment(NewJudgment(pairs[0], ann, "app", "a"))
     _append_raw(store, pair_id=pairs[1], annotator_id=ann, source="app", outcome="a", score_a="high", is_gold=0)
     _append_raw(store, pair_id=pairs[2], annotator_id=ann, source="app", outcome="b", is_gold="no")
+    _append_raw(store, pair_id=pairs[2] + 100, annotator_id=ann, source="app", outcome="a", is_gold=0)
+    _append_raw(store, pair_id=pairs[0], annotator_id=ann + 100, source="app", outcome="a", is_gold=0)
     store.record_judgment(NewJudgment(pairs[2], _annotator(store, "bob"), "app", "tie"))
     # Every process keeps reading and writing; the good judgments on both sides are applied.
     assert _judgment_count(store) == 2
@@ -105,13 +109,18 @@ def test_an_inbox_row_that_cannot_be_applied_is_quarantined_and_stats_report_it(
     assert store.inbox.pending() == []
     with store.read() as con:
         quarantined = con.execute("SELECT fields, error FROM inbox_quarantine ORDER BY inbox_row").fetchall()
-    assert [json.loads(f)["score_a"] for f, _ in quarantined] == ["high", None]
+    assert [json.loads(f)["score_a"] for f, _ in quarantined] == ["high", None, None, None]
     assert "score_a must be a finite number" in quarantined[0][1]
     assert "is_gold must be True or False, got 'no'" in quarantined[1][1]
+    assert quarantined[2][1] == f"judgment of pair {pairs[2] + 100}: pair {pairs[2] + 100} does not exist"
+    assert quarantined[3][1] == f"judgment of pair {pairs[0]}: annotator {ann + 100} does not exist"
+    with store.read() as con:  # no judgment points at a pair or annotator that is not there
+        assert scalar(con, "SELECT count(*) FROM judgments WHERE pair_id NOT IN (SELECT id FROM pairs)") == 0
+        assert scalar(con, "SELECT count(*) FROM judgments WHERE annotator_id NOT IN (SELECT id FROM annotators)") == 0
     result = runner.invoke(app, ["--home", str(store.home), "stats", "--json"])
     assert result.exit_code == 0, result.output
     counts = json.loads(result.output)
-    assert (counts["judgments"], counts["quarantined_judgments"]) == (2, 2)
+    assert (counts["judgments"], counts["quarantined_judgments"]) == (2, 4)
     # A quarantined answer does not count as given: its annotator may answer the pair again.
     store.record_judgment(NewJudgment(pairs[1], ann, "app", "b", score_a=0.5))
     assert _judgment_count(store) == 3
@@ -207,6 +216,19 @@ def test_names_with_a_trailing_newline_are_refused_and_make_no_folder(tmp_path: 
 
     with pytest.raises(AccessError, match="user name"):
         _check_name("ada\n")
+
+
+@pytest.mark.parametrize(("column", "row"), [("image_0_uid", 2), ("image_1_uid", 0), ("ranking_id", 3)])
+def test_an_image_uid_or_ranking_id_ending_in_a_newline_is_refused_naming_row_and_column(
+    store: Store, tmp_path: Path, column: str, row: int
+) -> None:
+    cols = pickapic_rows(4)
+    cols[column] = [str(v) for v in cols[column]]
+    cols[column][row] += "\n"
+    before = _store_state(store)
+    with pytest.raises(ImportFormatError, match=re.escape(f"row {row}, column '{column}': {cols[column][row]!r} is not")):
+        import_pickapic(store, write_parquet(tmp_path / "nl.parquet", cols), show_progress=False)
+    assert _store_state(store) == before
 
 
 # 8. Two processes resuming one round -----------------------------------------------------------
@@ -441,6 +463,17 @@ def _animated_webp() -> bytes:
     return buf.getvalue()
 
 
+def _webp(*chunks: tuple[bytes, bytes], raw: bytes = b"") -> bytes:
+    """A still lossy WEBP with the given (kind, body) chunks, then ``raw``, inside its RIFF size."""
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(buf, format="WEBP")
+    body = buf.getvalue()[12:]
+    for kind, data in chunks:
+        body += kind + struct.pack("<I", len(data)) + data + b"\0" * (len(data) % 2)
+    body += raw
+    return b"RIFF" + struct.pack("<I", len(body) + 4) + b"WEBP" + body
+
+
 def _bad_idat_crc(png: bytes) -> bytes:
     at = png.index(b"IDAT")
     (length,) = struct.unpack(">I", png[at - 4 : at])
@@ -449,15 +482,21 @@ def _bad_idat_crc(png: bytes) -> bytes:
 
 
 _IMAGE_CASES = {
-    "bomb": (lambda png: _png(20_000, 20_000), "over 178956970 pixels exceeds the limit of 16777216 pixels"),
-    "header_bomb": (lambda png: _png(60_000, 60_000, idat=b"x"), "over 178956970 pixels exceeds the limit"),
+    "bomb": (lambda png: _png(20_000, 20_000), "20000 x 20000 pixels exceeds the limit of 16777216 pixels"),
+    "header_bomb": (lambda png: _png(60_000, 60_000, idat=b"x"), "60000 x 60000 pixels exceeds the limit"),
     "large": (lambda png: _png(12_000, 12_000), "12000 x 12000 pixels exceeds the limit"),
     "no_iend": (lambda png: png[:-12], "truncated PNG|not a readable image"),
     "no_crc": (lambda png: png[:-4], "truncated PNG"),
     "bad_idat_crc": (_bad_idat_crc, "corrupt PNG \\(bad CRC in chunk b'IDAT'\\)"),
     "zip_appended": (lambda png: png + _zip(), "126 bytes after the PNG's IEND chunk"),
     "animated_webp": (lambda png: _animated_webp(), "an animated image \\(3 frames\\)"),
-    "jpeg_zip": (lambda png: drawn_image(99, fmt="JPEG") + _zip(), "the JPEG does not end with its end-of-image marker"),
+    "jpeg_zip": (lambda png: drawn_image(99, fmt="JPEG") + _zip(), "126 bytes after the JPEG's end-of-image marker"),
+    "jpeg_zip_ffd9": (
+        lambda png: drawn_image(99, fmt="JPEG") + _zip() + b"\xff\xd9", "128 bytes after the JPEG's end-of-image marker"
+    ),
+    "webp_zip_inside_riff": (lambda png: _webp(raw=_zip()), re.escape("a chunk b'PK\\x03\\x04' at byte")),
+    "webp_zip_chunk": (lambda png: _webp((b"ZIPF", _zip())), "a chunk b'ZIPF' at byte \\d+, which the WEBP format"),
+    "webp_simple_then_exif": (lambda png: _webp((b"EXIF", _zip())), re.escape("a simple WEBP (chunk b'VP8 ')")),
 }
 
 
@@ -475,6 +514,50 @@ def test_pickapic_images_that_are_not_one_whole_still_image_are_refused(store: S
     before = _store_state(store)
     with pytest.raises(ImportFormatError, match=f"row 4, column 'jpg_1': ({message})"):
         import_pickapic(store, write_parquet(tmp_path / "bad.parquet", cols), show_progress=False)
+    assert _store_state(store) == before
+
+
+_EXIF = Image.Exif()
+_EXIF[0x010F] = "a camera maker"  # Make
+
+_PIL_IMAGES = {
+    "jpeg": ("RGB", {"format": "JPEG"}),
+    "jpeg_progressive": ("RGB", {"format": "JPEG", "progressive": True, "quality": 100}),
+    "jpeg_optimized_444": ("RGB", {"format": "JPEG", "optimize": True, "subsampling": 0}),
+    "jpeg_exif": ("RGB", {"format": "JPEG", "exif": _EXIF}),
+    "jpeg_restart_markers": ("RGB", {"format": "JPEG", "restart_marker_blocks": 1}),
+    "jpeg_icc_comment": ("RGB", {"format": "JPEG", "icc_profile": bytes(300), "comment": b"hello"}),
+    "jpeg_grey_progressive": ("L", {"format": "JPEG", "progressive": True}),
+    "jpeg_cmyk": ("CMYK", {"format": "JPEG"}),
+    "webp": ("RGB", {"format": "WEBP"}),
+    "webp_lossless": ("RGB", {"format": "WEBP", "lossless": True}),
+    "webp_alpha": ("RGBA", {"format": "WEBP"}),
+    "webp_exif_icc": ("RGB", {"format": "WEBP", "exif": _EXIF, "icc_profile": bytes(301)}),
+    "png_alpha": ("RGBA", {"format": "PNG"}),
+}
+
+
+@pytest.mark.parametrize("case", list(_PIL_IMAGES))
+def test_whole_images_as_pil_writes_them_are_accepted(case: str) -> None:
+    mode, options = _PIL_IMAGES[case]
+    # Noise: the JPEG scans hold many stuffed 0xFF bytes, the WEBP an alpha chunk.
+    pixels = np.random.default_rng(7).integers(0, 256, (61, 70, len(mode)), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels.squeeze(2) if mode == "L" else pixels, mode).save(buf, **options)
+    record = inspect_image(buf.getvalue(), max_bytes=1 << 20)
+    assert (record.format, record.width, record.height) == (options["format"], 70, 61)
+
+
+def test_a_pixel_limit_above_pils_own_is_named_not_silently_capped(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "home", StoreConfig(max_image_pixels=400_000_000))
+    cols = pickapic_rows(6)
+    cols["jpg_1"][4] = _png(15_000, 15_000)
+    before = _store_state(store)
+    with pytest.raises(ImportFormatError, match=re.escape(
+        "row 4, column 'jpg_1': 15000 x 15000 pixels exceeds PIL's own limit of 178956970 pixels, "
+        "which the limit of 400000000 does not lift"
+    )):  # fmt: skip
+        import_pickapic(store, write_parquet(tmp_path / "big.parquet", cols), show_progress=False)
     assert _store_state(store) == before
 
 
@@ -506,8 +589,15 @@ def test_pickapic_rows_that_break_a_rule_are_named_and_change_nothing(store: Sto
             cols[key].append(cols[key][1])
         cols["label_0"][-1], cols["label_1"][-1] = cols["label_1"][1], cols["label_0"][1]
 
+    def swapped_contradiction(cols):  # row 1's images in the other order, the other image preferred
+        for key in cols:
+            cols[key].append(cols[key][1])
+        cols["jpg_0"][-1], cols["jpg_1"][-1] = cols["jpg_1"][1], cols["jpg_0"][1]
+        cols["ranking_id"][-1] = 5000
+
     cases = {
         "row 3, column 'jpg_1': the same image as jpg_0": same_images,
+        "row 6, column 'label_0': contradicts row 1: the same user judged the same two images": swapped_contradiction,
         "row 2, column 'caption': caption has 1000000 characters, more than 10000": long_caption,
         "row 5, column 'user_id': must be at most 256 printable characters, got 100000": long_user,
         "row 6, column 'ranking_id': ranking id '1001' is also row 1": contradiction,
@@ -526,10 +616,70 @@ def test_duplicated_pickapic_rows_are_stored_once(store: Store, tmp_path: Path) 
     for key in cols:
         cols[key] += [cols[key][1], cols[key][2]]  # same ranking ids, images and labels
     cols["ranking_id"][-1] = 5000  # another ranking id, same user, images and labels
+    cols["user_id"] = [str(u) for u in cols["user_id"]]
+    for ranking, user in ((5001, "1"), (5002, "zoe")):  # row 1 swapped: by its user, then by another
+        for key in cols:
+            cols[key].append(_swapped(cols, 1)[key])
+        cols["ranking_id"][-1], cols["user_id"][-1] = ranking, user
     report = import_pickapic(store, write_parquet(tmp_path / "dup.parquet", cols), show_progress=False)
-    assert (report.rows, report.duplicates, report.pairs, report.judgments) == (8, 2, 6, 6)
+    assert (report.rows, report.duplicates, report.pairs, report.judgments) == (10, 3, 6, 7)
     with store.read() as con:
-        assert scalar(con, "SELECT count(*) FROM judgments") == 6
+        assert scalar(con, "SELECT count(*) FROM judgments") == 7
+        # zoe's judgment is of row 1's pair, her labels turned to its order: she prefers its image b too.
+        assert con.execute(
+            "SELECT a.name, j.outcome FROM judgments j JOIN annotators a ON a.id = j.annotator_id "
+            "WHERE j.pair_id = (SELECT pair_id FROM judgments WHERE external_id = '1001') ORDER BY j.id"
+        ).fetchall() == [("pickapic:1", "b"), ("pickapic:zoe", "b")]
+
+
+def _swapped(cols: dict, i: int) -> dict:
+    """Row ``i`` with its two images (and their uids, models and labels) in the other order: the same judgment."""
+    row = {key: values[i] for key, values in cols.items()}
+    for left, right in (("jpg_0", "jpg_1"), ("image_0_uid", "image_1_uid"), ("model_0", "model_1"), ("label_0", "label_1")):
+        row[left], row[right] = row[right], row[left]
+    return row
+
+
+def _one_file(path: Path, *rows: dict) -> Path:
+    return write_parquet(path, {key: [r[key] for r in rows] for key in rows[0]})
+
+
+def test_a_later_import_skips_repeats_of_an_earlier_one_and_refuses_contradictions(store: Store, tmp_path: Path) -> None:
+    cols = pickapic_rows(6)  # row i: pair i + 1 and judgment i + 1; row 1: user 1 prefers jpg_1
+    import_pickapic(store, write_parquet(tmp_path / "first.parquet", cols), show_progress=False)
+    row = {i: {key: values[i] for key, values in cols.items()} for i in range(6)}
+    fresh = {**row[0], "jpg_0": drawn_image(500), "jpg_1": drawn_image(501), "ranking_id": 7000}
+    before = _store_state(store)
+    contradictions = {
+        "row 1, column 'label_0': contradicts judgment 2, imported before": {
+            **row[1], "label_0": 1.0, "label_1": 0.0, "ranking_id": 7001},
+        "row 1, column 'label_0': contradicts judgment 2, imported before: the same user judged": {
+            **row[1], "jpg_0": row[1]["jpg_1"], "jpg_1": row[1]["jpg_0"], "ranking_id": 7002},
+        "row 1, column 'ranking_id': ranking id '1001' was imported before (judgment 2)": {
+            **row[1], "label_0": 1.0, "label_1": 0.0},
+        "row 1, column 'label_0': contradicts judgment 2, imported before: the same user judged the same two "
+        "images, preferring image": {**row[1], "label_0": 0.5, "label_1": 0.5, "ranking_id": 7003},
+    }  # fmt: skip
+    for message, bad in contradictions.items():
+        with pytest.raises(ImportFormatError, match=re.escape(message)):
+            import_pickapic(store, _one_file(tmp_path / "bad.parquet", fresh, bad), show_progress=False)
+        assert _store_state(store) == before, message
+    repeats = [
+        row[1],  # the same ranking id, images and labels
+        {**row[2], "ranking_id": 7004},  # another ranking id
+        {**_swapped(cols, 3), "ranking_id": 7005},  # the images in the other order
+    ]
+    other_user = {**_swapped(cols, 5), "user_id": 9, "ranking_id": 7006}  # a new judgment of pair 6
+    report = import_pickapic(
+        store, _one_file(tmp_path / "second.parquet", *repeats, other_user, fresh), show_progress=False
+    )
+    assert (report.rows, report.duplicates, report.judgments, report.pairs, report.images) == (5, 3, 2, 1, 2)
+    with store.read() as con:
+        assert scalar(con, "SELECT count(*) FROM pairs") == 7
+        assert con.execute(
+            "SELECT j.pair_id, j.outcome FROM judgments j JOIN annotators a ON a.id = j.annotator_id "
+            "WHERE a.name = 'pickapic:9'"
+        ).fetchall() == [(6, "b")]  # row 5 prefers jpg_1, pair 6's image b
 
 
 def test_corrupt_parquet_pages_and_invalid_utf8_are_named(store: Store, tmp_path: Path) -> None:
@@ -675,10 +825,23 @@ def test_a_bad_snapshot_fails_before_any_training(tiny_sd15: Path, tmp_path: Pat
     def bad_manifest(folder: Path) -> None:
         (folder / "manifest.json").write_text("{truncated")
 
+    def image_damaged(folder: Path) -> None:
+        image = sorted((folder / "images").iterdir())[0]
+        data = bytearray(image.read_bytes())
+        data[-20] ^= 0xFF  # one byte of the last IDAT chunk: PIL still opens the file
+        image.write_bytes(bytes(data))
+
+    def image_unreadable_without_uids(folder: Path) -> None:
+        pl.read_parquet(folder / "pairs.parquet").drop("image_0_uid", "image_1_uid").write_parquet(folder / "pairs.parquet")
+        image = sorted((folder / "images").iterdir())[0]
+        image.write_bytes(image.read_bytes()[:60])
+
     cases = {
         "pairs.parquet is not a readable Parquet file": csv_pairs,
         "pairs.parquet is not a readable Parquet file:": corrupt_pairs,
         "1 image file(s) named in pairs.parquet are missing": image_missing,
+        "named in pairs.parquet is damaged: its sha256 is not its uid in pairs.parquet": image_damaged,
+        "named in pairs.parquet is damaged: not a readable image": image_unreadable_without_uids,
         "manifest.json is not valid JSON": bad_manifest,
     }
     for message, damage in cases.items():

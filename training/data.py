@@ -5,6 +5,7 @@ Training touches only the snapshot folder, so a copy of it is all a training nod
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,8 @@ def read_pairs(snapshot: str | Path) -> pl.DataFrame:
     """Reads ``pairs.parquet`` of a snapshot, with image paths made absolute.
 
     The whole snapshot is checked first, so that a bad one fails before any work: the manifest,
-    the Parquet file, its columns, and every image file it names.
+    the Parquet file, its columns, and every image file it names: there, and its sha256 the
+    row's ``image_0_uid`` / ``image_1_uid`` (or, without those columns, an image PIL can verify).
 
     Args:
         snapshot: Snapshot folder.
@@ -38,7 +40,7 @@ def read_pairs(snapshot: str | Path) -> pl.DataFrame:
 
     Raises:
         SnapshotError: The folder, the manifest, the Parquet file, a needed column or an image
-            file is missing or malformed.
+            file is missing or malformed, or an image file is damaged.
     """
     folder = Path(snapshot)
     table_path = folder / "pairs.parquet"
@@ -63,10 +65,34 @@ def read_pairs(snapshot: str | Path) -> pl.DataFrame:
             f"{folder}: {len(absent)} image file(s) named in pairs.parquet are missing or outside the snapshot, "
             f"e.g. {absent[0]}"
         )
+    damaged = _damaged_image(root, table)
+    if damaged:
+        raise SnapshotError(f"{folder}: the image file {damaged[0]} named in pairs.parquet is damaged: {damaged[1]}")
     return table.sort("pair_id").with_columns(
         (pl.lit(str(root) + "/") + pl.col("image_0")).alias("image_0"),
         (pl.lit(str(root) + "/") + pl.col("image_1")).alias("image_1"),
     )
+
+
+def _damaged_image(root: Path, table: pl.DataFrame) -> tuple[str, str] | None:
+    """The first image file (by name) that is not the image its rows name, and why: its sha256 is
+    not the row's uid where the table has uid columns, else PIL cannot open and verify it."""
+    uids: dict[str, str | None] = {}
+    for side in ("image_0", "image_1"):
+        column = table[f"{side}_uid"] if f"{side}_uid" in table.columns else pl.Series([None] * table.height)
+        uids.update(zip(table[side].to_list(), column.to_list(), strict=True))
+    for name, uid in sorted(uids.items()):
+        if uid is not None:
+            with (root / name).open("rb") as f:
+                if hashlib.file_digest(f, "sha256").hexdigest() != uid:
+                    return name, f"its sha256 is not its uid in pairs.parquet ({uid})"
+            continue
+        try:
+            with Image.open(root / name) as image:
+                image.verify()
+        except Exception as e:  # noqa: BLE001 - PIL raises many kinds on a bad file; each means unreadable
+            return name, f"not a readable image ({type(e).__name__}: {e})"
+    return None
 
 
 def snapshot_hash(snapshot: str | Path) -> str:
