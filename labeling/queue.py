@@ -13,7 +13,9 @@ Policy, applied by one SQL statement per request for pairs (:func:`next_pairs`):
 Human judgments of every source count towards the overlap (the app, Label Studio, imports);
 AI judgments do not. :func:`next_pairs` hands a browser one or several pairs at once and leases them to
 that annotator for ``lease_s``: an unexpired lease counts towards the overlap like a judgment, so
-two people working at once are not handed the same last pairs beyond it.
+two people working at once are not handed the same last pairs beyond it. A lease's row outlives
+its expiry until its annotator judges the pair, so :func:`handed` can tell the pairs ever handed
+to an annotator (the only ones their browser may answer) after a server restart too.
 
 An answer to a shown pair becomes a judgment through :mod:`labeling.answers` (:func:`record_answers`).
 """
@@ -50,7 +52,8 @@ class QueueConfig:
             unseen gold pairs remain.
         seed: seeds the gold draw, the order among equally judged pairs and the side shown left.
         annotators: names offered on the Annotate page; empty lets people type their name.
-        prefetch: pairs a browser holds ready, so the next one shows at the key press (at least 1).
+        prefetch: pairs a browser holds ready, so the next one shows at the key press (at least 1);
+            it asks for more once it holds :attr:`refill_at` or fewer, until it holds ``prefetch`` again.
         lease_s: seconds a pair handed to a browser stays reserved for that annotator (> 0).
     """
 
@@ -72,6 +75,12 @@ class QueueConfig:
             raise LabelingError(f"prefetch must be >= 1, got {self.prefetch}")
         if not self.lease_s > 0:
             raise LabelingError(f"lease_s must be > 0, got {self.lease_s}")
+
+    @property
+    def refill_at(self) -> int:
+        """Pairs left in a browser at which it asks for more: three in five of ``prefetch`` (3 of
+        5), so that a refill is under way well before the queue runs dry."""
+        return self.prefetch * 3 // 5
 
     @classmethod
     def from_home(cls, home: Path | str) -> QueueConfig:
@@ -244,9 +253,9 @@ def next_pairs(
 ) -> tuple[list[QueueItem], Progress]:
     """Up to ``n`` pairs for an annotator's browser, leased to them for ``config.lease_s``.
 
-    One write: expired leases go, and so do the annotator's leases of ``exclude``; the pairs are
-    drawn as requests for one pair would draw them one after the other (gold draws included), and
-    their leases and those of ``held`` are renewed.
+    One write: expired leases of pairs their annotator has judged go, and the annotator's leases of
+    ``exclude`` expire; the pairs are drawn as requests for one pair would draw them one after the
+    other (gold draws included), and their leases and those of ``held`` are renewed.
 
     Args:
         held: pairs the browser already holds: not handed again, their leases renewed.
@@ -261,9 +270,16 @@ def next_pairs(
         raise LabelingError(f"n must be >= 0, got {n}")
     when = now()
     with store.write() as con:
+        # An expired lease's row stays until the pair is judged by its annotator: it tells handed().
         con.execute(
-            "DELETE FROM pair_leases WHERE expires_at <= ? OR (annotator_id = ? AND list_contains(?, pair_id))",
-            [when, annotator_id, list(exclude)],
+            "DELETE FROM pair_leases l WHERE expires_at <= ? AND EXISTS ("
+            "SELECT 1 FROM judgments j WHERE j.pair_id = l.pair_id AND j.annotator_id = l.annotator_id)",
+            [when],
+        )
+        con.execute(
+            "UPDATE pair_leases SET expires_at = ? WHERE annotator_id = ? AND list_contains(?, pair_id) "
+            "AND expires_at > ?",
+            [when, annotator_id, list(exclude), when],
         )
         items, progress_now = _next(con, annotator_id, kinds, config, (*held, *exclude), n, when)
         leased = [item.pair_id for item in items] + list(held)
@@ -273,6 +289,20 @@ def next_pairs(
                 [[pair_id, annotator_id, when + timedelta(seconds=config.lease_s)] for pair_id in leased],
             )
     return items, progress_now
+
+
+def handed(store: Store, annotator_id: int, pair_id: int) -> bool:
+    """Whether the pair was ever handed to the annotator's browser: they hold or held a lease of
+    it (an expired one included) or have judged it (a judged pair's expired lease goes)."""
+    with store.read() as con:
+        return bool(
+            scalar(
+                con,
+                "SELECT EXISTS (SELECT 1 FROM pair_leases WHERE pair_id = ? AND annotator_id = ?) "
+                "OR EXISTS (SELECT 1 FROM judgments WHERE pair_id = ? AND annotator_id = ?)",
+                [pair_id, annotator_id] * 2,
+            )
+        )
 
 
 def _next(

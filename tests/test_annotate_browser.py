@@ -162,22 +162,41 @@ def home(tmp_path: Path) -> Path:
     return tmp_path / "home"
 
 
+# In the widget's frame, read in one go: null while a pair is on screen, else what shows instead.
+NO_PAIR = """() => {
+    const root = document.getElementById('root');
+    return root.dataset.pair ? null : {
+        state: root.dataset.state, shown: !document.getElementById('empty').hidden,
+        text: document.getElementById('empty-text').textContent,
+    };
+}"""
+LOADING = {"state": "loading", "shown": True, "text": "Loading the next pairs…"}
+
+
 def test_back_to_back_presses_are_each_stored_once_against_the_pair_on_screen(home: Path) -> None:
     store = Store.open(home)
-    add_shapes_pairs(store, 30, gold_every=5)
-    write_config(home, prefetch=30, gold_rate=0.2)
+    add_shapes_pairs(store, 40, gold_every=5)
+    write_config(home, gold_rate=0.2)  # the default prefetch (5): the queue is refilled as it goes
     port = free_port()
     with serving(streamlit_command(port), home, port) as url, chromium() as browser:
         page, frame = open_widget(browser, url, "kim")
-        frame.wait_for_function("() => document.querySelectorAll('#pair img').length === 2")
-        keys = "1234" * 6
-        for key in keys:  # no wait between presses
+        keys = "1234" * 9
+        on_screen = []
+        for key in keys:  # each press as soon as the page shows a pair, no sleep
+            waiting = frame.evaluate(NO_PAIR)
+            assert waiting in (None, LOADING)  # a queue run dry says so
+            on_screen.append(wait_for_pair(frame))
             page.keyboard.press(key)
         wait_saved(frame)
         log = judge_log(frame)
-        assert frame.evaluate("() => document.getElementById('progress-text').textContent").startswith("24 judged")
-    assert [e["side"] for e in log] == [KEYS[k] for k in keys]
-    assert len({e["pair"] for e in log}) == 24
+        ignored = frame.evaluate("() => window.judgeIgnored")
+        assert frame.evaluate("() => document.getElementById('progress-text').textContent").startswith("36 judged")
+    assert ignored == 0 and len(set(on_screen)) == 36
+    rows = stored(store, "kim")
+    # Stored in the order pressed, each against the pair the page showed, with the side pressed.
+    pressed = zip(on_screen, keys, rows, strict=True)
+    assert [row[:2] for row in rows] == [(pair, expected_outcome(KEYS[key], row[2])) for pair, key, row in pressed]
+    assert [e["pair"] for e in log] == on_screen
     assert_log_stored(store, "kim", log)
     with store.read() as con:
         times = con.execute("SELECT count(*) FILTER (WHERE answered_at > shown_at), count(*) FROM judgments").fetchall()
@@ -185,7 +204,27 @@ def test_back_to_back_presses_are_each_stored_once_against_the_pair_on_screen(ho
             "SELECT count(*) FILTER (WHERE j.is_gold = (p.gold_outcome IS NOT NULL)), count(*) "
             "FROM judgments j JOIN pairs p ON p.id = j.pair_id"
         ).fetchall()
-    assert times == [(24, 24)] and gold == [(24, 24)]
+    assert times == [(36, 36)] and gold == [(36, 36)]
+
+
+def test_a_press_with_no_pair_on_screen_is_not_recorded_and_says_so(home: Path) -> None:
+    store = Store.open(home)
+    add_shapes_pairs(store, 1)
+    port = free_port()
+    with serving(streamlit_command(port), home, port) as url, chromium() as browser:
+        page, frame = open_widget(browser, url, "noa")
+        pair = wait_for_pair(frame)
+        page.keyboard.press("1")
+        wait_saved(frame)
+        frame.wait_for_function("() => document.getElementById('root').dataset.state === 'done'")
+        page.keyboard.press("2")  # nothing left: not kept for a pair that may come later
+        notice = frame.wait_for_function(
+            "() => { const n = document.getElementById('notice'); return !n.hidden && n.textContent; }"
+        ).json_value()
+        ignored = frame.evaluate("() => window.judgeIgnored")
+        outbox = frame.evaluate("() => document.getElementById('status').dataset.state")
+    assert notice.startswith("Not recorded") and ignored == 1 and outbox == "saved"
+    assert [row[0] for row in stored(store, "noa")] == [pair]
 
 
 def test_undo_takes_back_the_last_judgment_and_shows_its_pair_again(home: Path) -> None:
@@ -209,7 +248,7 @@ def test_undo_takes_back_the_last_judgment_and_shows_its_pair_again(home: Path) 
         page.keyboard.press("4")
         wait_saved(frame)
         log = judge_log(frame)
-        # ? shows and hides the shortcuts; z zooms while held.
+        # ? shows and hides the shortcuts; z zooms while held, a click on an image until the next.
         hidden = "() => document.getElementById('help').hidden"
         page.keyboard.press("?")
         assert frame.evaluate(hidden) is False
@@ -219,6 +258,12 @@ def test_undo_takes_back_the_last_judgment_and_shows_its_pair_again(home: Path) 
         page.keyboard.down("z")
         assert frame.evaluate(zoomed) is True
         page.keyboard.up("z")
+        assert frame.evaluate(zoomed) is False
+        # A click on an image zooms too, and a second click ends it.
+        image = frame.locator("#side-left img").first
+        image.click()
+        assert frame.evaluate(zoomed) is True
+        image.click()
         assert frame.evaluate(zoomed) is False
     assert_log_stored(store, "una", log)
     live = sorted((pair, outcome) for pair, outcome, _, withdrawn, _ in stored(store, "una") if not withdrawn)

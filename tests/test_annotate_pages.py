@@ -7,6 +7,11 @@ the widget's messages in its place (the browser tests drive the real widget).
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
 from datetime import datetime
 from pathlib import Path
 
@@ -14,14 +19,18 @@ import pytest
 from labeling_data import add_shapes_pairs
 from streamlit.testing.v1 import AppTest
 
+from datastore.records import insert_previews
 from datastore.store import Store
+from labeling.answers import now
+from labeling.queue import human_annotator, next_pairs
 from workbench.access import add_user, remove_user
 from workbench.generation import generate_step_pools
 from workbench.generation_config import GenerationConfig
 from workbench.pipelines import load_pipeline
 from workbench.toy import TOY_MODEL_DIR
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
 COMPLETION, X0 = "finished image this continuation leads to", "predicted x0 at this step"
 SHOWN, ANSWERED = "2026-03-01T10:00:00.000Z", "2026-03-01T10:00:02.250Z"
 
@@ -55,10 +64,18 @@ def answer(pair: dict, side: str, key: str) -> dict:
     }  # fmt: skip
 
 
-def send(at: AppTest, kind: str, seq: int, outbox: list[dict], held: list[int], skipped: tuple[int, ...] = ()) -> dict:
+def send(
+    at: AppTest,
+    kind: str,
+    seq: int,
+    outbox: list[dict],
+    held: list[int],
+    skipped: tuple[int, ...] = (),
+    more: bool = False,
+) -> dict:
     """Deliver a widget message as the browser would and run; returns the widget's new args."""
     annotator = widget_args(at)["annotator"]
-    value = {"seq": seq, "annotator": annotator, "outbox": outbox, "held": held, "skipped": list(skipped)}
+    value = {"seq": seq, "annotator": annotator, "outbox": outbox, "held": held, "skipped": list(skipped), "more": more}
     at.session_state[f"queue_{kind}_widget"] = value
     at.run()
     assert not at.exception
@@ -112,6 +129,78 @@ def test_the_widget_gets_the_next_pairs_and_its_answers_are_stored_once(home: Pa
     assert args["progress"]["done"] == 1
 
 
+def test_the_queue_is_refilled_from_three_pairs_left_and_on_asks_until_full(home: Path) -> None:
+    store = Store.open(home)
+    add_shapes_pairs(store, 12)
+    at = _open("annotate.py", "ann")
+    args = widget_args(at)
+    pairs = args["pairs"]
+    assert (args["prefetch"], args["refill_at"]) == (5, 3)
+    # Four left: no draw (each is a store write).
+    args = send(at, "final", 1, [answer(pairs[0], "left", "a1" * 8)], [p["id"] for p in pairs[1:]])
+    assert [p["id"] for p in args["pairs"]] == [p["id"] for p in pairs[1:]]
+    # Three left: topped up to five.
+    args = send(at, "final", 2, [answer(pairs[1], "left", "a2" * 8)], [p["id"] for p in pairs[2:]])
+    assert len(args["pairs"]) == 5 and [p["id"] for p in args["pairs"][:3]] == [p["id"] for p in pairs[2:]]
+    # Four left again: the widget, still filling, asks for more and gets the fifth.
+    held = [p["id"] for p in args["pairs"][1:]]
+    args = send(at, "final", 3, [answer(args["pairs"][0], "left", "a3" * 8)], held)
+    assert [p["id"] for p in args["pairs"]] == held
+    args = send(at, "final", 4, [], held, more=True)
+    assert len(args["pairs"]) == 5 and [p["id"] for p in args["pairs"][:4]] == held
+    assert len(_judgments(store)) == 3
+
+
+def _pair(pair_id: int) -> dict:
+    return {"id": pair_id, "left_image": "a", "gold": False, "preview": None}
+
+
+def test_an_answer_for_a_pair_never_handed_to_the_annotator_is_refused(home: Path) -> None:
+    store = Store.open(home)
+    made = [p.pair_id for p in add_shapes_pairs(store, 8)]
+    at = _open("annotate.py", "ann")
+    args = widget_args(at)
+    ann, shown = args["annotator"], [p["id"] for p in args["pairs"]]
+    (bobs,), _ = next_pairs(store, human_annotator(store, "bob"), 1, exclude=tuple(shown))
+    never = next(p for p in made if p not in {*shown, bobs.pair_id})
+    # A pair that exists but was never handed out, and one handed to another annotator.
+    outbox = [answer(_pair(never), "left", "9a" * 8), answer(_pair(bobs.pair_id), "left", "9b" * 8)]
+    args = send(at, "final", 1, outbox, shown)
+    assert args["acked"] == ["9a" * 8, "9b" * 8] and "never handed" in args["error"]
+    assert at.warning and _judgments(store) == []
+    # ann's leases expire and another draw runs; then a new server session (a restart) gets an
+    # answer from ann's browser for a pair handed before: it is stored.
+    with store.write() as con:
+        con.execute("UPDATE pair_leases SET expires_at = ?", [now()])
+    next_pairs(store, human_annotator(store, "cy"), 1)
+    fresh = AppTest.from_function(_widget_callback, default_timeout=60)
+    fresh.session_state["annotator"] = (ann, "ann")
+    fresh.session_state["message"] = {"seq": 1, "annotator": ann, "outbox": [answer(_pair(shown[0]), "left", "9c" * 8)]}
+    fresh.run()
+    assert not fresh.exception and [(r[0], r[4]) for r in _judgments(store)] == [(shown[0], "ann")]
+
+
+def test_the_widget_files_ship_in_the_wheel(tmp_path: Path) -> None:
+    """A wheel built from the packages and pyproject.toml alone holds every file of judge_widget/."""
+    src = tmp_path / "src"
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for package in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]:
+        name = package.rstrip("*")
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "--no-cache-dir",
+         "-q", "-w", str(tmp_path / "dist"), str(src)],
+        check=True, timeout=300,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    widget = ROOT / "workbench" / "ui" / "judge_widget"
+    with zipfile.ZipFile(wheel) as z:
+        shipped = {n.removeprefix("workbench/ui/judge_widget/") for n in z.namelist() if "/judge_widget/" in n}
+    assert shipped == {f.name for f in widget.iterdir()} >= {"index.html", "judge.js", "judge.css"}
+
+
 def test_malformed_messages_are_dropped_with_a_warning_and_store_nothing(home: Path) -> None:
     store = Store.open(home)
     add_shapes_pairs(store, 3)
@@ -148,7 +237,8 @@ def test_noisy_steps_shows_the_chain_position_and_records_step_judgments(home: P
                 "|| p.timestep FROM pairs p JOIN step_pools sp ON sp.id = p.pool_id"
             ).fetchall()
         )
-    assert {p["id"]: p["context"] for p in args["pairs"]} == {i: f"Step {text}" for i, text in steps.items()}
+    scorers = "no completion previews: this pair is meant for scorers"
+    assert {p["id"]: p["context"] for p in args["pairs"]} == {i: f"Step {text} · {scorers}" for i, text in steps.items()}
     first, second = args["pairs"]
     args = send(at, "step", 1, [answer(first, "tie", "d1" * 8), answer(second, "both_bad", "d2" * 8)], [])
     rows = _judgments(store)
@@ -254,6 +344,7 @@ def test_answers_of_a_person_removed_meanwhile_are_refused(home: Path, monkeypat
     made = add_shapes_pairs(store, 3)
     ann = add_user(store, home / "users.toml", "ann", "annotator", "ann's password")
     add_user(store, home / "users.toml", "ada", "admin", "ada's password")
+    next_pairs(store, ann.annotator_id, 3)  # handed to ann's browser
     at = AppTest.from_function(_widget_callback, default_timeout=60)
     at.session_state["signed_in"] = "ann"
 
@@ -270,3 +361,18 @@ def test_answers_of_a_person_removed_meanwhile_are_refused(home: Path, monkeypat
     deliver(3, made[2].pair_id)
     assert [r[0] for r in _judgments(store)] == [made[0].pair_id]
     assert "signed_in" not in at.session_state
+
+
+def test_noisy_steps_says_which_pairs_are_for_scorers_in_a_mixed_store(home: Path) -> None:
+    store = Store.open(home)
+    previewed, bare = add_shapes_pairs(store, 2, kind="step")
+    (finished,) = add_shapes_pairs(store, 1, seed=5)  # its images stand in for the completions
+    with store.write() as con:
+        images = dict(con.execute("SELECT id, [image_a, image_b] FROM pairs").fetchall())
+        insert_previews(con, "completion", list(zip(images[previewed.pair_id], images[finished.pair_id], strict=True)))
+    at = _open("noisy_steps.py", "dee")
+    assert not at.info  # some step pairs can be judged on their finished images
+    shown = {p["id"]: (p["preview"], p["context"]) for p in widget_args(at)["pairs"]}
+    assert shown[previewed.pair_id][0] == "completion" and "scorers" not in shown[previewed.pair_id][1]
+    assert shown[bare.pair_id][0] is None
+    assert shown[bare.pair_id][1].endswith("· no completion previews: this pair is meant for scorers")

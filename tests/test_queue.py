@@ -19,6 +19,7 @@ from labeling.queue import (
     QueueItem,
     completion_previews,
     gold_accuracy,
+    handed,
     human_annotator,
     next_pairs,
     progress,
@@ -259,6 +260,28 @@ def test_leases_keep_the_last_pairs_within_the_overlap(store: Store) -> None:
     # A pair the browser skipped is no longer reserved for it.
     next_pairs(store, ann, 0, config=config, held=(held[1].pair_id,), exclude=(held[2].pair_id,))
     assert [i.pair_id for i in next_pairs(store, bob, 3, config=config)[0]] == [held[2].pair_id]
+
+
+def test_handed_tells_every_pair_leased_to_an_annotator_even_after_its_lease_expired(store: Store) -> None:
+    pairs = [p.pair_id for p in add_shapes_pairs(store, 4)]
+    ann, bob = human_annotator(store, "ann"), human_annotator(store, "bob")
+    config = QueueConfig(gold_rate=0.0)
+    first, second = next_pairs(store, ann, 2, config=config)[0]
+    never = [p for p in pairs if p not in (first.pair_id, second.pair_id)]
+    assert [handed(store, ann, p) for p in pairs] == [p not in never for p in pairs]
+    assert not handed(store, bob, first.pair_id)
+    # ann judges the first and skips the second; every lease expires and others draw meanwhile.
+    record_answers(store, ann, [_answer(first)])
+    next_pairs(store, ann, 0, config=config, exclude=(second.pair_id,))
+    with store.write() as con:
+        con.execute("UPDATE pair_leases SET expires_at = ?", [now()])
+    next_pairs(store, bob, 0, config=config)
+    with store.read() as con:
+        leases = con.execute("SELECT pair_id FROM pair_leases WHERE annotator_id = ?", [ann]).fetchall()
+    # The judged pair's lease went (its judgment tells), the skipped one's row stays.
+    assert leases == [(second.pair_id,)]
+    assert [handed(store, ann, p) for p in pairs] == [p not in never for p in pairs]
+    assert handed(store, ann, 10**6) is False
 
 
 def _all_pairs(store: Store) -> list[int]:

@@ -4,9 +4,10 @@ The widget (``judge_widget/``: plain HTML, CSS and JavaScript shipped in the pac
 custom component) holds the next pairs with their images and owns the keyboard: a key press
 shows the next pair at once, and the answer goes to the server in the background with the pair
 that was on screen and an idempotency key. Each message from the widget reruns only the widget's
-fragment, which records the answers and undos (`labeling.answers`), tops the browser's queue up to
-``prefetch`` leased pairs once half of it is gone, and acknowledges the keys it handled; the
-widget resends what is not acknowledged.
+fragment, which records the answers and undos (`labeling.answers`) of pairs handed to that
+annotator, tops the browser's queue up to ``prefetch`` leased pairs once it is down to
+``refill_at`` and on the widget's asks until it is full again, and acknowledges the keys it
+handled; the widget resends what is not acknowledged.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from datastore.errors import NotFoundError, StoreError
 from datastore.records import PREVIEW_KINDS
 from labeling.answers import SIDES, Answer, record_answers, withdraw_answer
 from labeling.errors import LabelingError
-from labeling.queue import Progress, QueueConfig, QueueItem, human_annotator, next_pairs
+from labeling.queue import Progress, QueueConfig, QueueItem, handed, human_annotator, next_pairs
 from workbench.ui.state import sign_in_needed, signed_in, store
 
 _WIDGET = components.declare_component("judge", path=str(Path(__file__).parent / "judge_widget"))
@@ -213,10 +214,13 @@ def _receive(kind: str, annotator_id: int, value: Any) -> None:
         try:
             if message.get("type") == "answer":
                 answer = _answer(message)
-                handed = session.handed.get(answer.pair_id)
-                if handed is not None and handed["preview"] != answer.preview:
+                payload = session.handed.get(answer.pair_id)
+                # Not handed in this session (a server restart, an undone pair): the leases tell.
+                if payload is None and not handed(store(), annotator_id, answer.pair_id):
+                    raise LabelingError(f"pair {answer.pair_id} was never handed to this annotator")
+                if payload is not None and payload["preview"] != answer.preview:
                     raise LabelingError(
-                        f"pair {answer.pair_id} was handed out with preview {handed['preview']!r}, "
+                        f"pair {answer.pair_id} was handed out with preview {payload['preview']!r}, "
                         f"answered as seen on {answer.preview!r}"
                     )
                 status = record_answers(store(), annotator_id, [answer])[0]
@@ -260,8 +264,10 @@ def _top_up(kind: str, annotator_id: int, views: Views, context: Callable[[Queue
     holding = {int(p) for p in value.get("held", []) if isinstance(p, int)} | set(session.handed)
     need = config.prefetch - len(holding)
     asked = not session.seen_seq or value.get("poll") or value.get("unskip")
-    # Refill once half the queue is gone: fewer, larger draws (each is a store write).
-    if need <= 0 or (len(holding) > config.prefetch // 2 and not asked) or (session.exhausted and not asked):
+    # Refill from refill_at pairs left, then on the widget's asks until it is full: a few draws
+    # (each is a store write) that start before the browser runs dry.
+    low = len(holding) <= config.refill_at or value.get("more")
+    if need <= 0 or (session.exhausted and not asked) or not (low or asked):
         return
     try:
         items, session.progress = next_pairs(
@@ -294,14 +300,15 @@ def _widget(kind: str, annotator_id: int, views: Views, context: Callable[[Queue
         for view in side
     }
     acked = [m["key"] for m in session.last.get("outbox", []) if isinstance(m, dict) and m.get("key") in session.handled]
-    widget_key = f"queue_{kind}_widget"
+    widget_key, config = f"queue_{kind}_widget", queue_config()
     value = _WIDGET(
         key=widget_key,
         default=None,
         on_change=partial(_on_message, kind, annotator_id, views, context),
         annotator=annotator_id,
         storage_key=hashlib.sha256(str(store().home).encode()).hexdigest()[:12] + f":{kind}",
-        prefetch=queue_config().prefetch,
+        prefetch=config.prefetch,
+        refill_at=config.refill_at,
         pairs=pairs,
         images=images,
         acked=acked,

@@ -1,5 +1,6 @@
 """Noisy steps: judge candidates of a step pool, each shown as the finished image its continuation
-leads to (its completion preview) when it has one, with its predicted final image (x0) beside it."""
+leads to (its completion preview) when it has one, with its predicted final image (x0) beside it;
+a pair without previews says it is meant for scorers."""
 
 import streamlit as st
 
@@ -9,6 +10,7 @@ from workbench.ui.state import store
 
 COMPLETION = "finished image this continuation leads to"
 X0 = "predicted x0 at this step"
+FOR_SCORERS = "no completion previews: this pair is meant for scorers"
 
 
 def _position(item: QueueItem) -> str:
@@ -17,13 +19,24 @@ def _position(item: QueueItem) -> str:
     return f"Step {item.step_index} of {item.num_steps} of the denoising chain · timestep t = {item.timestep}"
 
 
+def _previewed(item: QueueItem, previews: dict[str, tuple[str, str]]) -> bool:
+    return item.image_a in previews and item.image_b in previews
+
+
+def _context(item: QueueItem) -> str:
+    """The pair's position in its chain, and whether it is meant for scorers (no completion previews)."""
+    if _previewed(item, completion_previews(store(), (item.image_a, item.image_b))):
+        return _position(item)
+    return f"{_position(item)} · {FOR_SCORERS}"
+
+
 def _views(items: list[QueueItem]) -> list[Sides]:
     previews = completion_previews(store(), [image for item in items for image in (item.image_a, item.image_b)])
     return [_sides(item, previews) for item in items]
 
 
 def _sides(item: QueueItem, previews: dict[str, tuple[str, str]]) -> Sides:
-    if item.image_a not in previews or item.image_b not in previews:
+    if not _previewed(item, previews):
         bare = f"{X0} (no completion preview)"
         return Sides([View(*item.left, bare)], [View(*item.right, bare)])
     left, right = (
@@ -47,4 +60,4 @@ if not step_pairs_have_previews(store()):
     )
 annotator_id = annotator()
 if annotator_id is not None:
-    judge_queue("step", annotator_id, views=_views, context=_position)
+    judge_queue("step", annotator_id, views=_views, context=_context)

@@ -5,10 +5,15 @@
 // Every answer gets an idempotency key at the key press and waits in the outbox (kept in
 // localStorage, so a reload or a server restart loses nothing) until the server acknowledges its
 // key; the whole outbox is sent each time, with one send in flight, resent when unanswered.
+//
+// Once the queue is down to refill_at pairs the widget asks for more with each send, until it
+// holds prefetch again. A press while no pair is on screen (the queue ran dry, or nothing is left)
+// is never kept for a later pair: a notice says it was not recorded, and it is counted.
 "use strict";
 (() => {
   const RESEND_MS = 3000; // a send unanswered this long is sent again (server busy or restarting)
   const POLL_MS = 15000; // while nothing is left, ask again this often (leases of others expire)
+  const NOTICE_MS = 2500; // how long the notice of a press not recorded stays
 
   const $ = (id) => document.getElementById(id);
   const root = $("root");
@@ -28,6 +33,9 @@
     sentAt: 0,
     unansweredSince: 0, // when the oldest send still unanswered went out, 0 when none
     lastPoll: 0,
+    filling: false, // asking for more pairs: from refill_at held until prefetch held
+    askedWith: null, // pairs held when the send in flight asked for more, null when it did not
+    barren: Infinity, // an ask while holding this many brought nothing: not again until fewer
     ignored: 0, // presses with no pair on screen
     pressed: 0,
   };
@@ -97,7 +105,18 @@
     return held;
   }
 
+  // Whether a send asks for more pairs; a refill already in flight is never asked for twice, as
+  // only one send is in flight.
+  function wantMore() {
+    const held = holdings().length;
+    if (held <= state.args.refill_at) state.filling = true;
+    else if (held >= state.args.prefetch) state.filling = false;
+    return state.filling && held < state.barren && !state.args.exhausted && !state.args.error;
+  }
+
   function send(extra) {
+    const more = wantMore();
+    state.askedWith = more ? holdings().length : null;
     state.seq += 1;
     state.inFlight = state.seq;
     state.sentAt = performance.now();
@@ -111,6 +130,7 @@
         outbox: state.outbox,
         held: holdings(),
         skipped: state.skipped,
+        more,
         ...extra,
       },
     });
@@ -119,8 +139,7 @@
 
   function flush() {
     if (state.inFlight) return; // the render that answers it sends the rest
-    const low = holdings().length <= state.args.prefetch / 2 && !state.args.exhausted && !state.args.error;
-    if (state.outbox.some((m) => !state.sentKeys.has(m.key)) || low) send({});
+    if (state.outbox.some((m) => !state.sentKeys.has(m.key)) || wantMore()) send({});
   }
 
   function tick() {
@@ -141,7 +160,10 @@
   function onRender(args) {
     if (state.annotator !== args.annotator) {
       // Another person in this page: start over with their own outbox.
-      Object.assign(state, { queue: [], current: null, known: new Set(), history: [], skipped: [], outbox: [], sentKeys: new Set() });
+      Object.assign(state, {
+        queue: [], current: null, known: new Set(), history: [], skipped: [], outbox: [], sentKeys: new Set(),
+        filling: false, askedWith: null, barren: Infinity,
+      });
       state.annotator = args.annotator;
       state.args = args;
       restore();
@@ -153,13 +175,17 @@
     const acked = new Set(args.acked);
     state.outbox = state.outbox.filter((m) => !acked.has(m.key));
     persist();
+    let added = 0;
     for (const pair of args.pairs) {
       if (!state.known.has(pair.id)) {
         state.known.add(pair.id);
         state.queue.push(pair);
+        added += 1;
       }
     }
+    if (added) state.barren = Infinity;
     if (state.inFlight && args.seen_seq >= state.inFlight) {
+      if (state.askedWith !== null && !added) state.barren = state.askedWith;
       state.inFlight = 0;
       state.unansweredSince = 0;
     }
@@ -213,6 +239,7 @@
     renderSide($("side-right"), pair.sides[1]);
     $("pair-id").textContent = `Pair ${pair.id}`;
     root.dataset.pair = String(pair.id);
+    root.dataset.state = "pair";
     $("pair").hidden = false;
     $("empty").hidden = true;
     showProgress();
@@ -228,6 +255,7 @@
     root.dataset.pair = "";
     $("pair").hidden = true;
     const waiting = !state.args.exhausted || state.inFlight;
+    root.dataset.state = waiting ? "loading" : "done";
     const skipped = state.skipped.length;
     $("empty-text").textContent = waiting
       ? "Loading the next pairs…"
@@ -274,6 +302,11 @@
     if (!state.current) {
       state.ignored += 1;
       window.judgeIgnored = state.ignored;
+      notify(
+        root.dataset.state === "loading"
+          ? "Not recorded: the next pairs are still loading. Press again once a pair shows."
+          : "Not recorded: no pair is on screen.",
+      );
       return;
     }
     const { pair, shownAt } = state.current;
@@ -332,6 +365,16 @@
     );
   }
 
+  let noticeTimer = 0;
+  function notify(text) {
+    $("notice").textContent = text;
+    $("notice").hidden = false;
+    clearTimeout(noticeTimer);
+    noticeTimer = setTimeout(() => {
+      $("notice").hidden = true;
+    }, NOTICE_MS);
+  }
+
   function zoom(on) {
     root.classList.toggle("zoom", on);
     resize();
@@ -349,7 +392,8 @@
   }
 
   function onKeyDown(e, origin) {
-    if (!state.args || typing(e.target) || e.ctrlKey || e.metaKey || e.altKey) return;
+    // Before the first render too: an answer key then is refused with a notice (see answer).
+    if (typing(e.target) || e.ctrlKey || e.metaKey || e.altKey) return;
     // The event's time in this frame's clock (the page around it has its own time origin).
     const pressedAt = e.timeStamp + origin - performance.timeOrigin;
     const sides = { 1: "left", 2: "right", 3: "tie", 4: "both_bad" };
