@@ -129,26 +129,28 @@ def test_the_widget_gets_the_next_pairs_and_its_answers_are_stored_once(home: Pa
     assert args["progress"]["done"] == 1
 
 
-def test_the_queue_is_refilled_from_three_pairs_left_and_on_asks_until_full(home: Path) -> None:
+def test_the_queue_is_refilled_from_two_pairs_left_and_on_asks_until_full(home: Path) -> None:
     store = Store.open(home)
     add_shapes_pairs(store, 12)
     at = _open("annotate.py", "ann")
     args = widget_args(at)
     pairs = args["pairs"]
-    assert (args["prefetch"], args["refill_at"]) == (5, 3)
-    # Four left: no draw (each is a store write).
+    assert (args["prefetch"], args["refill_at"]) == (5, 2)
+    # Four, then three left: no draw (each is a store write).
     args = send(at, "final", 1, [answer(pairs[0], "left", "a1" * 8)], [p["id"] for p in pairs[1:]])
     assert [p["id"] for p in args["pairs"]] == [p["id"] for p in pairs[1:]]
-    # Three left: topped up to five.
     args = send(at, "final", 2, [answer(pairs[1], "left", "a2" * 8)], [p["id"] for p in pairs[2:]])
-    assert len(args["pairs"]) == 5 and [p["id"] for p in args["pairs"][:3]] == [p["id"] for p in pairs[2:]]
-    # Four left again: the widget, still filling, asks for more and gets the fifth.
+    assert [p["id"] for p in args["pairs"]] == [p["id"] for p in pairs[2:]]
+    # Two left: topped up to five.
+    args = send(at, "final", 3, [answer(pairs[2], "left", "a3" * 8)], [p["id"] for p in pairs[3:]])
+    assert len(args["pairs"]) == 5 and [p["id"] for p in args["pairs"][:2]] == [p["id"] for p in pairs[3:]]
+    # Four left again: the widget, if still filling, asks for more and gets the fifth.
     held = [p["id"] for p in args["pairs"][1:]]
-    args = send(at, "final", 3, [answer(args["pairs"][0], "left", "a3" * 8)], held)
+    args = send(at, "final", 4, [answer(args["pairs"][0], "left", "a4" * 8)], held)
     assert [p["id"] for p in args["pairs"]] == held
-    args = send(at, "final", 4, [], held, more=True)
+    args = send(at, "final", 5, [], held, more=True)
     assert len(args["pairs"]) == 5 and [p["id"] for p in args["pairs"][:4]] == held
-    assert len(_judgments(store)) == 3
+    assert len(_judgments(store)) == 4
 
 
 def _pair(pair_id: int) -> dict:
