@@ -18,9 +18,13 @@ from tiny_models import build_tiny_sd15, build_tiny_sdxl
 
 from reward_models.base import Scorer
 from reward_models.clip import ClipScorer, load_clip
+from reward_models.shapes import held_out_captions, train_captions
 from reward_models.step_aware import StepAwareCLIP
 from training.config import ConfigError
 from training.spo import SPOConfig, main
+from workbench.evaluation import score_pipeline
+from workbench.pipelines import fuse_lora, load_pipeline
+from workbench.toy import TOY_IMAGE_SIZE, TOY_MODEL_DIR
 
 PROMPTS = ("a red circle", "a blue square")
 
@@ -32,13 +36,14 @@ class BrightnessScorer(Scorer):
     version = "1"
     step_aware = True
 
-    def __init__(self) -> None:
+    def __init__(self, sign: float = 1.0) -> None:
+        self.sign = sign  # -1 prefers darker images
         self.timesteps: list[int] = []
 
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str], timesteps: Sequence[int] | None = None) -> np.ndarray:
         self._check_lengths(images, prompts, timesteps)
-        self.timesteps.extend(timesteps)
-        return np.array([np.asarray(image, dtype=np.float64).mean() for image in images])
+        self.timesteps.extend(timesteps or ())
+        return self.sign * np.array([np.asarray(image, dtype=np.float64).mean() for image in images])
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +152,27 @@ def test_prompts_file(tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_text("a red circle\n\n  a blue square  \n")
     assert config("unused", tmp_path, prompts=(), prompts_file=path).prompt_list() == ["a red circle", "a blue square"]
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["brighter", "darker"])
+def test_spo_moves_the_shipped_model_the_way_its_judge_prefers(tmp_path, sign) -> None:
+    """Six SPO steps with a judge that prefers brighter (or darker) candidates make every held-out
+    image of the toy model brighter (or darker): the pairs, the loss's sign and the update agree."""
+    cfg = SPOConfig(
+        pretrained_model=str(TOY_MODEL_DIR),
+        output_dir=tmp_path / "run",
+        prompts=train_captions()[:50],
+        resolution=TOY_IMAGE_SIZE,
+        guidance_scale=3.0,
+        warmup_steps=0,
+        max_timestep=951,
+        threshold=0.0,
+        prompts_per_step=2,
+        max_steps=6,
+        learning_rate=5e-4,
+    )
+    final = main(cfg, BrightnessScorer(sign))
+    captions = list(held_out_captions()[:16])
+    before = [s for _, _, s in score_pipeline(load_pipeline(TOY_MODEL_DIR), BrightnessScorer(), captions)]
+    after = [s for _, _, s in score_pipeline(fuse_lora(load_pipeline(TOY_MODEL_DIR), final), BrightnessScorer(), captions)]
+    assert all(sign * (b - a) > 0 for a, b in zip(before, after, strict=True)), (before, after)
