@@ -53,7 +53,7 @@ class QueueConfig:
         seed: seeds the gold draw, the order among equally judged pairs and the side shown left.
         annotators: names offered on the Annotate page; empty lets people type their name.
         prefetch: pairs a browser holds ready, so the next one shows at the key press (at least 1);
-            it asks for more once it holds :attr:`refill_at` or fewer, until it holds ``prefetch`` again.
+            it asks for more once it holds :attr:`refill_at` or fewer.
         lease_s: seconds a pair handed to a browser stays reserved for that annotator (> 0).
     """
 
@@ -79,8 +79,7 @@ class QueueConfig:
     @property
     def refill_at(self) -> int:
         """Pairs left in a browser at which it asks for more: half of ``prefetch``, rounded down (2 of
-        5). Each draw is one store write whatever its size, so a draw brings several pairs: asking
-        at 3 of 5 (two pairs a draw) measured 1.5 times the server CPU per judgment and more stalls."""
+        5). Each draw is one store write whatever its size, so a draw should bring several pairs."""
         return self.prefetch // 2
 
     @classmethod

@@ -144,7 +144,7 @@ def test_the_queue_is_refilled_from_two_pairs_left_and_on_asks_until_full(home: 
     # Two left: topped up to five.
     args = send(at, "final", 3, [answer(pairs[2], "left", "a3" * 8)], [p["id"] for p in pairs[3:]])
     assert len(args["pairs"]) == 5 and [p["id"] for p in args["pairs"][:2]] == [p["id"] for p in pairs[3:]]
-    # Four left again: the widget, if still filling, asks for more and gets the fifth.
+    # Four left again: an explicit ask for more gets the fifth.
     held = [p["id"] for p in args["pairs"][1:]]
     args = send(at, "final", 4, [answer(args["pairs"][0], "left", "a4" * 8)], held)
     assert [p["id"] for p in args["pairs"]] == held

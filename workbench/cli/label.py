@@ -126,6 +126,9 @@ def serve(
             "--server.port", str(port),
             "--server.headless", "true",
             "--browser.gatherUsageStats", "false",
+            # A served app is not edited while it runs; watching the checkout (and a .venv inside
+            # it) for source changes costs the server CPU on every rerun.
+            "--server.fileWatcherType", "none",
         ],
         {**os.environ, "WORKBENCH_HOME": str(home)},
     )  # fmt: skip

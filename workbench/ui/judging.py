@@ -6,8 +6,7 @@ shows the next pair at once, and the answer goes to the server in the background
 that was on screen and an idempotency key. Each message from the widget reruns only the widget's
 fragment, which records the answers and undos (`labeling.answers`) of pairs handed to that
 annotator, tops the browser's queue up to ``prefetch`` leased pairs once it is down to
-``refill_at`` and on the widget's asks until it is full again, and acknowledges the keys it
-handled; the widget resends what is not acknowledged.
+``refill_at`` (or when the widget asks), and acknowledges the keys it handled; the widget resends what is not acknowledged.
 """
 
 from __future__ import annotations
@@ -264,7 +263,7 @@ def _top_up(kind: str, annotator_id: int, views: Views, context: Callable[[Queue
     holding = {int(p) for p in value.get("held", []) if isinstance(p, int)} | set(session.handed)
     need = config.prefetch - len(holding)
     asked = not session.seen_seq or value.get("poll") or value.get("unskip")
-    # Refill from refill_at pairs left, then on the widget's asks until it is full: a few draws
+    # Refill from refill_at pairs left, or on the widget's ask: few draws
     # (each is a store write) that start before the browser runs dry.
     low = len(holding) <= config.refill_at or value.get("more")
     if need <= 0 or (session.exhausted and not asked) or not (low or asked):

@@ -6,8 +6,8 @@
 // localStorage, so a reload or a server restart loses nothing) until the server acknowledges its
 // key; the whole outbox is sent each time, with one send in flight, resent when unanswered.
 //
-// Once the queue is down to refill_at pairs the widget asks for more with each send, until it
-// holds prefetch again. A press while no pair is on screen (the queue ran dry, or nothing is left)
+// Once the queue is down to refill_at pairs the widget asks for more with each send (the server
+// draws up to prefetch), one draw in flight at a time. A press while no pair is on screen (the queue ran dry, or nothing is left)
 // is never kept for a later pair: a notice says it was not recorded, and it is counted.
 "use strict";
 (() => {
@@ -33,7 +33,6 @@
     sentAt: 0,
     unansweredSince: 0, // when the oldest send still unanswered went out, 0 when none
     lastPoll: 0,
-    filling: false, // asking for more pairs: from refill_at held until prefetch held
     askedWith: null, // pairs held when the send in flight asked for more, null when it did not
     barren: Infinity, // an ask while holding this many brought nothing: not again until fewer
     ignored: 0, // presses with no pair on screen
@@ -106,12 +105,11 @@
   }
 
   // Whether a send asks for more pairs; a refill already in flight is never asked for twice, as
-  // only one send is in flight.
+  // only one send is in flight. Each draw is a store write, so asking at every pair below
+  // prefetch (two draws where one does) doubled the server's CPU per judgment.
   function wantMore() {
     const held = holdings().length;
-    if (held <= state.args.refill_at) state.filling = true;
-    else if (held >= state.args.prefetch) state.filling = false;
-    return state.filling && held < state.barren && !state.args.exhausted && !state.args.error;
+    return held <= state.args.refill_at && held < state.barren && !state.args.exhausted && !state.args.error;
   }
 
   function send(extra) {
@@ -162,7 +160,7 @@
       // Another person in this page: start over with their own outbox.
       Object.assign(state, {
         queue: [], current: null, known: new Set(), history: [], skipped: [], outbox: [], sentKeys: new Set(),
-        filling: false, askedWith: null, barren: Infinity,
+        askedWith: null, barren: Infinity,
       });
       state.annotator = args.annotator;
       state.args = args;
