@@ -18,6 +18,7 @@ from playwright.sync_api import Browser, BrowserContext, Frame, Page, sync_playw
 from playwright.sync_api import Error as PlaywrightError
 
 from datastore.store import Store
+from workbench.cli.label import streamlit_command
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = [
@@ -34,14 +35,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def streamlit_command(port: int) -> list[str]:
-    return [
-        sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
-        "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-        "--browser.gatherUsageStats", "false",
-    ]  # fmt: skip
 
 
 @contextmanager
@@ -178,7 +171,7 @@ def test_back_to_back_presses_are_each_stored_once_against_the_pair_on_screen(ho
     add_shapes_pairs(store, 40, gold_every=5)
     write_config(home, gold_rate=0.2)  # the default prefetch (5): the queue is refilled as it goes
     port = free_port()
-    with serving(streamlit_command(port), home, port) as url, chromium() as browser:
+    with serving(streamlit_command("127.0.0.1", port), home, port) as url, chromium() as browser:
         page, frame = open_widget(browser, url, "kim")
         keys = "1234" * 9
         on_screen = []
@@ -211,7 +204,7 @@ def test_a_press_with_no_pair_on_screen_is_not_recorded_and_says_so(home: Path) 
     store = Store.open(home)
     add_shapes_pairs(store, 1)
     port = free_port()
-    with serving(streamlit_command(port), home, port) as url, chromium() as browser:
+    with serving(streamlit_command("127.0.0.1", port), home, port) as url, chromium() as browser:
         page, frame = open_widget(browser, url, "noa")
         pair = wait_for_pair(frame)
         page.keyboard.press("1")
@@ -231,7 +224,7 @@ def test_undo_takes_back_the_last_judgment_and_shows_its_pair_again(home: Path) 
     store = Store.open(home)
     add_shapes_pairs(store, 6)
     port = free_port()
-    with serving(streamlit_command(port), home, port) as url, chromium() as browser:
+    with serving(streamlit_command("127.0.0.1", port), home, port) as url, chromium() as browser:
         page, frame = open_widget(browser, url, "una")
         first = wait_for_pair(frame)
         page.keyboard.press("1")
@@ -277,7 +270,7 @@ def test_a_server_restart_mid_session_loses_and_duplicates_nothing(home: Path) -
     write_config(home, prefetch=8)
     port = free_port()
     with chromium() as browser:
-        with serving(streamlit_command(port), home, port) as url:
+        with serving(streamlit_command("127.0.0.1", port), home, port) as url:
             page, frame = open_widget(browser, url, "ray")
             for key in "1234":
                 page.keyboard.press(key)
@@ -290,7 +283,7 @@ def test_a_server_restart_mid_session_loses_and_duplicates_nothing(home: Path) -
         frame.wait_for_function("() => document.getElementById('status').dataset.state === 'offline'")
         assert len(stored(store, "ray")) == 4
         log = judge_log(frame)
-        with serving(streamlit_command(port), home, port):
+        with serving(streamlit_command("127.0.0.1", port), home, port):
             # The page reconnects by itself; its widget frame may be a new one, whose unsent
             # answers come from the browser's storage.
             page.wait_for_function("() => document.querySelector('iframe') !== null")
@@ -309,7 +302,7 @@ def test_answers_left_unsent_in_a_closed_page_are_sent_by_the_next_one(home: Pat
     port = free_port()
     with chromium() as browser:
         context = browser.new_context()  # one browser profile: the pages share local storage
-        with serving(streamlit_command(port), home, port) as url:
+        with serving(streamlit_command("127.0.0.1", port), home, port) as url:
             page, frame = open_widget(context, url, "lea")
         for key in "12":  # the server is gone
             page.keyboard.press(key)
@@ -317,7 +310,7 @@ def test_answers_left_unsent_in_a_closed_page_are_sent_by_the_next_one(home: Pat
         log = judge_log(frame)
         page.close()  # closed with two answers unsent
         assert stored(store, "lea") == []
-        with serving(streamlit_command(port), home, port) as url:
+        with serving(streamlit_command("127.0.0.1", port), home, port) as url:
             _, frame = open_widget(context, url, "lea")
             wait_saved(frame)
             shown = wait_for_pair(frame)
@@ -330,7 +323,7 @@ def test_two_sessions_on_the_last_pairs_never_exceed_the_overlap(home: Path) -> 
     add_shapes_pairs(store, 5)
     write_config(home, overlap=1, gold_rate=0.0, prefetch=4)
     port = free_port()
-    with serving(streamlit_command(port), home, port) as url, chromium() as browser:
+    with serving(streamlit_command("127.0.0.1", port), home, port) as url, chromium() as browser:
         sessions = [open_widget(browser, url, name) for name in ("amy", "ben")]
         # Both press as fast as pairs come until neither has one left.
         while True:

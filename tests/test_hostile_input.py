@@ -309,9 +309,10 @@ def test_a_removed_admin_loses_the_train_pages_job_panel_without_a_reload(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from playwright.sync_api import sync_playwright
-    from test_annotate_browser import CHROMIUM_ARGS, free_port, serving, streamlit_command
+    from test_annotate_browser import CHROMIUM_ARGS, free_port, serving
 
     from workbench.access import add_user, remove_user
+    from workbench.cli.label import streamlit_command
 
     store = Store.open(tmp_path / "home")
     users = store.home / "users.toml"
@@ -320,7 +321,7 @@ def test_a_removed_admin_loses_the_train_pages_job_panel_without_a_reload(
     monkeypatch.setenv("WORKBENCH_REQUIRE_SIGN_IN", "1")
     monkeypatch.delenv("WORKBENCH_USERS_FILE", raising=False)
     port = free_port()
-    with serving(streamlit_command(port), store.home, port) as url, sync_playwright() as p:
+    with serving(streamlit_command("127.0.0.1", port), store.home, port) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1200})
         page.set_default_timeout(120_000)

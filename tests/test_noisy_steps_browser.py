@@ -11,11 +11,11 @@ from test_annotate_browser import (
     judge_log,
     open_widget,
     serving,
-    streamlit_command,
     wait_saved,
 )
 
 from datastore.store import Store
+from workbench.cli.label import streamlit_command
 from workbench.generation import generate_step_pools
 from workbench.generation_config import GenerationConfig
 from workbench.pipelines import load_pipeline
@@ -28,7 +28,7 @@ def test_each_step_judgment_records_whether_it_was_made_on_completion_previews(t
     generate_step_pools(store, load_pipeline(TOY_MODEL_DIR), "toy", ["a blue square in the center"], cfg, progress=False)
     (bare,) = add_shapes_pairs(store, 1, kind="step")
     port = free_port()
-    with serving(streamlit_command(port), store.home, port) as url, chromium() as browser:
+    with serving(streamlit_command("127.0.0.1", port), store.home, port) as url, chromium() as browser:
         page, frame = open_widget(browser, url, "noa", page_path="noisy_steps")
         shown = {}
         for key in "1234":

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
-from test_annotate_browser import CHROMIUM_ARGS, ROOT, free_port, serving
+from test_annotate_browser import CHROMIUM_ARGS, free_port, serving
 from tiny_models import build_tiny_sd15
 
 from datastore.datasets import create_dataset_version
 from datastore.formats import import_pickapic
 from datastore.store import Store
 from workbench import jobs
+from workbench.cli.label import streamlit_command
 
 # The job's status once the page has drawn its three charts (loss, implicit accuracy, reference divergence).
 FINISHED_JS = """() => {
@@ -32,12 +32,7 @@ def test_launch_a_tiny_dpo_job_from_the_train_page_and_see_it_finish(
     version = create_dataset_version(store, "prefs")
     model = build_tiny_sd15(tmp_path / "sd15")
     port = free_port()
-    command = [
-        sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
-        "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-        "--browser.gatherUsageStats", "false",
-    ]  # fmt: skip
-    with serving(command, store.home, port) as url, sync_playwright() as p:
+    with serving(streamlit_command("127.0.0.1", port), store.home, port) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         page.set_default_timeout(180_000)  # a busy machine can take long to load the page and train

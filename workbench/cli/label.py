@@ -118,17 +118,18 @@ def serve(
         check_serving(address, AccessConfig.from_env(home))
     err_console.print(f"serving {home} on http://{address}:{port}")
     # exec: the server gets this process's signals (Ctrl-C) and exit status directly.
-    os.execve(
-        sys.executable,
-        [
-            sys.executable, "-m", "streamlit", "run", str(APP_FILE),
-            "--server.address", address,
-            "--server.port", str(port),
-            "--server.headless", "true",
-            "--browser.gatherUsageStats", "false",
-            # A served app is not edited while it runs; watching the checkout (and a .venv inside
-            # it) for source changes costs the server CPU on every rerun.
-            "--server.fileWatcherType", "none",
-        ],
-        {**os.environ, "WORKBENCH_HOME": str(home)},
-    )  # fmt: skip
+    os.execve(sys.executable, streamlit_command(address, port), {**os.environ, "WORKBENCH_HOME": str(home)})
+
+
+def streamlit_command(address: str, port: int) -> list[str]:
+    """The command line that serves the app (`app.py`) on ``address:port``."""
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP_FILE),
+        "--server.address", address,
+        "--server.port", str(port),
+        "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+        # A served app is not edited while it runs; watching the checkout (and a .venv inside
+        # it) for source changes cost the server half its CPU per judgment.
+        "--server.fileWatcherType", "none",
+    ]  # fmt: skip
