@@ -1,12 +1,15 @@
 """How benchmarks hand over figures: printed and written as a file, and from a configuration that
-runs in a fresh process (so that its peak memory, compile cache and thread count are its own)."""
+runs in a fresh process (so that its peak memory, compile cache and thread count are its own);
+and how training steps are timed (`StepClock`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -42,3 +45,33 @@ def run_fresh(script: str, flag: str, spec: dict, what: str, **env: str) -> dict
     if result.returncode:
         raise FreshProcessError(f"{what} failed:\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+class StepClock:
+    """Process CPU and wall time at the end of every optimizer step."""
+
+    def __init__(self) -> None:
+        self.ticks: list[tuple[float, float]] = []
+
+    def tick(self, *_) -> None:
+        self.ticks.append((time.process_time(), time.perf_counter()))
+
+    @classmethod
+    @contextlib.contextmanager
+    def on_every_optimizer(cls):
+        """A clock that ticks after every optimizer step taken in the block (a global torch hook)."""
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        clock = cls()
+        handle = register_optimizer_step_post_hook(clock.tick)
+        try:
+            yield clock
+        finally:
+            handle.remove()
+
+    def steady(self, steps: int) -> tuple[float, float]:
+        """CPU and wall seconds from the end of the first of ``steps`` recipe steps to the end of the last."""
+        if not self.ticks or len(self.ticks) % steps:
+            raise RuntimeError(f"{len(self.ticks)} optimizer steps do not divide into {steps} recipe steps")
+        first, last = self.ticks[len(self.ticks) // steps - 1], self.ticks[-1]
+        return last[0] - first[0], last[1] - first[1]

@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from figures import publish  # noqa: E402
 
 from datastore.datasets import DatasetFilters, consensus_frame, create_dataset_version  # noqa: E402
-from datastore.formats import export_dataset, import_pickapic  # noqa: E402
+from datastore.exports import export_dataset  # noqa: E402
+from datastore.formats import import_pickapic  # noqa: E402
 from datastore.records import NewJudgment, insert_judgments, store_stats  # noqa: E402
 from datastore.store import Store  # noqa: E402
 

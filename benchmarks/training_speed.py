@@ -44,9 +44,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from figures import publish, run_fresh  # noqa: E402
+from figures import StepClock, publish, run_fresh  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
 from training import dpo  # noqa: E402
 from training.config import DPOConfig, SPMConfig, SPOConfig  # noqa: E402
@@ -249,34 +248,6 @@ def timing_feature_cache(cpu_s: list[float]):
         yield
     finally:
         dpo.cached_features = build
-
-
-class StepClock:
-    """Process CPU and wall time at the end of every optimizer step."""
-
-    def __init__(self) -> None:
-        self.ticks: list[tuple[float, float]] = []
-
-    def tick(self, *_) -> None:
-        self.ticks.append((time.process_time(), time.perf_counter()))
-
-    @classmethod
-    @contextlib.contextmanager
-    def on_every_optimizer(cls):
-        """A clock that ticks after every optimizer step taken in the block (a global torch hook)."""
-        clock = cls()
-        handle = register_optimizer_step_post_hook(clock.tick)
-        try:
-            yield clock
-        finally:
-            handle.remove()
-
-    def steady(self, steps: int) -> tuple[float, float]:
-        """CPU and wall seconds from the end of the first of ``steps`` recipe steps to the end of the last."""
-        if not self.ticks or len(self.ticks) % steps:
-            raise RuntimeError(f"{len(self.ticks)} optimizer steps do not divide into {steps} recipe steps")
-        first, last = self.ticks[len(self.ticks) // steps - 1], self.ticks[-1]
-        return last[0] - first[0], last[1] - first[1]
 
 
 def measured(job: dict, start: tuple[float, float], clock: StepClock, pairs: list, first_loss, lr: float):

@@ -27,7 +27,7 @@ from datastore.datasets import (
     judgments_frame,
 )
 from datastore.errors import StoreError
-from datastore.formats import export_dataset
+from datastore.exports import export_dataset
 from datastore.sql import scalar
 from datastore.store import Store
 from labeling.errors import LabelingError
@@ -209,7 +209,7 @@ def export_download(version: DatasetVersion, fmt: str) -> tuple[str, bytes]:
     """A dataset version in one format as a single file to download: (file name, bytes).
 
     ``pickapic`` is one Parquet file; ``jsonl`` (a file plus an images folder) and ``hf`` (a
-    folder) come as a zip archive of what :func:`datastore.formats.export_dataset` writes.
+    folder) come as a zip archive of what :func:`datastore.exports.export_dataset` writes.
     """
     tmp = Path(tempfile.mkdtemp(prefix="workbench-export-"))
     try:

@@ -14,7 +14,8 @@ from pickapic_data import drawn_image, pickapic_rows, write_parquet
 
 from datastore.datasets import DatasetFilters, create_dataset_version, find_dataset_version
 from datastore.errors import ImportFormatError, MediaError, NotFoundError, StoreError
-from datastore.formats import export_dataset, import_pickapic
+from datastore.exports import export_dataset
+from datastore.formats import import_pickapic
 from datastore.media import inspect_image
 from datastore.records import NewJudgment, ensure_annotator, insert_judgments, store_stats
 from datastore.schema import MIGRATIONS

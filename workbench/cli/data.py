@@ -13,7 +13,8 @@ from datastore.datasets import (
     find_dataset_version,
     list_dataset_versions,
 )
-from datastore.formats import export_dataset, import_pickapic
+from datastore.exports import export_dataset
+from datastore.formats import import_pickapic
 from datastore.records import store_stats
 from datastore.store import Store, StoreConfig
 from workbench.cli.common import console, open_store, print_json, print_table, user_errors

@@ -6,7 +6,7 @@ import streamlit as st
 
 from datastore.datasets import DatasetFilters
 from datastore.errors import StoreError
-from datastore.formats import export_dataset
+from datastore.exports import export_dataset
 from datastore.records import ANNOTATOR_KINDS, SOURCES
 from labeling.curation import (
     Curation,
