@@ -22,7 +22,7 @@ global optimizer step hook), which leaves out loading, the feature cache, compil
 save; those are reported on their own. Figures: pairs per process CPU-second and per wall second,
 peak RSS, first-step loss and the largest weight difference after 1 + N steps in units of learning
 rate x steps (Adam moves a weight by about the learning rate per step). ``--levers`` also times single levers on the
-UNet: the LoRA reference in the same call as the policy, channels_last, fused AdamW.
+UNet: the LoRA reference in the same call as the policy, channels_last, bf16 autocast, fused AdamW.
 """
 
 from __future__ import annotations
@@ -367,8 +367,10 @@ def levers(threads: int, batch: int, repeats: int = 5) -> dict:
     t = torch.randint(1000, (4 * batch,), generator=generator)
     n = 2 * batch  # winners and losers
 
-    def train(rows: int, sample: torch.Tensor) -> None:
-        unet(sample[:rows], t[:rows], hidden[:rows]).sample.pow(2).mean().backward()
+    def train(rows: int, sample: torch.Tensor, bf16: bool = False) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = unet(sample[:rows], t[:rows], hidden[:rows]).sample
+        out.float().pow(2).mean().backward()
 
     def separate() -> None:
         train(n, x)
@@ -386,6 +388,7 @@ def levers(threads: int, batch: int, repeats: int = 5) -> dict:
         "policy_and_reference_in_one_call": lambda: train(2 * n, x),
         "fwd_bwd_contiguous": lambda: train(n, x),
         "fwd_bwd_channels_last": lambda: train(n, channels_last),
+        "fwd_bwd_bf16_autocast": lambda: train(n, x, bf16=True),
         "adamw_loop": loop_adam.step,
         "adamw_fused": fused_adam.step,
     }
