@@ -105,8 +105,8 @@
   }
 
   // Whether a send asks for more pairs; a refill already in flight is never asked for twice, as
-  // only one send is in flight. Each draw is a store write, so asking at every pair below
-  // prefetch (two draws where one does) doubled the server's CPU per judgment.
+  // only one send is in flight. Each draw is a store write, so the widget asks only once half its
+  // queue is gone: asking at every pair below prefetch made more, smaller draws.
   function wantMore() {
     const held = holdings().length;
     return held <= state.args.refill_at && held < state.barren && !state.args.exhausted && !state.args.error;
