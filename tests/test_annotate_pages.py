@@ -312,7 +312,7 @@ def _preview_page() -> None:
 
     annotator_id = annotator()
     if annotator_id is not None:
-        judge_queue("final", annotator_id, views=views, context=lambda item: f"pair {item.pair_id}")
+        judge_queue("final", annotator_id, views=views, context=lambda item, sides: f"pair {item.pair_id}")
 
 
 def test_a_page_can_show_several_captioned_views_per_side(home: Path) -> None:

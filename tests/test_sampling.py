@@ -169,13 +169,18 @@ def test_generation_and_spo_draw_the_same_pools_from_one_seed(models) -> None:
             torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=1e-5, rtol=1e-5)
 
 
-def test_completion_of_a_candidate_is_its_deterministic_chain(models) -> None:
-    """Completing a pool's candidates with eta 0 equals running the rest of the chain with eta 0 by hand."""
-    parts = load_parts(str(models[4]))
+def four_step_chains(path: Path):
+    """A model's parts, a 4-step DDIM scheduler, its native side and the conditioning of PROMPTS."""
+    parts = load_parts(str(path))
     scheduler = DDIMScheduler.from_config(parts.noise_scheduler.config)
     scheduler.set_timesteps(4)
-    side = resolution_of(models[4])
-    text = conditioning(Features(parts, side, torch.device("cpu")), PROMPTS, False, side)
+    side = resolution_of(path)
+    return parts, scheduler, side, conditioning(Features(parts, side, torch.device("cpu")), PROMPTS, False, side)
+
+
+def test_completion_of_a_candidate_is_its_deterministic_chain(models) -> None:
+    """Completing a pool's candidates with eta 0 equals running the rest of the chain with eta 0 by hand."""
+    parts, scheduler, side, text = four_step_chains(models[4])
     shape = latent_shape(parts.unet, parts.vae, side, side)
     _, (pool,) = denoise(
         parts.unet,
@@ -205,11 +210,7 @@ def test_completion_of_a_candidate_is_its_deterministic_chain(models) -> None:
 
 def test_judged_x0_guidance_changes_only_what_is_judged(models) -> None:
     """``x0_guidance_scale`` gives each candidate's x0 at that scale, from the same UNet call; the chain is untouched."""
-    parts = load_parts(str(models[4]))
-    scheduler = DDIMScheduler.from_config(parts.noise_scheduler.config)
-    scheduler.set_timesteps(4)
-    side = resolution_of(models[4])
-    text = conditioning(Features(parts, side, torch.device("cpu")), PROMPTS, False, side)
+    parts, scheduler, side, text = four_step_chains(models[4])
 
     def sample(x0_guidance_scale):
         return denoise(

@@ -60,6 +60,9 @@ Views = Callable[[list[QueueItem]], list[Sides]]
 """What a page shows of the pairs of one draw, one ``Sides`` per pair in order: called once per
 draw, so a page reads what it needs for all of them at once."""
 
+Context = Callable[[QueueItem, Sides], str]
+"""A line of text about a pair, shown under its prompt, from the pair and what its page shows of it."""
+
 
 def pair_views(items: list[QueueItem]) -> list[Sides]:
     """The default views: each side is its image."""
@@ -239,12 +242,12 @@ def _receive(kind: str, annotator_id: int, value: Any) -> None:
         session.handled.add(key)
 
 
-def _payload(item: QueueItem, sides: Sides, context: Callable[[QueueItem], str] | None) -> tuple[dict, dict]:
+def _payload(item: QueueItem, sides: Sides, context: Context | None) -> tuple[dict, dict]:
     """A pair as the widget gets it, and the media paths of its images."""
     payload = {
         "id": item.pair_id,
         "prompt": item.prompt,
-        "context": context(item) if context else "",
+        "context": context(item, sides) if context else "",
         "left_image": item.left_image,
         "gold": item.gold_outcome is not None,
         "preview": sides.preview,
@@ -253,7 +256,7 @@ def _payload(item: QueueItem, sides: Sides, context: Callable[[QueueItem], str] 
     return payload, {v.image_id: v.path for side in (sides.left, sides.right) for v in side}
 
 
-def _top_up(kind: str, annotator_id: int, views: Views, context: Callable[[QueueItem], str] | None) -> None:
+def _top_up(kind: str, annotator_id: int, views: Views, context: Context | None) -> None:
     """Hand the browser new pairs up to the queue size (and draw the first ones)."""
     session, config = _session(kind), queue_config()
     value = session.last
@@ -282,7 +285,7 @@ def _top_up(kind: str, annotator_id: int, views: Views, context: Callable[[Queue
 
 
 @st.fragment
-def _widget(kind: str, annotator_id: int, views: Views, context: Callable[[QueueItem], str] | None) -> None:
+def _widget(kind: str, annotator_id: int, views: Views, context: Context | None) -> None:
     if not _still_annotating(annotator_id):  # a fragment's reruns skip the page's sign-in check
         st.error("Sign in to annotate.")
         st.stop()
@@ -337,7 +340,7 @@ def _still_annotating(annotator_id: int) -> bool:
 
 
 def _on_message(
-    kind: str, annotator_id: int, views: Views, context: Callable[[QueueItem], str] | None, value: Any = None
+    kind: str, annotator_id: int, views: Views, context: Context | None, value: Any = None
 ) -> None:
     # A callback runs before the page's own checks: refuse the answers of a person signed out since.
     if not _still_annotating(annotator_id):
@@ -347,7 +350,7 @@ def _on_message(
 
 
 def judge_queue(
-    kind: str, annotator_id: int, *, views: Views = pair_views, context: Callable[[QueueItem], str] | None = None
+    kind: str, annotator_id: int, *, views: Views = pair_views, context: Context | None = None
 ) -> None:
     """The judging widget on the annotator's queue of ``kind`` pairs.
 

@@ -19,15 +19,9 @@ def _position(item: QueueItem) -> str:
     return f"Step {item.step_index} of {item.num_steps} of the denoising chain · timestep t = {item.timestep}"
 
 
-def _previewed(item: QueueItem, previews: dict[str, tuple[str, str]]) -> bool:
-    return item.image_a in previews and item.image_b in previews
-
-
-def _context(item: QueueItem) -> str:
+def _context(item: QueueItem, sides: Sides) -> str:
     """The pair's position in its chain, and whether it is meant for scorers (no completion previews)."""
-    if _previewed(item, completion_previews(store(), (item.image_a, item.image_b))):
-        return _position(item)
-    return f"{_position(item)} · {FOR_SCORERS}"
+    return _position(item) if sides.preview == "completion" else f"{_position(item)} · {FOR_SCORERS}"
 
 
 def _views(items: list[QueueItem]) -> list[Sides]:
@@ -36,7 +30,7 @@ def _views(items: list[QueueItem]) -> list[Sides]:
 
 
 def _sides(item: QueueItem, previews: dict[str, tuple[str, str]]) -> Sides:
-    if not _previewed(item, previews):
+    if item.image_a not in previews or item.image_b not in previews:
         bare = f"{X0} (no completion preview)"
         return Sides([View(*item.left, bare)], [View(*item.right, bare)])
     left, right = (
