@@ -7,6 +7,8 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+import torch
+from safetensors.torch import load_file
 from tiny_clip import build_tiny_clip
 from tiny_models import build_tiny_sd15, draw_shape, write_snapshot
 
@@ -92,6 +94,17 @@ def test_continues_from_a_saved_spm(models, snapshot, tmp_path):
     # Only the modulation trained in the second run: the CLIP weights are the first run's.
     a, b = StepAwareScorer.from_pretrained(first).model.clip, StepAwareScorer.from_pretrained(second).model.clip
     assert all(np.array_equal(x.numpy(), y.numpy()) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_reruns_of_one_config_train_the_same_weights(models, snapshot, tmp_path):
+    runs = [main(config(models, snapshot, tmp_path / name, eval_fraction=0.0, max_steps=2)) for name in ("a", "b")]
+    other_seed = main(config(models, snapshot, tmp_path / "c", eval_fraction=0.0, max_steps=2, seed=1))
+    files = sorted(path.name for path in runs[0].glob("*.safetensors"))
+    assert files == ["model.safetensors", "timestep_modulation.safetensors"]
+    for name in files:
+        a, b, c = (load_file(folder / name) for folder in (*runs, other_seed))
+        assert all(torch.equal(a[key], b[key]) for key in a), name
+    assert any(not torch.equal(a[key], c[key]) for key in a)
 
 
 @pytest.mark.parametrize(

@@ -98,6 +98,8 @@ def main(cfg: SPMConfig) -> Path:
         model, processor = StepAwareCLIP.from_pretrained(cfg.reward_model, device=device)
     else:
         clip, processor = load_clip(cfg.reward_model, cfg.processor, device=device)
+        # The modulation's hidden MLP is drawn from torch's global generator: seeded, reruns agree.
+        torch.manual_seed(cfg.seed)
         model = StepAwareCLIP.from_clip(clip, num_train_timesteps=num_train_timesteps)
     # logit_scale stays fixed in every mode: SPO's pair threshold is calibrated on the score's scale.
     model.requires_grad_(False)
