@@ -18,7 +18,7 @@ the same for both configurations of a case) and MFU against ``--peak-tflops`` (d
 dense bf16 peak of an H100/H200 SXM; pass the fp32 or your GPU's figure to compare otherwise).
 
 Cases, each against the straightforward configuration of the same recipe in the same run
-(`training_speed.straightforward_dpo`: fp32, latents and text embeddings encoded every step, a
+(`straightforward.straightforward_dpo`: fp32, latents and text embeddings encoded every step, a
 separate reference UNet, four UNet calls, default AdamW, a host sync per step):
 - SD1.5 DPO LoRA and full: ours in bf16 (the recipe's step: cached features, one call for winner
   and loser, the adapter-off reference for LoRA, fused AdamW, no host sync), in fp16, with the
@@ -56,8 +56,8 @@ from diffusers.models.attention_processor import AttnProcessor  # noqa: E402
 from figures import FreshProcessError, publish, run_fresh  # noqa: E402
 from PIL import Image  # noqa: E402
 from sd_shapes import build_parts, save_pipeline  # noqa: E402
+from straightforward import Trainer, straightforward_dpo  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-from training_speed import Trainer, straightforward_dpo  # noqa: E402
 
 from reward_models.base import Scorer  # noqa: E402
 from training import dpo, spo  # noqa: E402

@@ -7,14 +7,20 @@ On the shipped toy model (32 px) with pairs the toy model drew and the shapes or
 - DPO LoRA and DPO full. "ours" is `training.dpo.main` with its defaults (cached latents and text
   embeddings, winner and loser in one UNet call, the LoRA reference as the same UNet with its
   adapter off, fused AdamW, metrics written every ``log_every`` steps). "straightforward" is what
-  the research code does, written out here: fp32, latents and text embeddings encoded again every
-  step, a separate reference UNet (a copy, for LoRA too), and winner, loser and both reference
-  predictions as four UNet calls, with the default AdamW. Both draw the same pairs, timesteps and
-  noise (`training.dpo.make_batch`), so their first losses and their weights after N steps must
-  agree up to float rounding. ``--compile`` adds "ours" with ``compile_unet`` and reports the
-  compile time on its own.
-- SPO and SPM through their recipes as they are (`training.spo.main`, `training.spm.main`); their
-  straightforward configuration is fp32 with the recipe's other defaults.
+  the research code does (`straightforward.straightforward_dpo`): fp32, latents and text
+  embeddings encoded again every step, a separate reference UNet (a copy, for LoRA too), and
+  winner, loser and both reference predictions as four UNet calls, with the default AdamW. Both
+  draw the same pairs, timesteps and noise (`training.dpo.make_batch`), so their first losses and
+  their weights after N steps must agree up to float rounding. ``--compile`` adds "ours" with
+  ``compile_unet`` and reports the compile time on its own.
+- SPO: "ours" is `training.spo.main`; "straightforward" is the same run with the official code's
+  update (`straightforward.straightforward_spo_training`: a separate reference UNet, the policy and
+  the reference called once for the winners and once for the losers). The sampling is the same in
+  both, as it is in the official code; the same chains give the same pairs, so first losses and
+  weights must agree up to float rounding.
+- SPM: "ours" is `training.spm.main` (latents and prompt embeddings encoded once per image and
+  prompt, ``cache_latents``); "straightforward" encodes every batch's images and prompts again, as
+  the official SPM code does.
 
 Each configuration runs in a fresh process (so its peak RSS is its own) on one thread. The steady
 figure of a recipe run is timed from the end of its first optimizer step to the end of its last (a
@@ -29,14 +35,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import resource
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,96 +49,17 @@ sys.path.insert(0, str(REPO))
 
 from figures import StepClock, publish, run_fresh  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
+from straightforward import straightforward_dpo, straightforward_spo_training  # noqa: E402
 
 from training import dpo  # noqa: E402
 from training.config import DPOConfig, SPMConfig, SPOConfig  # noqa: E402
 from training.data import preference_pairs  # noqa: E402
-from training.features import Features  # noqa: E402
-from training.lora import add_lora, write_lora  # noqa: E402
-from training.losses import denoising_error, diffusion_dpo_loss  # noqa: E402
-from training.optim import warmup_schedule  # noqa: E402
-from training.parts import Parts, load_parts  # noqa: E402
+from training.lora import write_lora  # noqa: E402
+from training.parts import load_parts  # noqa: E402
 from training.runs import Run  # noqa: E402
 from workbench.toy import TOY_IMAGE_SIZE, TOY_MODEL_DIR  # noqa: E402
 
 RECIPES = ("dpo-lora", "dpo-full", "spo", "spm")
-
-
-# --- the straightforward DPO step, as the research code writes it -------------------------------
-
-
-def straightforward_losses(
-    batch: dpo.Batch, unet: torch.nn.Module, reference: torch.nn.Module, noise_scheduler, beta: float
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-pair DPO loss with four UNet calls: policy on winners, on losers, reference on each."""
-
-    def error(model: torch.nn.Module, side: int) -> torch.Tensor:
-        latents = batch.latents[side]
-        noisy = noise_scheduler.add_noise(latents, batch.noise, batch.timesteps)
-        if noise_scheduler.config.prediction_type == "v_prediction":
-            target = noise_scheduler.get_velocity(latents, batch.noise, batch.timesteps)
-        else:
-            target = batch.noise
-        added = None
-        if batch.pooled is not None:
-            added = {"text_embeds": batch.pooled, "time_ids": batch.time_ids[side]}
-        prediction = model(noisy, batch.timesteps, batch.hidden, added_cond_kwargs=added).sample
-        return denoising_error(prediction, target)
-
-    model_w, model_l = error(unet, 0), error(unet, 1)
-    with torch.no_grad():
-        ref_w, ref_l = error(reference, 0), error(reference, 1)
-    return diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta)
-
-
-@dataclass
-class Trainer:
-    """A DPO trainer taken apart for timing: ``batch(i)`` builds micro-batch i, ``loss(batch)`` is its
-    mean loss (the UNet calls only), ``step(i)`` one optimizer step on micro-batch i."""
-
-    unet: torch.nn.Module
-    reference: torch.nn.Module | None
-    batch: Callable[[int], dpo.Batch]
-    loss: Callable[[dpo.Batch], torch.Tensor]
-    step: Callable[[int], float | None]
-
-
-def straightforward_dpo(cfg: DPOConfig, parts: Parts, pairs: list, device: torch.device) -> Trainer:
-    """The straightforward fp32 trainer of ``cfg``; its step returns the loss as a Python float."""
-    for module in (parts.vae, parts.text_encoder, parts.text_encoder_2):
-        if module is not None:
-            module.to(device)
-    features = Features(parts, cfg.resolution, device)
-    unet = parts.unet.to(device)
-    reference = copy.deepcopy(unet).requires_grad_(False).eval()
-    if cfg.mode == "full":
-        unet.requires_grad_(True)
-    else:
-        add_lora(unet, cfg, device, torch.float32)
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet.train()
-    params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    schedule = warmup_schedule(optimizer, round(cfg.warmup_fraction * cfg.max_steps))
-
-    def batch(i: int) -> dpo.Batch:
-        positions = range(i * cfg.batch_size, (i + 1) * cfg.batch_size)
-        return dpo.make_batch(pairs, features, parts.noise_scheduler, cfg, positions)
-
-    def loss(batch: dpo.Batch) -> torch.Tensor:
-        return straightforward_losses(batch, unet, reference, parts.noise_scheduler, cfg.beta)[0].mean()
-
-    def step(i: int) -> float:
-        value = loss(batch(i))
-        value.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad()
-        schedule.step()
-        return value.item()  # logged every step, as the research code does
-
-    return Trainer(unet, reference, batch, loss, step)
 
 
 # --- one configuration in one process ------------------------------------------------------------
@@ -171,7 +95,7 @@ def spo_config(out: Path, steps: int) -> SPOConfig:
     )
 
 
-def spm_config(dataset: Path, reward_model: Path, out: Path, steps: int) -> SPMConfig:
+def spm_config(dataset: Path, reward_model: Path, out: Path, steps: int, cache_latents: bool = True) -> SPMConfig:
     return SPMConfig(
         pretrained_model=str(TOY_MODEL_DIR),
         reward_model=str(reward_model),
@@ -181,6 +105,7 @@ def spm_config(dataset: Path, reward_model: Path, out: Path, steps: int) -> SPMC
         batch_size=8,
         max_steps=steps,
         eval_fraction=0.0,
+        cache_latents=cache_latents,
     )
 
 
@@ -215,11 +140,13 @@ def run_one(job: dict) -> dict:
             from training import spo
 
             cfg = spo_config(out, steps)
-            spo.main(cfg)
+            with straightforward_update(spo, job["variant"] == "straightforward", cfg.pretrained_model):
+                spo.main(cfg)
         else:
             from training import spm
 
-            cfg = spm_config(Path(job["dataset"]), Path(job["reward_model"]), out, steps)
+            straightforward = job["variant"] == "straightforward"
+            cfg = spm_config(Path(job["dataset"]), Path(job["reward_model"]), out, steps, not straightforward)
             spm.main(cfg)
     metrics = Run.open(out).metrics()
     if recipe == "spo":
@@ -228,6 +155,18 @@ def run_one(job: dict) -> dict:
         pairs = [cfg.batch_size * cfg.gradient_accumulation_steps] * len(metrics)
     run = measured(job, start, clock, pairs, metrics[0].get("loss"), cfg.learning_rate)
     return {**run, "feature_cache_cpu_s": round(sum(cache_cpu_s), 3)} if cache_cpu_s else run
+
+
+@contextlib.contextmanager
+def straightforward_update(spo, enabled: bool, pretrained_model: str):
+    """Within the block, SPO updates the way the official code does (`straightforward_spo_training`)."""
+    ours = spo.train_on_pairs
+    if enabled:
+        spo.train_on_pairs = straightforward_spo_training(pretrained_model)
+    try:
+        yield
+    finally:
+        spo.train_on_pairs = ours
 
 
 @contextlib.contextmanager

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -16,6 +18,8 @@ from reward_models.spec import scorer_from_spec
 from reward_models.step_aware import StepAwareScorer
 from training.config import ConfigError
 from training.data import SnapshotError
+from training.features import EncodedOnce, Features
+from training.parts import load_parts
 from training.spm import SPMConfig, is_held_out, main, select_pairs
 
 
@@ -105,6 +109,36 @@ def test_reruns_of_one_config_train_the_same_weights(models, snapshot, tmp_path)
         a, b, c = (load_file(folder / name) for folder in (*runs, other_seed))
         assert all(torch.equal(a[key], b[key]) for key in a), name
     assert any(not torch.equal(a[key], c[key]) for key in a)
+
+
+def test_latents_and_prompt_embeddings_are_encoded_once_per_run(models, snapshot, tmp_path):
+    parts = load_parts(str(models[0]))
+    features = Features(parts, 16, torch.device("cpu"))
+    once = EncodedOnce(features)
+    images = sorted((snapshot / "images").iterdir())[:3]
+    copies = [shutil.copy(path, tmp_path / path.name) for path in images]
+    paths = [Path(copies[0]), Path(copies[1]), Path(copies[0]), Path(copies[2])]
+    torch.testing.assert_close(once.latents(paths), features.latents(paths), rtol=1e-5, atol=1e-6)
+    hidden, _ = once.prompts(["a red circle", "", "a red circle"])
+    torch.testing.assert_close(hidden, features.prompts(["a red circle", "", "a red circle"])[0])
+    # Met once, a file is not read again: gone from disk, its latents are still there.
+    Path(copies[0]).unlink()
+    assert once.latents([Path(copies[0])]).shape == (1, *features.latents(paths[1:2]).shape[1:])
+    with pytest.raises(FileNotFoundError):
+        features.latents([Path(copies[0])])
+
+
+def test_cached_latents_train_like_encoding_every_batch(models, snapshot, tmp_path):
+    runs = {
+        cache: main(config(models, snapshot, tmp_path / str(cache), eval_fraction=0.0, max_steps=3, cache_latents=cache))
+        for cache in (True, False)
+    }
+    losses = {
+        cache: [json.loads(line)["loss"] for line in (tmp_path / str(cache) / "metrics.jsonl").read_text().splitlines()]
+        for cache in runs
+    }
+    # Equal up to float rounding, which the decoded x0s' 8-bit pixels can turn into a step of one level.
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
 
 
 @pytest.mark.parametrize(

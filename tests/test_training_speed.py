@@ -32,12 +32,17 @@ def test_training_speed_benchmark_compares_every_recipe_for_two_steps(tmp_path):
         assert figures["ratio_pairs_per_cpu_s"] == round(
             figures["ours"]["pairs_per_cpu_s"] / figures["straightforward"]["pairs_per_cpu_s"], 2
         )
-        assert figures["first_loss"]["ours"] == figures["first_loss"]["straightforward"], name
-    for name in ("dpo-lora", "dpo-full"):
+        # Equal up to float rounding: SPO's straightforward reference is a second UNet, and the SPM's
+        # cached latents are rounded differently from re-encoded ones, which its decoded x0s' 8-bit
+        # pixels can turn into a step of one level.
+        tolerance = {"spo": 1e-6, "spm": 1e-4}.get(name, 0.0)
+        assert math.isclose(*figures["first_loss"].values(), rel_tol=tolerance), name
+    for name in ("dpo-lora", "dpo-full", "spo"):
         # Policy = reference at the first step, in both configurations.
-        assert math.isclose(recipes[name]["first_loss"]["ours"], math.log(2), abs_tol=1e-6)
+        assert math.isclose(recipes[name]["first_loss"]["ours"], math.log(2), abs_tol=1e-6), name
         # Same pairs, noise and timesteps: the weights agree up to rounding. Adam's first steps move a
         # weight by about lr x sign(grad), so a near-zero gradient whose sign rounding flips can differ
         # by 2 lr: bound the RMS difference, in units of lr x steps.
         assert recipes[name]["weights"]["rms_in_lr_steps"] < 0.02, recipes[name]["weights"]
+    for name in ("dpo-lora", "dpo-full"):
         assert recipes[name]["feature_cache_cpu_s"] > 0

@@ -1,10 +1,12 @@
 """What the frozen encoders make of a batch: VAE latents of the pair images and text embeddings
-of the prompts, computed per batch (`Features`) or once per snapshot and looked up (`CachedFeatures`)."""
+of the prompts, computed per batch (`Features`), once per snapshot and looked up (`CachedFeatures`),
+or once per image file and prompt as a run meets them (`EncodedOnce`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -14,6 +16,7 @@ from datastore.atomic import writing
 from training.config import DPOConfig
 from training.data import PreferencePair, load_image, snapshot_hash
 from training.parts import Parts
+from training.sampling import encode
 
 
 class Features:
@@ -71,6 +74,11 @@ class Features:
         out_2 = parts.text_encoder_2(self._tokens(parts.tokenizer_2, prompts), output_hidden_states=True)
         return torch.cat([hidden_1, out_2.hidden_states[-2]], dim=-1), out_2.text_embeds
 
+    def latents(self, paths: list[Path]) -> torch.Tensor:
+        """Image files as the UNet sees them (`training.sampling.encode`), shape (N, C, h, w)."""
+        pixels = torch.stack([load_image(path, self.resolution)[0] for path in paths])
+        return encode(self.parts.vae, pixels)
+
     def _tokens(self, tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
         return tokenizer(
             prompts,
@@ -79,6 +87,34 @@ class Features:
             truncation=True,
             return_tensors="pt",
         ).input_ids.to(self.device)
+
+
+class EncodedOnce:
+    """`Features.latents` and `Features.prompts` that encode each image file and prompt once and keep
+    the result in memory for the rest of the run (encoding is deterministic: the posterior mean)."""
+
+    def __init__(self, features: Features):
+        self.features = features
+        self._latents: dict[Path, torch.Tensor] = {}
+        self._prompts: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def latents(self, paths: list[Path]) -> torch.Tensor:
+        """Same as `Features.latents`; only files not met before are read and encoded."""
+        missing = [path for path in dict.fromkeys(paths) if path not in self._latents]
+        if missing:
+            self._latents.update(zip(missing, self.features.latents(missing), strict=True))
+        return torch.stack([self._latents[path] for path in paths])
+
+    def prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Same as `Features.prompts`; only prompts not met before are encoded."""
+        missing = [prompt for prompt in dict.fromkeys(prompts) if prompt not in self._prompts]
+        if missing:
+            hidden, pooled = self.features.prompts(missing)
+            for i, prompt in enumerate(missing):
+                self._prompts[prompt] = (hidden[i], None if pooled is None else pooled[i])
+        rows = [self._prompts[prompt] for prompt in prompts]
+        pooled = None if rows[0][1] is None else torch.stack([p for _, p in rows])
+        return torch.stack([h for h, _ in rows]), pooled
 
 
 class CachedFeatures:

@@ -34,14 +34,14 @@ from transformers import CLIPProcessor
 from reward_models.clip import load_clip
 from reward_models.step_aware import CONFIG_NAME, StepAwareCLIP
 from training.config import ConfigError, SPMConfig
-from training.data import SnapshotError, load_image, read_pairs, stream_indices
+from training.data import SnapshotError, read_pairs, stream_indices
 from training.ddim import predict_x0
-from training.features import Features
+from training.features import EncodedOnce, Features
 from training.losses import pairwise_preference_loss
 from training.optim import warmup_schedule
 from training.parts import DTYPES, Parts, load_parts
 from training.runs import Run, check_finite
-from training.sampling import conditioning, decode, encode, guided_output
+from training.sampling import conditioning, decode, guided_output
 
 
 @dataclass
@@ -265,7 +265,8 @@ class PairScorer:
         cfg: SPMConfig,
         device: torch.device,
     ) -> None:
-        self.model, self.processor, self.parts, self.features = model, processor, parts, features
+        self.model, self.processor, self.parts = model, processor, parts
+        self.encoder = EncodedOnce(features) if cfg.cache_latents else features
         self.cfg, self.device = cfg, device
 
     def __call__(self, rows: list[Row], noise_seeds: list[int]) -> tuple[Tensor, Tensor]:
@@ -309,11 +310,7 @@ class PairScorer:
         """Both images of each final pair, noised to its t with one shared noise and denoised to x0 by the base model."""
         if not rows:
             return []
-        resolution = self.cfg.resolution
-        pixels = torch.stack(
-            [load_image(path, resolution)[0] for r in rows for path in (r.image_0, r.image_1)]
-        )
-        latents = encode(self.parts.vae, pixels)  # (2B, C, h, w): pair-major
+        latents = self.encoder.latents([path for r in rows for path in (r.image_0, r.image_1)])  # (2B, C, h, w)
         noise = torch.stack(
             [torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(s)) for s in noise_seeds]
         )
@@ -322,7 +319,7 @@ class PairScorer:
         scheduler = self.parts.noise_scheduler
         noisy = scheduler.add_noise(latents, noise, timesteps)
         prompts = [r.prompt for r in rows for _ in range(2)]
-        text = conditioning(self.features, prompts, self.parts.is_sdxl, resolution)
+        text = conditioning(self.encoder, prompts, self.parts.is_sdxl, self.cfg.resolution)
         output = guided_output(
             self.parts.unet, noisy.to(text.hidden.dtype), timesteps, text, self.cfg.guidance_scale
         )
