@@ -87,8 +87,8 @@ def test_the_spm_starts_as_the_shapes_scorer_and_learns_noisy_x0s(snapshot, tmp_
         # caption, and above t = 500 little of their difference is left to learn from.
         guidance_scale=1.0,
         batch_size=8,
-        max_steps=100,
-        eval_every=100,
+        max_steps=200,
+        eval_every=200,
         eval_fraction=0.3,
         learning_rate=1e-5,
         modulation_learning_rate=1e-3,
@@ -97,8 +97,10 @@ def test_the_spm_starts_as_the_shapes_scorer_and_learns_noisy_x0s(snapshot, tmp_
     final = main(cfg)
     records = [json.loads(line) for line in (tmp_path / "spm" / "metrics.jsonl").read_text().splitlines()]
     first, last = records[0], records[-1]
-    # Before training the SPM is the clean scorer; after 100 steps it reads the noisy half better
-    # (0.67 -> 0.73 of 122 held-out pairs when this test was written) and the clean half no worse.
+    # Before training the SPM is the clean scorer; after 200 steps it reads the noisy half better
+    # (0.672 -> 0.721 of 122 held-out pairs) and the clean half no worse (0.885 -> 0.951). The noisy
+    # half's gain is about one standard error of this small set: seeds 1 and 2 of the same run gain
+    # +2.4 and -0.8 points there (and +5.5 and +1.6 on the clean half).
     assert first["initial_eval_t500_1000_pairs"] == last["eval_t500_1000_pairs"] >= 100
     assert last["eval_t500_1000_accuracy"] > first["initial_eval_t500_1000_accuracy"] + 0.03
     assert last["eval_t0_500_accuracy"] >= first["initial_eval_t0_500_accuracy"] - 0.01
