@@ -14,6 +14,7 @@ of `training_speed` and `training_gpu`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import UNet2DConditionModel
 
-from training import dpo
+from training import dpo, spo
 from training.config import DPOConfig, SPOConfig
 from training.ddim import ddim_step, transition_log_prob
 from training.features import Features
@@ -168,3 +169,15 @@ def _log_prob(
     output = guided_output(model, pairs.sample, pairs.timesteps, text, cfg.guidance_scale)
     move = ddim_step(scheduler, output.float(), pairs.sample.float(), pairs.timesteps, cfg.eta)
     return transition_log_prob(next_sample, move.mean, move.std)
+
+
+@contextlib.contextmanager
+def straightforward_update(enabled: bool, pretrained_model: str):
+    """Within the block, SPO updates the way the official code does (`straightforward_spo_training`)."""
+    ours = spo.train_on_pairs
+    if enabled:
+        spo.train_on_pairs = straightforward_spo_training(pretrained_model)
+    try:
+        yield
+    finally:
+        spo.train_on_pairs = ours

@@ -27,7 +27,8 @@ separate reference UNet, four UNet calls, default AdamW, a host sync per step):
   configuration in fp32 (it may not fit at the batch size: reported as out of memory);
 - SD1.5 SPO at 512 px through its recipe (`training.spo.main` on an SD1.5-shaped pipeline folder
   written by `sd_shapes.save_pipeline`, the SPOConfig defaults: 4 chains of 20 DDIM steps, k = 4):
-  ours with mixed precision bf16 (``no`` on the CPU) against the straightforward fp32 run. From
+  ours with mixed precision bf16 (``no`` on the CPU) against the straightforward fp32 run with
+  the official code's update (`straightforward.straightforward_spo_training`). From
   the run's metrics.jsonl over ``--spo-steps`` steps after the first (timed on its own): pairs
   kept per second and seconds per step in sampling (chains, pools, decoding, scoring) and in
   training. The scorer is `Brightness` at threshold 0, so every pool whose candidates differ keeps
@@ -56,7 +57,7 @@ from diffusers.models.attention_processor import AttnProcessor  # noqa: E402
 from figures import FreshProcessError, publish, run_fresh  # noqa: E402
 from PIL import Image  # noqa: E402
 from sd_shapes import build_parts, save_pipeline  # noqa: E402
-from straightforward import Trainer, straightforward_dpo  # noqa: E402
+from straightforward import Trainer, straightforward_dpo, straightforward_update  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from reward_models.base import Scorer  # noqa: E402
@@ -66,6 +67,7 @@ from training.data import PreferencePair  # noqa: E402
 from training.features import Features, cached_features  # noqa: E402
 from training.parts import DTYPES, Parts  # noqa: E402
 from training.runs import Run  # noqa: E402
+from training.sampling import native_side  # noqa: E402
 
 H100_BF16_DENSE_TFLOPS = 989.0
 SPO_PROMPTS = tuple(f"a red circle number {i}" for i in range(16))
@@ -215,13 +217,14 @@ def run_spo_case(case: dict) -> dict:
         pretrained_model=str(pipeline),
         output_dir=root / "run",
         prompts=SPO_PROMPTS,
-        resolution=unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1),
+        resolution=native_side(unet, vae),
         mixed_precision=case["precision"],
         threshold=0.0,
         max_steps=1 + case["steps"],
         **case["workload"],
     )
-    spo.main(cfg, Brightness())
+    with straightforward_update(case["variant"] == "straightforward", cfg.pretrained_model):
+        spo.main(cfg, Brightness())
     first, *timed = Run.open(cfg.output_dir).metrics()
     pairs = sum(m["pairs"] for m in timed)
     sample_s, train_s = (sum(m[name] for m in timed) for name in ("sample_s", "train_s"))

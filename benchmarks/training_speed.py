@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 
 from figures import StepClock, publish, run_fresh  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from straightforward import straightforward_dpo, straightforward_spo_training  # noqa: E402
+from straightforward import straightforward_dpo, straightforward_update  # noqa: E402
 
 from training import dpo  # noqa: E402
 from training.config import DPOConfig, SPMConfig, SPOConfig  # noqa: E402
@@ -140,7 +140,7 @@ def run_one(job: dict) -> dict:
             from training import spo
 
             cfg = spo_config(out, steps)
-            with straightforward_update(spo, job["variant"] == "straightforward", cfg.pretrained_model):
+            with straightforward_update(job["variant"] == "straightforward", cfg.pretrained_model):
                 spo.main(cfg)
         else:
             from training import spm
@@ -155,18 +155,6 @@ def run_one(job: dict) -> dict:
         pairs = [cfg.batch_size * cfg.gradient_accumulation_steps] * len(metrics)
     run = measured(job, start, clock, pairs, metrics[0].get("loss"), cfg.learning_rate)
     return {**run, "feature_cache_cpu_s": round(sum(cache_cpu_s), 3)} if cache_cpu_s else run
-
-
-@contextlib.contextmanager
-def straightforward_update(spo, enabled: bool, pretrained_model: str):
-    """Within the block, SPO updates the way the official code does (`straightforward_spo_training`)."""
-    ours = spo.train_on_pairs
-    if enabled:
-        spo.train_on_pairs = straightforward_spo_training(pretrained_model)
-    try:
-        yield
-    finally:
-        spo.train_on_pairs = ours
 
 
 @contextlib.contextmanager
