@@ -20,6 +20,7 @@ from tiny_models import build_tiny_sd15
 from datastore.store import Store
 from reward_models.base import Scorer
 from training.config import SPOConfig
+from training.data import PreferencePair
 from training.features import Features
 from training.parts import load_parts
 from training.sampling import complete, decode, denoise, latent_shape, predict_noise, vae_scale_factor
@@ -366,3 +367,33 @@ def test_spo_completion_judge_scores_the_finished_images_of_the_candidates(model
     # The last pool's candidates are finished images already: their completion is themselves.
     last = decode(parts.vae, pools[-1].candidates.flatten(0, 1))
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images[-4:], last, strict=True))
+
+
+def test_vae_latent_statistics_are_one_convention_for_encoding_decoding_and_dpo(models, tmp_path) -> None:
+    parts = load_parts(str(models[2]))
+    vae, side = parts.vae, resolution_of(models[2])
+    paths = []
+    for i, colour in enumerate(("red", "blue")):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (side, side), colour).save(paths[-1])
+    features = Features(parts, side, torch.device("cpu"))
+    plain = features.latents(paths)
+    channels = vae.config.latent_channels
+    mean = torch.linspace(-0.5, 0.5, channels).view(1, -1, 1, 1)
+    std = torch.linspace(0.5, 2.0, channels).view(1, -1, 1, 1)
+    vae.register_to_config(latents_mean=mean.flatten().tolist(), latents_std=std.flatten().tolist())
+    try:
+        normalised = features.latents(paths)
+        factor = vae.config.scaling_factor
+        torch.testing.assert_close(normalised, (plain / factor - mean) * factor / std)
+        # DPO's features are the same latents, and decoding undoes the normalisation.
+        pair = PreferencePair(pair_id=1, prompt="a red square", winner=paths[0], loser=paths[1])
+        dpo_mean, dpo_std, _ = features.images([pair], torch.zeros(2, 1, dtype=torch.bool))
+        torch.testing.assert_close(dpo_mean[:, 0], normalised)
+        assert dpo_std.shape == dpo_mean.shape
+        with_stats = [np.asarray(image) for image in decode(vae, normalised)]
+    finally:
+        vae.register_to_config(latents_mean=None, latents_std=None)
+    without_stats = [np.asarray(image) for image in decode(vae, plain)]
+    for a, b in zip(with_stats, without_stats, strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1

@@ -16,7 +16,7 @@ from datastore.atomic import writing
 from training.config import DPOConfig
 from training.data import PreferencePair, load_image, snapshot_hash
 from training.parts import Parts
-from training.sampling import encode
+from training.sampling import encode, unet_scale
 
 
 class Features:
@@ -36,7 +36,8 @@ class Features:
             flips: Whether to mirror each image, bool, shape (2, B): winners, losers.
 
         Returns:
-            The posterior's mean and std x scaling factor, each shape (2, B, C, h, w), winners first;
+            The posterior's mean and std in the UNet's latent scale (`training.sampling.unet_scale`), each
+            shape (2, B, C, h, w), winners first;
             and the SDXL time ids (original h, w, crop top, left, target h, w), shape (2, B, 6).
         """
         pixels, time_ids = [], []
@@ -48,9 +49,9 @@ class Features:
         pixels = torch.where(flips.flatten()[:, None, None, None], pixels.flip(-1), pixels)
         vae = self.parts.vae
         posterior = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist
-        scale = vae.config.scaling_factor
+        shift, scale = unet_scale(vae, posterior.mean)
         return (
-            (posterior.mean * scale).unflatten(0, (2, len(pairs))),
+            ((posterior.mean - shift) * scale).unflatten(0, (2, len(pairs))),
             (posterior.std * scale).unflatten(0, (2, len(pairs))),
             torch.tensor(time_ids, dtype=torch.float32).unflatten(0, (2, len(pairs))),
         )

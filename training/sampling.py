@@ -364,13 +364,18 @@ def complete(
     return latents
 
 
-def _latent_stats(vae: AutoencoderKL, like: Tensor) -> tuple[Tensor, Tensor] | None:
-    """The VAE's per-channel latent mean and std as (1, C, 1, 1) tensors, where its config has them."""
+def unet_scale(vae: AutoencoderKL, like: Tensor) -> tuple[Tensor | float, Tensor | float]:
+    """(shift, scale) that take the VAE's latents to the UNet's: ``unet = (vae - shift) * scale``.
+
+    ``scaling_factor`` alone, or with the VAE's per-channel ``latents_mean`` / ``latents_std`` where
+    its config has them (as (1, C, 1, 1) tensors on ``like``'s device and dtype).
+    """
+    factor = vae.config.scaling_factor
     if vae.config.latents_mean is None or vae.config.latents_std is None:
-        return None
+        return 0.0, factor
     mean = torch.tensor(vae.config.latents_mean, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
     std = torch.tensor(vae.config.latents_std, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
-    return mean, std
+    return mean, factor / std
 
 
 @torch.no_grad()
@@ -388,8 +393,8 @@ def decode(vae: AutoencoderKL, latents: Tensor, batch_size: int | None = None) -
     images: list[Image.Image] = []
     for chunk in latents.split(batch_size or max(1, len(latents))):
         z = chunk.to(vae.device, vae.dtype)
-        stats = _latent_stats(vae, z)
-        z = z / vae.config.scaling_factor if stats is None else z * stats[1] / vae.config.scaling_factor + stats[0]
+        shift, scale = unet_scale(vae, z)
+        z = z / scale + shift
         pixels = vae.decode(z, return_dict=False)[0]
         pixels = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         array = pixels.permute(0, 2, 3, 1).cpu().numpy()
@@ -409,5 +414,5 @@ def encode(vae: AutoencoderKL, pixels: Tensor) -> Tensor:
         Shape (N, C, H / factor, W / factor) (`vae_scale_factor`).
     """
     z = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
-    stats = _latent_stats(vae, z)
-    return z * vae.config.scaling_factor if stats is None else (z - stats[0]) * vae.config.scaling_factor / stats[1]
+    shift, scale = unet_scale(vae, z)
+    return (z - shift) * scale
