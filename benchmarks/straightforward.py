@@ -9,7 +9,7 @@ of `training_speed` and `training_gpu`).
   decoded and scored), so only the update differs: a separate reference UNet loaded from the
   base model, and the policy and the reference each called once for the winners' and once for the
   losers' transition from the same x_t (four guided UNet calls, where `training.spo` makes two),
-  with a host sync per batch.
+  one optimizer step per ``pairs_per_update`` pairs as ours, with a host sync per step.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from training.losses import denoising_error, diffusion_dpo_loss, spo_step_loss
 from training.optim import warmup_schedule
 from training.parts import Parts
 from training.sampling import TextConditioning, guided_output
-from training.spo import StepPairs
+from training.spo import StepPairs, update_chunks
 
 # --- the straightforward DPO step, as the research code writes it -------------------------------
 
@@ -136,8 +136,9 @@ def straightforward_spo_training(pretrained_model: str) -> Callable[..., dict[st
         if len(pairs) == 0:
             return {}
         sums = {"loss": 0.0, "implicit_accuracy": 0.0, "margin": 0.0, "clip_fraction": 0.0}
-        for start in range(0, len(pairs), cfg.train_batch_size):
-            batch = pairs.take(slice(start, start + cfg.train_batch_size))
+        chunks = update_chunks(len(pairs), len(pairs), cfg, step, accelerator)
+        for chunk in chunks:
+            batch = pairs.take(chunk)
             batch_text = text.select(batch.chain)
             logp_w = _log_prob(unet, batch, batch.winner, batch_text, scheduler, cfg)
             logp_l = _log_prob(unet, batch, batch.loser, batch_text, scheduler, cfg)
@@ -145,14 +146,18 @@ def straightforward_spo_training(pretrained_model: str) -> Callable[..., dict[st
                 ref_w = _log_prob(reference[0], batch, batch.winner, batch_text, scheduler, cfg)
                 ref_l = _log_prob(reference[0], batch, batch.loser, batch_text, scheduler, cfg)
             loss, metrics = spo_step_loss(logp_w, logp_l, ref_w, ref_l, beta=cfg.beta, clip=cfg.clip_range)
-            (loss.sum() / len(pairs)).backward()
+            loss.mean().backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
+            optimizer.step()
+            optimizer.zero_grad()
             sums["loss"] += loss.detach().sum().item()
             for name in ("implicit_accuracy", "margin", "clip_fraction"):
                 sums[name] += metrics[name].item() * len(batch)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
-        optimizer.step()
-        optimizer.zero_grad()
-        return {**{name: value / len(pairs) for name, value in sums.items()}, "grad_norm": grad_norm}
+        return {
+            **{name: value / len(pairs) for name, value in sums.items()},
+            "grad_norm": grad_norm,
+            "updates": len(chunks),
+        }
 
     return train_on_pairs
 

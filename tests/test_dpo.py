@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from accelerate import Accelerator
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 from peft import LoraConfig
 from safetensors.torch import load_file
-from tiny_models import build_tiny_sd15, build_tiny_sdxl, tiny_dpo_config, write_snapshot
+from tiny_models import build_tiny_sd15, build_tiny_sdxl, subprocess_env, tiny_dpo_config, write_snapshot
 
 from training.config import ConfigError, DPOConfig
 from training.data import preference_pairs, read_pairs, stream_indices
@@ -225,10 +224,6 @@ def test_gradient_accumulation_2x1_equals_batch_2(tiny, tmp_path):
     # amplify for near-zero gradients: allow a tenth of one step's size.
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=0)
-
-
-def subprocess_env(threads: int) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
 
 
 def test_run_killed_mid_training_resumes_to_the_same_weights(tiny, tmp_path):

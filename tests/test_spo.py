@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
 from tiny_clip import build_tiny_clip
-from tiny_models import build_tiny_sd15, build_tiny_sdxl
+from tiny_models import build_tiny_sd15, build_tiny_sdxl, subprocess_env
 
 from reward_models.base import Scorer
 from reward_models.clip import ClipScorer, load_clip
@@ -70,7 +71,7 @@ def config(sd_path, output_dir, **overrides) -> SPOConfig:
 
 def test_one_step_with_the_clip_scorer_trains_the_lora(models, tmp_path):
     sd, clip = models
-    final = main(config(sd, tmp_path / "run"), ClipScorer.from_pretrained(clip))
+    final = main(config(sd, tmp_path / "run", pairs_per_update=None), ClipScorer.from_pretrained(clip))
 
     (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     # 8 steps of 125 (t = 876, 751, ..., 1), 2 warm-up steps, then t <= 750: 6 pools per chain.
@@ -79,7 +80,8 @@ def test_one_step_with_the_clip_scorer_trains_the_lora(models, tmp_path):
     assert sorted(pooled) == sorted(f"pairs_t{t}" for t in (626, 501, 376, 251, 126, 1))
     assert record["pairs"] == sum(pooled.values()) > 0
     assert np.isfinite(record["loss"]) and record["grad_norm"] > 0
-    # Policy = reference before the update: every ratio is 1 and the loss is log 2.
+    # Policy = reference before the first update: every ratio is 1 and the loss is log 2.
+    assert record["updates"] == 1
     assert record["loss"] == pytest.approx(np.log(2), abs=1e-5)
 
     # LoRA B matrices start at zero; one step moved them.
@@ -152,6 +154,44 @@ def test_prompts_file(tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_text("a red circle\n\n  a blue square  \n")
     assert config("unused", tmp_path, prompts=(), prompts_file=path).prompt_list() == ["a red circle", "a blue square"]
+
+
+def test_kept_pairs_are_shuffled_into_updates_of_pairs_per_update(models, tmp_path):
+    sd, _ = models
+    runs = {}
+    for name, per_update in (("two", 2), ("all", None)):
+        final = main(config(sd, tmp_path / name, pairs_per_update=per_update), BrightnessScorer())
+        (record,) = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        runs[name] = record, load_file(final / "pytorch_lora_weights.safetensors")
+    (two, two_weights), (whole, whole_weights) = runs["two"], runs["all"]
+    # The same chains keep the same pairs; split two by two they make ceil(pairs / 2) updates.
+    assert two["pairs"] == whole["pairs"] >= 3
+    assert (two["updates"], whole["updates"]) == (-(-two["pairs"] // 2), 1)
+    # One update sees policy = reference (loss log 2); later updates see the moved policy.
+    assert whole["loss"] == pytest.approx(np.log(2), abs=1e-6)
+    assert abs(two["loss"] - np.log(2)) > 1e-6
+    assert any(not torch.equal(two_weights[k], whole_weights[k]) for k in two_weights)
+
+
+def test_two_processes_split_their_pairs_into_shared_updates(models, tmp_path):
+    sd, clip = models
+    cfg = config(sd, tmp_path / "two", pairs_per_update=2, max_steps=2, scorer=f"clip:{clip}")
+    (tmp_path / "two.json").write_text(json.dumps(cfg.to_dict()))
+    # torch.distributed processes with gloo on the CPU: --multi_gpu plus ACCELERATE_USE_CPU (see test_dpo).
+    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2"]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += ["-m", "training.spo", "--config", str(tmp_path / "two.json")]
+    result = subprocess.run(
+        command, env={**subprocess_env(1), "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    for record in records:
+        if record["pairs"]:
+            # Pairs of both processes count: 2 per process per update.
+            assert record["updates"] == -(-record["pairs"] // 4)
+    assert (tmp_path / "two" / "final" / "pytorch_lora_weights.safetensors").is_file()
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0], ids=["brighter", "darker"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -313,3 +314,8 @@ def tiny_dpo_config(model: str | Path, snapshot: Path, out: Path, **overrides) -
         "lora_alpha": 8.0,
     }
     return DPOConfig(**{**options, **overrides})
+
+
+def subprocess_env(threads: int) -> dict[str, str]:
+    """The environment for a subprocess that imports this repository with ``threads`` torch threads."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

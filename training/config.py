@@ -328,12 +328,18 @@ class SPOConfig(LoRAOptions, RecipeConfig):
         "(on the toy model 4 chains keep about 1.1x the pairs per CPU-second of 2).",
         ge=1,
     )
+    pairs_per_update: int | None = option(
+        10,
+        help="Kept pairs per optimizer step per process (paper: 10): a round's kept pairs are shuffled and "
+        "split into that many updates; None: one update per round on all its pairs.",
+        ge=1,
+    )
     train_batch_size: int = option(
         32,
         help="Pairs per forward/backward pass; only memory depends on it, every kept pair of a step is used.",
         ge=1,
     )
-    max_steps: int = option(1000, help="Optimizer steps (sampling rounds) to run.")
+    max_steps: int = option(1000, help="Sampling rounds to run (each makes the updates its kept pairs give).")
     resolution: int = option(512, help="Side of the sampled images in pixels (1024 for SDXL).")
     mixed_precision: MixedPrecision = option(
         "no", help="Autocast precision of forward passes; frozen weights are stored in it, the LoRA in fp32."

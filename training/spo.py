@@ -4,22 +4,24 @@ Run in-process with ``main(SPOConfig(...), scorer)`` or on any number of devices
 ``accelerate launch -m training.spo --config run.json`` (the scorer then comes from the
 config's ``scorer`` spec).
 
-Per optimizer step, each process samples ``prompts_per_step`` DDIM chains (eta > 0, guidance)
-with the current LoRA model. After the warm-up steps, at every step whose t lies in the trained
+Per round (one of ``max_steps``), each process samples ``prompts_per_step`` DDIM chains (eta > 0,
+guidance) with the current LoRA model. After the warm-up steps, at every step whose t lies in the trained
 range, k candidates x_{t-1} are drawn from the chain's x_t (same mean, independent noise); the
 chain continues from a candidate chosen uniformly at random (the paper's step-wise resampler).
 Chains and pools are `training.sampling.denoise`, the sampler generation uses too. The scorer
 then judges each candidate's predicted x0 at t-1 (or, with ``step_judge`` completion, the finished
 image of its deterministic completion); the best and the worst form a pair when the softmax of
-their two scores differs by more than the threshold. Then every kept pair
-contributes `training.losses.spo_step_loss` on the log-densities of its two transitions under
-the LoRA model and under the reference (the same UNet, adapters disabled).
+their two scores differs by more than the threshold. Then the kept pairs are shuffled and split
+into optimizer steps of ``pairs_per_update`` pairs per process (the official code's 10), each on
+`training.losses.spo_step_loss` of its pairs' two transitions' log-densities under the LoRA model
+and under the reference (the same UNet, adapters disabled).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +77,8 @@ class StepPairs:
     def __len__(self) -> int:
         return self.sample.shape[0]
 
-    def take(self, index: slice) -> StepPairs:
-        """The pairs at `index`."""
+    def take(self, index: slice | Tensor) -> StepPairs:
+        """The pairs at `index` (a slice or a tensor of positions)."""
         return StepPairs(
             self.sample[index],
             self.timesteps[index],
@@ -195,7 +197,7 @@ def pool_steps(scheduler: DDIMScheduler, cfg: SPOConfig) -> tuple[int, ...]:
 
 
 def chain_generators(seed: int, step: int, process_index: int, n_chains: int) -> list[torch.Generator]:
-    """One CPU generator per chain of an optimizer step, from (seed, step, process, chain) only, so a resumed run repeats them."""
+    """One CPU generator per chain of a round, from (seed, step, process, chain) only, so a resumed run repeats them."""
     base = seed * 1_000_003 + step * 1009 + process_index
     return [torch.Generator().manual_seed(base * 10_007 + chain) for chain in range(n_chains)]
 
@@ -340,49 +342,66 @@ def train_on_pairs(
     accelerator: Accelerator,
     step: int,
 ) -> dict[str, float]:
-    """One optimizer step on every kept pair of every process: the mean SPO step loss.
+    """The optimizer steps on the kept pairs of every process: shuffled, then one step per
+    ``cfg.pairs_per_update`` pairs per process (the official code's), each on the mean SPO step loss.
 
-    Processes keep different numbers of pairs, so gradients are summed over pairs, all-reduced
-    by hand and divided by the global pair count, instead of DDP's per-process average.
-    `step` (1-based) names the step in a non-finite error.
+    Processes keep different numbers of pairs, so every update's gradients are summed over its
+    pairs, all-reduced by hand and divided by the update's global pair count, instead of DDP's
+    per-process average; every process makes the same number of updates. `step` (1-based) seeds
+    the shuffle and names the step in a non-finite error.
 
     Returns:
-        ``loss``, ``implicit_accuracy``, ``margin``, ``clip_fraction`` (pair-weighted means) and
-        ``grad_norm``; empty when no process kept a pair (no update then).
+        ``loss``, ``implicit_accuracy``, ``margin``, ``clip_fraction`` (pair-weighted means over the
+        updates, each measured before its own update), ``grad_norm`` (mean over the updates) and
+        ``updates``; empty when no process kept a pair (no update then).
     """
     total = accelerator.reduce(torch.tensor(float(len(pairs)), device=accelerator.device), "sum").item()
     if total == 0:
         return {}
+    chunks = update_chunks(len(pairs), total, cfg, step, accelerator)
     sums = {"loss": 0.0, "implicit_accuracy": 0.0, "margin": 0.0, "clip_fraction": 0.0}
-    for start in range(0, len(pairs), cfg.train_batch_size):
-        batch = pairs.take(slice(start, start + cfg.train_batch_size))
-        batch_text = text.select(batch.chain)
-        with torch.no_grad():
-            base_unet.disable_adapters()
-            try:
-                reference = transition_densities(base_unet, batch, batch_text, scheduler, cfg, accelerator)
-            finally:
-                base_unet.enable_adapters()
-        with accelerator.no_sync(unet):
-            logp_w, logp_l = transition_densities(unet, batch, batch_text, scheduler, cfg, accelerator)
-            loss, metrics = spo_step_loss(logp_w, logp_l, *reference, beta=cfg.beta, clip=cfg.clip_range)
-            accelerator.backward(loss.sum() / total)
-        sums["loss"] += loss.detach().sum().item()
-        for name in ("implicit_accuracy", "margin", "clip_fraction"):
-            sums[name] += metrics[name].item() * len(batch)
-    for p in params:
-        grad = torch.zeros_like(p) if p.grad is None else p.grad
-        p.grad = accelerator.reduce(grad, "sum")
-    grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm).item()
+    grad_norms = []
+    for chunk in chunks:
+        count = accelerator.reduce(torch.tensor(float(len(chunk)), device=accelerator.device), "sum").item()
+        for start in range(0, len(chunk), cfg.train_batch_size):
+            batch = pairs.take(chunk[start : start + cfg.train_batch_size])
+            batch_text = text.select(batch.chain)
+            with torch.no_grad():
+                base_unet.disable_adapters()
+                try:
+                    reference = transition_densities(base_unet, batch, batch_text, scheduler, cfg, accelerator)
+                finally:
+                    base_unet.enable_adapters()
+            with accelerator.no_sync(unet):
+                logp_w, logp_l = transition_densities(unet, batch, batch_text, scheduler, cfg, accelerator)
+                loss, metrics = spo_step_loss(logp_w, logp_l, *reference, beta=cfg.beta, clip=cfg.clip_range)
+                accelerator.backward(loss.sum() / count)
+            sums["loss"] += loss.detach().sum().item()
+            for name in ("implicit_accuracy", "margin", "clip_fraction"):
+                sums[name] += metrics[name].item() * len(batch)
+        for p in params:
+            grad = torch.zeros_like(p) if p.grad is None else p.grad
+            p.grad = accelerator.reduce(grad, "sum")
+        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm).item()
+        # Under fp16 an infinite norm is the grad scaler's business: it skips the step.
+        if cfg.mixed_precision != "fp16":
+            check_finite(step, grad_norm=grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        grad_norms.append(grad_norm)
     reduced = accelerator.reduce(torch.tensor(list(sums.values()), device=accelerator.device), "sum") / total
     metrics = dict(zip(sums, reduced.tolist(), strict=True))
     check_finite(step, loss=metrics["loss"])
-    # Under fp16 an infinite norm is the grad scaler's business: it skips the step.
-    if cfg.mixed_precision != "fp16":
-        check_finite(step, grad_norm=grad_norm)
-    optimizer.step()
-    optimizer.zero_grad()
-    return {**metrics, "grad_norm": grad_norm}
+    return {**metrics, "grad_norm": sum(grad_norms) / len(chunks), "updates": len(chunks)}
+
+
+def update_chunks(n_local: int, n_total: float, cfg: SPOConfig, step: int, accelerator: Accelerator) -> list[Tensor]:
+    """This process's kept pairs shuffled (seeded by seed, step and process) and split into the
+    round's updates: ceil(n_total / (pairs_per_update x processes)) of them on every process."""
+    per_update = cfg.pairs_per_update * accelerator.num_processes if cfg.pairs_per_update else n_total
+    shuffle = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 1009 + accelerator.process_index)
+    order = torch.randperm(n_local, generator=shuffle).to(accelerator.device)
+    return list(torch.tensor_split(order, math.ceil(n_total / per_update)))
 
 
 def transition_densities(
