@@ -137,6 +137,7 @@ def straightforward_spo_training(pretrained_model: str) -> Callable[..., dict[st
             return {}
         sums = {"loss": 0.0, "implicit_accuracy": 0.0, "margin": 0.0, "clip_fraction": 0.0}
         chunks = update_chunks(len(pairs), len(pairs), cfg, step, accelerator)
+        grad_norms = []
         for chunk in chunks:
             batch = pairs.take(chunk)
             batch_text = text.select(batch.chain)
@@ -147,7 +148,7 @@ def straightforward_spo_training(pretrained_model: str) -> Callable[..., dict[st
                 ref_l = _log_prob(reference[0], batch, batch.loser, batch_text, scheduler, cfg)
             loss, metrics = spo_step_loss(logp_w, logp_l, ref_w, ref_l, beta=cfg.beta, clip=cfg.clip_range)
             loss.mean().backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
+            grad_norms.append(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item())
             optimizer.step()
             optimizer.zero_grad()
             sums["loss"] += loss.detach().sum().item()
@@ -155,7 +156,7 @@ def straightforward_spo_training(pretrained_model: str) -> Callable[..., dict[st
                 sums[name] += metrics[name].item() * len(batch)
         return {
             **{name: value / len(pairs) for name, value in sums.items()},
-            "grad_norm": grad_norm,
+            "grad_norm": sum(grad_norms) / len(chunks),
             "updates": len(chunks),
         }
 
