@@ -69,9 +69,17 @@ class StepClock:
         finally:
             handle.remove()
 
-    def steady(self, steps: int) -> tuple[float, float]:
-        """CPU and wall seconds from the end of the first of ``steps`` recipe steps to the end of the last."""
-        if not self.ticks or len(self.ticks) % steps:
-            raise RuntimeError(f"{len(self.ticks)} optimizer steps do not divide into {steps} recipe steps")
-        first, last = self.ticks[len(self.ticks) // steps - 1], self.ticks[-1]
+    def steady(self, steps: int, per_step: list[int] | None = None) -> tuple[float, float]:
+        """CPU and wall seconds from the end of the first of ``steps`` recipe steps to the end of the last.
+
+        ``per_step``: the optimizer steps each recipe step took, where they differ (an SPO round makes
+        one per ``pairs_per_update`` kept pairs); by default every recipe step took the same number.
+        """
+        if per_step is None:
+            if not self.ticks or len(self.ticks) % steps:
+                raise RuntimeError(f"{len(self.ticks)} optimizer steps do not divide into {steps} recipe steps")
+            per_step = [len(self.ticks) // steps] * steps
+        if len(per_step) != steps or sum(per_step) != len(self.ticks) or per_step[0] < 1:
+            raise RuntimeError(f"{len(self.ticks)} optimizer steps do not match {per_step} per recipe step")
+        first, last = self.ticks[per_step[0] - 1], self.ticks[-1]
         return last[0] - first[0], last[1] - first[1]

@@ -149,11 +149,13 @@ def run_one(job: dict) -> dict:
             cfg = spm_config(Path(job["dataset"]), Path(job["reward_model"]), out, steps, not straightforward)
             spm.main(cfg)
     metrics = Run.open(out).metrics()
+    updates = None
     if recipe == "spo":
         pairs = [m["pairs"] for m in metrics]
+        updates = [m.get("updates", 0) for m in metrics]
     else:
         pairs = [cfg.batch_size * cfg.gradient_accumulation_steps] * len(metrics)
-    run = measured(job, start, clock, pairs, metrics[0].get("loss"), cfg.learning_rate)
+    run = measured(job, start, clock, pairs, metrics[0].get("loss"), cfg.learning_rate, updates)
     return {**run, "feature_cache_cpu_s": round(sum(cache_cpu_s), 3)} if cache_cpu_s else run
 
 
@@ -177,9 +179,18 @@ def timing_feature_cache(cpu_s: list[float]):
         dpo.cached_features = build
 
 
-def measured(job: dict, start: tuple[float, float], clock: StepClock, pairs: list, first_loss, lr: float):
-    """Whole-run and steady figures of a run that took ``len(pairs)`` steps of ``pairs[i]`` pairs."""
-    cpu, wall = clock.steady(len(pairs))
+def measured(
+    job: dict,
+    start: tuple[float, float],
+    clock: StepClock,
+    pairs: list,
+    first_loss,
+    lr: float,
+    updates: list[int] | None = None,
+):
+    """Whole-run and steady figures of a run that took ``len(pairs)`` steps of ``pairs[i]`` pairs
+    (and ``updates[i]`` optimizer steps, where they differ: `StepClock.steady`)."""
+    cpu, wall = clock.steady(len(pairs), updates)
     steady_pairs = sum(pairs[1:])
     return {
         **job,
