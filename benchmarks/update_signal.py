@@ -43,13 +43,12 @@ from reward_models.shapes import train_captions  # noqa: E402
 from reward_models.spec import scorer_from_spec  # noqa: E402
 from training import spo  # noqa: E402
 from training.config import DPOConfig, SPOConfig  # noqa: E402
-from training.data import preference_pairs, stream_indices  # noqa: E402
+from training.data import preference_pairs  # noqa: E402
 from training.dpo import make_batch, pair_losses  # noqa: E402
 from training.features import Features  # noqa: E402
 from training.lora import add_lora  # noqa: E402
 from training.losses import spo_step_loss  # noqa: E402
 from training.parts import load_parts  # noqa: E402
-from training.sampling import conditioning  # noqa: E402
 from workbench.evaluation import DEFAULT_GUIDANCE  # noqa: E402
 from workbench.toy import TOY_IMAGE_SIZE, TOY_MODEL_DIR  # noqa: E402
 
@@ -92,24 +91,20 @@ def spo_gradients(
     grads, sample_cpu_s = [], 0.0
     for step in range(rounds):
         started = time.process_time()
-        batch_prompts = [
-            prompts[i]
-            for i in stream_indices(len(prompts), cfg.seed, step * cfg.prompts_per_step, cfg.prompts_per_step)
-        ]
-        text = conditioning(features, batch_prompts, parts.is_sdxl, cfg.resolution)
-        generators = spo.chain_generators(cfg.seed, step, 0, len(batch_prompts))
         with torch.no_grad():
-            pools = spo.sample_pools(unet, parts, scheduler, text, generators, cfg)
-            images, judged_at = spo.candidate_images(pools, unet, parts, scheduler, text, cfg)
-        pairs, _ = spo.judge_pools(pools, images, judged_at, batch_prompts, scorer, cfg)
+            pairs, _, text = spo.sample_round(
+                unet, parts, scheduler, features, prompts, scorer, cfg, step, accelerator
+            )
         sample_cpu_s += time.process_time() - started
         for i in range(len(pairs)):
             pair = pairs.take(slice(i, i + 1))
             pair_text = text.select(pair.chain)
             with torch.no_grad():
                 unet.disable_adapters()
-                reference = spo.transition_densities(unet, pair, pair_text, scheduler, cfg, accelerator)
-                unet.enable_adapters()
+                try:
+                    reference = spo.transition_densities(unet, pair, pair_text, scheduler, cfg, accelerator)
+                finally:
+                    unet.enable_adapters()
             logp = spo.transition_densities(unet, pair, pair_text, scheduler, cfg, accelerator)
             loss, _ = spo_step_loss(*logp, *reference, beta=cfg.beta, clip=cfg.clip_range)
             loss.sum().backward()

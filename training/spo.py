@@ -132,22 +132,15 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
             f"no denoising step gets a pool: after {cfg.warmup_steps} warm-up steps the schedule has no t in "
             f"[{cfg.min_timestep}, {cfg.max_timestep}] (timesteps: {scheduler.timesteps.tolist()})"
         )
-    progress = tqdm(total=cfg.max_steps, initial=step, desc="spo", disable=not accelerator.is_local_main_process)
+    progress = tqdm(
+        total=cfg.max_steps, initial=step, desc="spo", disable=not accelerator.is_local_main_process
+    )
     while step < cfg.max_steps:
         started = time.perf_counter()
-        # Prompts and noise depend only on (seed, step, process), so a resumed run repeats them.
-        first = (step * accelerator.num_processes + accelerator.process_index) * cfg.prompts_per_step
-        batch_prompts = [
-            prompts[i] for i in stream_indices(len(prompts), cfg.seed, first, cfg.prompts_per_step)
-        ]
-        text = conditioning(features, batch_prompts, parts.is_sdxl, cfg.resolution)
-
         unet.eval()
-        generators = chain_generators(cfg.seed, step, accelerator.process_index, len(batch_prompts))
-        with accelerator.autocast():
-            pools = sample_pools(base_unet, parts, scheduler, text, generators, cfg)
-            images, judged_at = candidate_images(pools, base_unet, parts, scheduler, text, cfg)
-        pairs, stats = judge_pools(pools, images, judged_at, batch_prompts, scorer, cfg)
+        pairs, stats, text = sample_round(
+            base_unet, parts, scheduler, features, prompts, scorer, cfg, step, accelerator
+        )
         sampled = time.perf_counter()
         unet.train()
         step += 1
@@ -180,6 +173,34 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
     progress.close()
 
     return run.save_final(lambda folder: write_lora(base_unet, parts.is_sdxl, folder))
+
+
+def sample_round(
+    unet: UNet2DConditionModel,
+    parts: Parts,
+    scheduler: DDIMScheduler,
+    features: Features,
+    prompts: list[str],
+    scorer: Scorer,
+    cfg: SPOConfig,
+    step: int,
+    accelerator: Accelerator,
+) -> tuple[StepPairs, dict[str, float], TextConditioning]:
+    """One round's sampling on this process: its prompts, their chains and pools, and the judged pairs.
+
+    Returns:
+        The kept pairs, `judge_pools`'s counts and the chains' text conditioning.
+    """
+    # Prompts and noise depend only on (seed, step, process), so a resumed run repeats them.
+    first = (step * accelerator.num_processes + accelerator.process_index) * cfg.prompts_per_step
+    batch_prompts = [prompts[i] for i in stream_indices(len(prompts), cfg.seed, first, cfg.prompts_per_step)]
+    text = conditioning(features, batch_prompts, parts.is_sdxl, cfg.resolution)
+    generators = chain_generators(cfg.seed, step, accelerator.process_index, len(batch_prompts))
+    with accelerator.autocast():
+        pools = sample_pools(unet, parts, scheduler, text, generators, cfg)
+        images, judged_at = candidate_images(pools, unet, parts, scheduler, text, cfg)
+    pairs, stats = judge_pools(pools, images, judged_at, batch_prompts, scorer, cfg)
+    return pairs, stats, text
 
 
 def pool_steps(scheduler: DDIMScheduler, cfg: SPOConfig) -> tuple[int, ...]:
@@ -296,7 +317,9 @@ def judge_pools(
     stats = {"pairs": 0.0, "pools": 0.0, "scored": 0.0, "score_sum": 0.0, "gap_sum": 0.0}
     n_chains, k = pools[0].candidates.shape[:2]
     scores = scorer.score(images, [p for _ in pools for p in prompts for _ in range(k)], timesteps)
-    scores = torch.from_numpy(np.asarray(scores, dtype=np.float64) * cfg.score_scale).view(len(pools), n_chains, k)
+    scores = torch.from_numpy(np.asarray(scores, dtype=np.float64) * cfg.score_scale).view(
+        len(pools), n_chains, k
+    )
 
     kept: list[StepPairs] = []
     rows = torch.arange(n_chains)
@@ -325,7 +348,9 @@ def judge_pools(
         stats["gap_sum"] += float(gap.sum())
     if not kept:
         empty = pools[0].parent[:0]
-        return StepPairs(empty, torch.zeros(0, dtype=torch.long, device=empty.device), empty, empty, rows[:0]), stats
+        return StepPairs(
+            empty, torch.zeros(0, dtype=torch.long, device=empty.device), empty, empty, rows[:0]
+        ), stats
     fields = [f.name for f in dataclasses.fields(StepPairs)]
     return StepPairs(**{name: torch.cat([getattr(p, name) for p in kept]) for name in fields}), stats
 
@@ -369,7 +394,9 @@ def train_on_pairs(
             with torch.no_grad():
                 base_unet.disable_adapters()
                 try:
-                    reference = transition_densities(base_unet, batch, batch_text, scheduler, cfg, accelerator)
+                    reference = transition_densities(
+                        base_unet, batch, batch_text, scheduler, cfg, accelerator
+                    )
                 finally:
                     base_unet.enable_adapters()
             with accelerator.no_sync(unet):
@@ -395,7 +422,9 @@ def train_on_pairs(
     return {**metrics, "grad_norm": sum(grad_norms) / len(chunks), "updates": len(chunks)}
 
 
-def update_chunks(n_local: int, n_total: float, cfg: SPOConfig, step: int, accelerator: Accelerator) -> list[Tensor]:
+def update_chunks(
+    n_local: int, n_total: float, cfg: SPOConfig, step: int, accelerator: Accelerator
+) -> list[Tensor]:
     """This process's kept pairs shuffled (seeded by seed, step and process) and split into the
     round's updates: ceil(n_total / (pairs_per_update x processes)) of them on every process."""
     per_update = cfg.pairs_per_update * accelerator.num_processes if cfg.pairs_per_update else n_total
