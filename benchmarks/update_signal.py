@@ -46,7 +46,7 @@ from training.config import DPOConfig, SPOConfig  # noqa: E402
 from training.data import preference_pairs  # noqa: E402
 from training.dpo import make_batch, pair_losses  # noqa: E402
 from training.features import Features  # noqa: E402
-from training.lora import add_lora  # noqa: E402
+from training.lora import adapters_disabled, add_lora  # noqa: E402
 from training.losses import spo_step_loss  # noqa: E402
 from training.parts import load_parts  # noqa: E402
 from workbench.evaluation import DEFAULT_GUIDANCE  # noqa: E402
@@ -99,12 +99,8 @@ def spo_gradients(
         for i in range(len(pairs)):
             pair = pairs.take(slice(i, i + 1))
             pair_text = text.select(pair.chain)
-            with torch.no_grad():
-                unet.disable_adapters()
-                try:
-                    reference = spo.transition_densities(unet, pair, pair_text, scheduler, cfg, accelerator)
-                finally:
-                    unet.enable_adapters()
+            with torch.no_grad(), adapters_disabled(unet):
+                reference = spo.transition_densities(unet, pair, pair_text, scheduler, cfg, accelerator)
             logp = spo.transition_densities(unet, pair, pair_text, scheduler, cfg, accelerator)
             loss, _ = spo_step_loss(*logp, *reference, beta=cfg.beta, clip=cfg.clip_range)
             loss.sum().backward()

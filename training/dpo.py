@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from training.config import DPOConfig
 from training.data import PreferencePair, preference_pairs, stream_indices
 from training.features import CachedFeatures, Features, cached_features
-from training.lora import add_lora, write_lora
+from training.lora import adapters_disabled, add_lora, write_lora
 from training.losses import denoising_error, diffusion_dpo_loss, sft_loss
 from training.optim import warmup_schedule
 from training.parts import DTYPES, load_parts
@@ -254,11 +254,8 @@ def pair_losses(
         if reference is not None:
             ref_err = errors(reference)
         else:
-            base_unet.disable_adapters()
-            try:
+            with adapters_disabled(base_unet):
                 ref_err = errors(base_unet)
-            finally:
-                base_unet.enable_adapters()
     model_err_w, model_err_l = model_err.chunk(2)
     ref_err_w, ref_err_l = ref_err.chunk(2)
     return diffusion_dpo_loss(model_err_w, model_err_l, ref_err_w, ref_err_l, cfg.beta)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -10,6 +12,16 @@ from diffusers.training_utils import cast_training_params
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
+
+
+@contextmanager
+def adapters_disabled(unet: UNet2DConditionModel) -> Iterator[UNet2DConditionModel]:
+    """The UNet without its LoRA (the frozen base, the reference of DPO and SPO) inside the block."""
+    unet.disable_adapters()
+    try:
+        yield unet
+    finally:
+        unet.enable_adapters()
 
 
 def add_lora(unet: UNet2DConditionModel, cfg, device: torch.device, weight_dtype: torch.dtype) -> None:

@@ -40,7 +40,7 @@ from training.config import ConfigError, SPOConfig
 from training.data import stream_indices
 from training.ddim import ddim_step, transition_log_prob, transition_std
 from training.features import Features
-from training.lora import add_lora, write_lora
+from training.lora import adapters_disabled, add_lora, write_lora
 from training.losses import spo_step_loss
 from training.parts import DTYPES, Parts, load_parts
 from training.runs import Run, check_finite
@@ -391,14 +391,8 @@ def train_on_pairs(
         for start in range(0, len(chunk), cfg.train_batch_size):
             batch = pairs.take(chunk[start : start + cfg.train_batch_size])
             batch_text = text.select(batch.chain)
-            with torch.no_grad():
-                base_unet.disable_adapters()
-                try:
-                    reference = transition_densities(
-                        base_unet, batch, batch_text, scheduler, cfg, accelerator
-                    )
-                finally:
-                    base_unet.enable_adapters()
+            with torch.no_grad(), adapters_disabled(base_unet):
+                reference = transition_densities(base_unet, batch, batch_text, scheduler, cfg, accelerator)
             with accelerator.no_sync(unet):
                 logp_w, logp_l = transition_densities(unet, batch, batch_text, scheduler, cfg, accelerator)
                 loss, metrics = spo_step_loss(logp_w, logp_l, *reference, beta=cfg.beta, clip=cfg.clip_range)
