@@ -87,10 +87,15 @@ def prepare_data(store: Store, per_prompt: int, seed: int) -> dict:
     }
 
 
-def checkpoint_pipes(run_dir: Path, cfg: DPOConfig | SPOConfig):
-    """Yields (step, pipeline) for every checkpoint: the toy model with that checkpoint's adapter."""
+def checkpoint_pipes(run_dir: Path, cfg: DPOConfig | SPOConfig, last_weights: bool = False):
+    """Yields (step, pipeline) for every checkpoint: the toy model with that checkpoint's adapter, its
+    weight average when the run keeps one (SPO's ``ema_decay``) unless `last_weights`."""
     for checkpoint in sorted((run_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*")):
         pipe = load_toy()
+        if (checkpoint / spo.AVERAGE).is_dir() and not last_weights:
+            pipe.load_lora_weights(checkpoint / spo.AVERAGE)
+            yield int(checkpoint.name.split("-")[-1]), pipe
+            continue
         full = getattr(cfg, "mode", "lora") == "full"
         if not full:
             add_lora(pipe.unet, cfg, torch.device("cpu"), torch.float32)
@@ -102,17 +107,24 @@ def checkpoint_pipes(run_dir: Path, cfg: DPOConfig | SPOConfig):
 
 
 def evaluate(
-    run_dir: Path, cfg, train_cpu_s: float, n_captions: int, etas: tuple[float, ...] = (0.0,), extra_cpu_s: float = 0.0
+    run_dir: Path,
+    cfg,
+    train_cpu_s: float,
+    n_captions: int,
+    etas: tuple[float, ...] = (0.0,),
+    extra_cpu_s: float = 0.0,
+    last_weights: bool = False,
 ) -> list[dict]:
     """Oracle win rate of every checkpoint against the base model on held-out captions, per sampler eta.
 
-    ``extra_cpu_s`` is compute spent before the run (an SPM trained for SPO), added to every row.
+    ``extra_cpu_s`` is compute spent before the run (an SPM trained for SPO), added to every row;
+    `last_weights` evaluates a checkpoint's last weights even where it holds a weight average.
     """
     captions = held_out_captions()[:n_captions]
     oracle = ShapesOracle()
     base = {eta: [s for _, _, s in score_pipeline(load_toy(), oracle, captions, EVAL_SEEDS, eta=eta)] for eta in etas}
     rows = []
-    for step, pipe in checkpoint_pipes(run_dir, cfg):
+    for step, pipe in checkpoint_pipes(run_dir, cfg, last_weights):
         for eta in etas:
             tuned = [s for _, _, s in score_pipeline(pipe, oracle, captions, EVAL_SEEDS, eta=eta)]
             result = win_rate(tuned, base[eta])
@@ -205,6 +217,9 @@ def main() -> None:
     parser.add_argument("--etas", type=float, nargs="+", default=[0.0], help="Sampler etas to evaluate with.")
     parser.add_argument("--spm", help="spo: judge with the SPM of `spm --name SPM` (its CPU-s count in SPO's).")
     parser.add_argument("--models", type=Path, nargs="*", default=[], help="models: pipeline folders to evaluate.")
+    parser.add_argument(
+        "--last-weights", action="store_true", help="evaluate: a run's last weights where it keeps a weight average."
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     store = Store.open(args.home)
@@ -226,8 +241,15 @@ def main() -> None:
     if args.what == "evaluate":  # again, for a run trained earlier: --name dpo-NAME or spo-NAME
         summary = json.loads((results / f"{args.name}.json").read_text())
         cfg = get_recipe(summary["recipe"]).config_class.from_json(args.home / "runs" / args.name / "config.json")
-        summary["checkpoints"] = evaluate(
-            cfg.output_dir, cfg, summary["train_cpu_s"], args.captions, tuple(args.etas), summary.get("spm_cpu_s", 0.0)
+        key = "checkpoints_last_weights" if args.last_weights else "checkpoints"
+        summary[key] = evaluate(
+            cfg.output_dir,
+            cfg,
+            summary["train_cpu_s"],
+            args.captions,
+            tuple(args.etas),
+            summary.get("spm_cpu_s", 0.0),
+            args.last_weights,
         )
         (results / f"{args.name}.json").write_text(json.dumps(summary, indent=2, default=str))
         return

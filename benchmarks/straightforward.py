@@ -122,6 +122,7 @@ def straightforward_spo_training(pretrained_model: str) -> Callable[..., dict[st
         unet: torch.nn.Module,
         base_unet: UNet2DConditionModel,
         optimizer: torch.optim.Optimizer,
+        average: None,  # the official code keeps no weight average
         params: list[torch.nn.Parameter],
         pairs: StepPairs,
         text: TextConditioning,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -216,3 +217,37 @@ def test_spo_moves_the_shipped_model_the_way_its_judge_prefers(tmp_path, sign) -
     before = [s for _, _, s in score_pipeline(load_pipeline(TOY_MODEL_DIR), BrightnessScorer(), captions)]
     after = [s for _, _, s in score_pipeline(fuse_lora(load_pipeline(TOY_MODEL_DIR), final), BrightnessScorer(), captions)]
     assert all(sign * (b - a) > 0 for a, b in zip(before, after, strict=True)), (before, after)
+
+
+def test_weight_average_is_the_written_lora_and_resumes_with_the_run(models, tmp_path):
+    sd, _ = models
+    options = {"pairs_per_update": None, "max_steps": 2, "checkpoint_every": 1, "keep_checkpoints": 2}
+    last = main(config(sd, tmp_path / "last", **options), BrightnessScorer())
+    final = main(config(sd, tmp_path / "avg", ema_decay=0.5, **options), BrightnessScorer())
+    untimed = [
+        [{k: v for k, v in json.loads(line).items() if not k.endswith("_s")} for line in lines]
+        for lines in ((tmp_path / name / "metrics.jsonl").read_text().splitlines() for name in ("last", "avg"))
+    ]
+    assert untimed[0] == untimed[1]  # the average only watches: training is the same
+
+    def lora(folder: Path) -> dict[str, torch.Tensor]:
+        return load_file(folder / "pytorch_lora_weights.safetensors")
+
+    checkpoints = sorted((tmp_path / "avg" / "checkpoints").iterdir())
+    assert [c.name for c in checkpoints] == ["step-00000001", "step-00000002"]
+    first, moved = lora(checkpoints[0] / "average"), lora(last)
+    # Update 1 takes the weights as they are; update 2 mixes with decay min(0.5, (1 + 1) / (10 + 1)).
+    decay = 2 / 11
+    expected = {name: decay * first[name] + (1 - decay) * moved[name] for name in moved}
+    averaged_weights = lora(final)
+    assert any(not torch.equal(first[name], moved[name]) for name in moved)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(averaged_weights[name], tensor, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(lora(checkpoints[1] / "average")[name], averaged_weights[name], rtol=0, atol=0)
+
+    # Killed after round 1: the rerun resumes the average from the checkpoint and ends with the same LoRA.
+    shutil.rmtree(checkpoints[1])
+    shutil.rmtree(final)
+    resumed = lora(main(config(sd, tmp_path / "avg", ema_decay=0.5, **options), BrightnessScorer()))
+    for name, tensor in averaged_weights.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0)

@@ -339,6 +339,14 @@ class SPOConfig(LoRAOptions, RecipeConfig):
         help="Pairs per forward/backward pass; only memory depends on it, every kept pair of a step is used.",
         ge=1,
     )
+    ema_decay: float | None = option(
+        None,
+        help="Keep an exponential moving average of the LoRA weights, updated after every optimizer step "
+        "with decay min(ema_decay, (1 + n) / (10 + n)) at update n; the average is what the final LoRA and "
+        "each checkpoint's average/ folder hold. None: the last weights (the paper).",
+        gt=0,
+        lt=1,
+    )
     max_steps: int = option(1000, help="Sampling rounds to run (each makes the updates its kept pairs give).")
     resolution: int = option(512, help="Side of the sampled images in pixels (1024 for SDXL).")
     mixed_precision: MixedPrecision = option(

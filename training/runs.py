@@ -190,7 +190,13 @@ class Run:
         found = sorted(p for p in self.checkpoints.iterdir() if p.name.startswith(CHECKPOINT_PREFIX))
         return found[-1] if found else None
 
-    def save_checkpoint(self, step: int, train_state: dict[str, Any], keep: int = 2) -> Path:
+    def save_checkpoint(
+        self,
+        step: int,
+        train_state: dict[str, Any],
+        keep: int = 2,
+        write: Callable[[Path], None] | None = None,
+    ) -> Path:
         """Saves the accelerator state and ``train_state`` as checkpoint ``step``, atomically.
 
         Only trainable parameters of the prepared models are written (for LoRA, the adapters):
@@ -200,6 +206,8 @@ class Run:
             step: Optimizer steps done.
             train_state: JSON-serialisable recipe state to restore, e.g. the data position.
             keep: How many newest checkpoints to keep.
+            write: Writes more files into the checkpoint folder it is given (main process only),
+                e.g. a ready-to-load LoRA.
 
         Returns:
             The checkpoint folder.
@@ -214,6 +222,8 @@ class Run:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             write_json(tmp / TRAIN_STATE, {"step": step, **train_state})
+            if write is not None:
+                write(tmp)
             replace_folder(tmp, final)
             older = sorted(p for p in self.checkpoints.iterdir() if p.name.startswith(CHECKPOINT_PREFIX))
             for old in older[: max(len(older) - keep, 0)]:

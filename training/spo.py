@@ -14,7 +14,8 @@ image of its deterministic completion); the best and the worst form a pair when 
 their two scores differs by more than the threshold. Then the kept pairs are shuffled and split
 into optimizer steps of ``pairs_per_update`` pairs per process (the official code's 10), each on
 `training.losses.spo_step_loss` of its pairs' two transitions' log-densities under the LoRA model
-and under the reference (the same UNet, adapters disabled).
+and under the reference (the same UNet, adapters disabled). With ``ema_decay`` the run also keeps
+a moving average of the LoRA weights, and that average is the LoRA it writes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from diffusers import DDIMScheduler, UNet2DConditionModel
+from diffusers.training_utils import EMAModel
 from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -42,6 +44,7 @@ from training.ddim import ddim_step, transition_log_prob, transition_std
 from training.features import Features
 from training.lora import adapters_disabled, add_lora, write_lora
 from training.losses import spo_step_loss
+from training.optim import averaged
 from training.parts import DTYPES, Parts, load_parts
 from training.runs import Run, check_finite
 from training.sampling import (
@@ -54,6 +57,9 @@ from training.sampling import (
     guided_output,
     latent_shape,
 )
+
+# A checkpoint's folder with the weight average (``ema_decay``) as a LoRA for ``pipe.load_lora_weights``.
+AVERAGE = "average"
 
 
 @dataclass
@@ -122,7 +128,14 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     unet, optimizer = accelerator.prepare(unet, optimizer)
     base_unet = accelerator.unwrap_model(unet)
+    average = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay else None
+    if average is not None:
+        accelerator.register_for_checkpointing(average)
     step = (run.resume() or {"step": 0})["step"]
+
+    def write_weights(folder: Path) -> None:
+        with averaged(average, params):
+            write_lora(base_unet, parts.is_sdxl, folder)
 
     features = Features(parts, cfg.resolution, device)
     scheduler = DDIMScheduler.from_config(parts.noise_scheduler.config)
@@ -145,7 +158,7 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
         unet.train()
         step += 1
         metrics = train_on_pairs(
-            unet, base_unet, optimizer, params, pairs, text, scheduler, cfg, accelerator, step
+            unet, base_unet, optimizer, average, params, pairs, text, scheduler, cfg, accelerator, step
         )
 
         elapsed = time.perf_counter() - started
@@ -169,10 +182,11 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
         progress.update()
         progress.set_postfix(pairs=int(summed["pairs"]), pairs_per_s=f"{record['pairs_per_s']:.2f}")
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            run.save_checkpoint(step, {}, keep=cfg.keep_checkpoints)
+            extra = (lambda folder: write_weights(folder / AVERAGE)) if average is not None else None
+            run.save_checkpoint(step, {}, keep=cfg.keep_checkpoints, write=extra)
     progress.close()
 
-    return run.save_final(lambda folder: write_lora(base_unet, parts.is_sdxl, folder))
+    return run.save_final(write_weights)
 
 
 def sample_round(
@@ -359,6 +373,7 @@ def train_on_pairs(
     unet: torch.nn.Module,
     base_unet: UNet2DConditionModel,
     optimizer: torch.optim.Optimizer,
+    average: EMAModel | None,
     params: list[torch.nn.Parameter],
     pairs: StepPairs,
     text: TextConditioning,
@@ -373,7 +388,8 @@ def train_on_pairs(
     Processes keep different numbers of pairs, so every update's gradients are summed over its
     pairs, all-reduced by hand and divided by the update's global pair count, instead of DDP's
     per-process average; every process makes the same number of updates. `step` (1-based) seeds
-    the shuffle and names the step in a non-finite error.
+    the shuffle and names the step in a non-finite error. `average`, when given, takes in the
+    weights after every update.
 
     Returns:
         ``loss``, ``implicit_accuracy``, ``margin``, ``clip_fraction`` (pair-weighted means over the
@@ -409,6 +425,8 @@ def train_on_pairs(
             check_finite(step, grad_norm=grad_norm)
         optimizer.step()
         optimizer.zero_grad()
+        if average is not None:
+            average.step(params)
         grad_norms.append(grad_norm)
     reduced = accelerator.reduce(torch.tensor(list(sums.values()), device=accelerator.device), "sum") / total
     metrics = dict(zip(sums, reduced.tolist(), strict=True))
