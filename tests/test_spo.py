@@ -144,6 +144,7 @@ def test_sdxl_in_bf16_from_the_module_entry_point(models, tmp_path):
         ({"threshold": 1.0}, r"threshold must be in \[0, 1\)"),
         ({"prompts": ()}, "give exactly one of prompts and prompts_file"),
         ({"min_timestep": 800, "max_timestep": 700}, "need 0 <= min_timestep <= max_timestep"),
+        ({"ema_decay": 1.0}, r"ema_decay must be in \(0, 1\), got 1.0"),
     ],
 )
 def test_config_says_what_is_wrong(tmp_path, overrides, message):
@@ -236,6 +237,7 @@ def test_weight_average_is_the_written_lora_and_resumes_with_the_run(models, tmp
     checkpoints = sorted((tmp_path / "avg" / "checkpoints").iterdir())
     assert [c.name for c in checkpoints] == ["step-00000001", "step-00000002"]
     first, moved = lora(checkpoints[0] / "average"), lora(last)
+    DiffusionPipeline.from_pretrained(sd).load_lora_weights(checkpoints[0] / "average")
     # Update 1 takes the weights as they are; update 2 mixes with decay min(0.5, (1 + 1) / (10 + 1)).
     decay = 2 / 11
     expected = {name: decay * first[name] + (1 - decay) * moved[name] for name in moved}
