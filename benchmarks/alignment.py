@@ -90,19 +90,18 @@ def prepare_data(store: Store, per_prompt: int, seed: int) -> dict:
 def checkpoint_pipes(run_dir: Path, cfg: DPOConfig | SPOConfig, last_weights: bool = False):
     """Yields (step, pipeline) for every checkpoint: the toy model with that checkpoint's adapter, its
     weight average when the run keeps one (SPO's ``ema_decay``) unless `last_weights`."""
+    full = getattr(cfg, "mode", "lora") == "full"
     for checkpoint in sorted((run_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*")):
         pipe = load_toy()
         if (checkpoint / spo.AVERAGE).is_dir() and not last_weights:
             pipe.load_lora_weights(checkpoint / spo.AVERAGE)
-            yield int(checkpoint.name.split("-")[-1]), pipe
-            continue
-        full = getattr(cfg, "mode", "lora") == "full"
-        if not full:
-            add_lora(pipe.unet, cfg, torch.device("cpu"), torch.float32)
-        weights = load_file(checkpoint / "model.safetensors")
-        missing, unexpected = pipe.unet.load_state_dict(weights, strict=False)
-        if unexpected or (missing if full else any("lora" in name for name in missing)):
-            raise RuntimeError(f"{checkpoint} does not hold this run's trained weights")
+        else:
+            if not full:
+                add_lora(pipe.unet, cfg, torch.device("cpu"), torch.float32)
+            weights = load_file(checkpoint / "model.safetensors")
+            missing, unexpected = pipe.unet.load_state_dict(weights, strict=False)
+            if unexpected or (missing if full else any("lora" in name for name in missing)):
+                raise RuntimeError(f"{checkpoint} does not hold this run's trained weights")
         yield int(checkpoint.name.split("-")[-1]), pipe
 
 

@@ -137,6 +137,8 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
         with averaged(average, params):
             write_lora(base_unet, parts.is_sdxl, folder)
 
+    write_average = (lambda checkpoint: write_weights(checkpoint / AVERAGE)) if average is not None else None
+
     features = Features(parts, cfg.resolution, device)
     scheduler = DDIMScheduler.from_config(parts.noise_scheduler.config)
     scheduler.set_timesteps(cfg.num_inference_steps)
@@ -182,8 +184,7 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
         progress.update()
         progress.set_postfix(pairs=int(summed["pairs"]), pairs_per_s=f"{record['pairs_per_s']:.2f}")
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            extra = (lambda folder: write_weights(folder / AVERAGE)) if average is not None else None
-            run.save_checkpoint(step, {}, keep=cfg.keep_checkpoints, write=extra)
+            run.save_checkpoint(step, {}, keep=cfg.keep_checkpoints, write=write_average)
     progress.close()
 
     return run.save_final(write_weights)
