@@ -253,3 +253,29 @@ def test_weight_average_is_the_written_lora_and_resumes_with_the_run(models, tmp
     resumed = lora(main(config(sd, tmp_path / "avg", ema_decay=0.5, **options), BrightnessScorer()))
     for name, tensor in averaged_weights.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "factors"),
+    [("constant", [1, 1, 1, 1]), ("linear", [1, 0.75, 0.5, 0.25]), ("cosine", [1, 0.853553, 0.5, 0.146447])],
+)
+def test_learning_rate_schedule_decays_over_the_rounds_and_resumes(models, tmp_path, schedule, factors):
+    sd, _ = models
+    options = {"max_steps": 4, "checkpoint_every": 1, "keep_checkpoints": 4, "lr_schedule": schedule, "learning_rate": 1e-4}
+    run = tmp_path / schedule
+    final = load_file(main(config(sd, run, **options), BrightnessScorer()) / "pytorch_lora_weights.safetensors")
+
+    def rates() -> list[float]:
+        return [json.loads(line)["learning_rate"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    # cosine at round r of 4: (1 + cos(pi r / 4)) / 2
+    assert rates() == pytest.approx([1e-4 * f for f in factors], rel=1e-5)
+
+    # Killed after round 2: the rerun resumes the schedule where it stood and trains to the same LoRA.
+    for checkpoint in sorted((run / "checkpoints").iterdir())[2:]:
+        shutil.rmtree(checkpoint)
+    shutil.rmtree(run / "final")
+    resumed = load_file(main(config(sd, run, **options), BrightnessScorer()) / "pytorch_lora_weights.safetensors")
+    assert rates() == pytest.approx([1e-4 * f for f in factors], rel=1e-5)
+    for name, tensor in final.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0)

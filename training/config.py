@@ -19,6 +19,7 @@ from training.options import ConfigError, TypedConfig, option
 
 Mode = Literal["lora", "full", "sft"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
+LearningRateSchedule = Literal["constant", "linear", "cosine"]
 SPMTrainable = Literal["modulation", "vision", "all"]
 FlipUnit = Literal["pair", "image"]
 VAELatents = Literal["mean", "sample"]
@@ -320,7 +321,12 @@ class SPOConfig(LoRAOptions, RecipeConfig):
     )
     lora_rank: int = option(4, help="LoRA rank (paper: 4 for SD1.5, 64 for SDXL).")
     lora_alpha: float = option(4.0)
-    learning_rate: float = option(6e-5, help="Constant AdamW learning rate (paper: 6e-5 SD1.5, 1e-5 SDXL).")
+    learning_rate: float = option(6e-5, help="AdamW learning rate (paper: 6e-5 SD1.5, 1e-5 SDXL, constant).")
+    lr_schedule: LearningRateSchedule = option(
+        "constant",
+        help="Learning rate over the rounds: constant (the paper); linear or cosine: from learning_rate "
+        "down to 0 at max_steps (diffusers' schedule of that name, one step per round).",
+    )
     weight_decay: float = option(1e-4)
     prompts_per_step: int = option(
         4,

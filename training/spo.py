@@ -15,7 +15,8 @@ their two scores differs by more than the threshold. Then the kept pairs are shu
 into optimizer steps of ``pairs_per_update`` pairs per process (the official code's 10), each on
 `training.losses.spo_step_loss` of its pairs' two transitions' log-densities under the LoRA model
 and under the reference (the same UNet, adapters disabled). With ``ema_decay`` the run also keeps
-a moving average of the LoRA weights, and that average is the LoRA it writes.
+a moving average of the LoRA weights, and that average is the LoRA it writes; ``lr_schedule``
+decays the learning rate over the rounds.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from diffusers import DDIMScheduler, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from PIL import Image
 from torch import Tensor
@@ -131,6 +133,9 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
     average = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay else None
     if average is not None:
         accelerator.register_for_checkpointing(average)
+    schedule = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=0, num_training_steps=cfg.max_steps)
+    if cfg.lr_schedule != "constant":  # a constant schedule has nothing to resume
+        accelerator.register_for_checkpointing(schedule)
     step = (run.resume() or {"step": 0})["step"]
 
     def write_weights(folder: Path) -> None:
@@ -159,9 +164,11 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
         sampled = time.perf_counter()
         unet.train()
         step += 1
+        learning_rate = schedule.get_last_lr()[0]
         metrics = train_on_pairs(
             unet, base_unet, optimizer, average, params, pairs, text, scheduler, cfg, accelerator, step
         )
+        schedule.step()
 
         elapsed = time.perf_counter() - started
         counts = accelerator.reduce(
@@ -179,6 +186,7 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
             "sample_s": sampled - started,
             "train_s": elapsed - (sampled - started),
             "pairs_per_s": summed["pairs"] / elapsed,
+            "learning_rate": learning_rate,
         }
         run.log(step, record)
         progress.update()
