@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,7 +169,10 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
         metrics = train_on_pairs(
             unet, base_unet, optimizer, average, params, pairs, text, scheduler, cfg, accelerator, step
         )
-        schedule.step()
+        with warnings.catch_warnings():
+            # The schedule counts rounds, also a first round that kept no pair and so made no update.
+            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before")
+            schedule.step()
 
         elapsed = time.perf_counter() - started
         counts = accelerator.reduce(
