@@ -9,7 +9,6 @@ import pytest
 import torch
 import typer
 from diffusers import StableDiffusionPipeline
-from tiny_clip import build_tiny_clip
 from typer.testing import CliRunner
 
 from datastore.records import NewJudgment, ensure_annotator, insert_judgments, model_lineage, register_model
@@ -25,7 +24,7 @@ from workbench.rounds.driver import ensure_base_model, launch_round, resume_roun
 from workbench.rounds.errors import RoundError, RoundWaiting
 from workbench.rounds.evaluate import held_out_human_accuracy
 from workbench.rounds.reading import get_round, list_rounds
-from workbench.toy import TOY_MODEL_DIR
+from workbench.toy import DEFAULT_GUIDANCE, TOY_MODEL_DIR, TOY_SCORER_DIR
 
 TINY = {
     "num_prompts": 3,
@@ -260,13 +259,14 @@ def test_a_failed_stage_marks_the_round_failed_and_keeps_the_stages_done(tmp_pat
 
 def test_spo_and_spm_rounds_train_and_chain(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "home")
-    clip = build_tiny_clip(tmp_path / "clip")
     base = {**TINY, "num_prompts": 2, "eval_prompts": 2, "include_ties": True}
     spo_steps = {"max_steps": 1, "prompts_per_step": 1, "num_inference_steps": 6, "warmup_steps": 1}
     spo = run_round(store, RoundConfig.from_dict({**base, "recipe": "spo", "training": spo_steps}))
     assert spo.status == "finished" and spo.results["training"]["config"]["scorer"] == "shapes-oracle"
     assert spo.results["training"]["config"]["prompts"] == spo.results["generation"]["prompts"]
-    spm_steps = {"max_steps": 1, "batch_size": 2, "reward_model": str(clip), "eval_fraction": 0}
+    # SPO's chains are drawn with the round's guidance (the candidates' and the evaluation's), not the paper's 5.
+    assert spo.results["training"]["config"]["guidance_scale"] == DEFAULT_GUIDANCE != 5.0
+    spm_steps = {"max_steps": 1, "batch_size": 2, "eval_fraction": 0}
     spm = run_round(
         store,
         RoundConfig.from_dict(
@@ -286,6 +286,15 @@ def test_spo_and_spm_rounds_train_and_chain(tmp_path: Path) -> None:
     assert training["spm_config"]["dataset"] == spm.results["dataset"]["path"]
     assert spm.results["dataset"]["counts"]["step"] > 0
     assert training["config"]["scorer"] == f"spm:{Path(spm.run_dir) / 'spm' / 'final'}"
+    # Unset options take the round's measured defaults: unguided x0s on both sides, the official range.
+    assert training["spm_config"]["guidance_scale"] == training["config"]["judge_guidance_scale"] == 1.0
+    assert training["config"]["guidance_scale"] == DEFAULT_GUIDANCE
+    assert {k: training["config"][k] for k in ("warmup_steps", "max_timestep", "ema_decay", "score_scale")} == {
+        "warmup_steps": 1,  # the test's own
+        "max_timestep": 750,
+        "ema_decay": 0.995,
+        "score_scale": 1.0,
+    }
     assert len((Path(spm.run_dir) / "spo" / "metrics.jsonl").read_text().splitlines()) == 1
     with store.read() as con:
         assert [m["name"] for m in model_lineage(con, spm.model_id)] == ["round-2", "round-1", "toy"]
@@ -295,7 +304,8 @@ def test_spo_and_spm_rounds_train_and_chain(tmp_path: Path) -> None:
             "SELECT m.kind, m.path, m.round_id, p.path FROM models m JOIN models p ON p.id = m.parent_id WHERE m.id = ?",
             [scorer_id],
         ).fetchone()
-    assert (kind, round_id, parent_path) == ("scorer", spm.id, str(clip))
+    # By default the SPM starts from the shapes world's PickScore.
+    assert (kind, round_id, parent_path) == ("scorer", spm.id, str(TOY_SCORER_DIR))
     assert path == str((Path(spm.run_dir) / "spm" / "final").resolve())
 
 

@@ -18,7 +18,7 @@ from training.options import TypedConfig, option
 from training.recipes import get_recipe
 from workbench.generation_config import GenerationConfig
 from workbench.rounds.errors import RoundError
-from workbench.toy import DEFAULT_GUIDANCE
+from workbench.toy import DEFAULT_GUIDANCE, TOY_SCORER_DIR
 
 Feedback = Literal["ai", "human", "both"]
 RoundRecipe = Literal["dpo", "spo", "spm-spo"]
@@ -54,6 +54,31 @@ SPO_DEFAULTS: dict[str, Any] = {
 """SPO settings of a round where its options say nothing; score_scale 10 suits scores in [0, 1].
 Pools at every step: on the shapes world the first steps (t 951-801) decide colour and shape as
 often as any later step (benchmarks/RESULTS.md, "Where the shapes world decides")."""
+
+SPM_DEFAULTS: dict[str, Any] = {
+    "reward_model": str(TOY_SCORER_DIR),
+    "guidance_scale": 1.0,
+    "eval_every": 2000,
+}
+"""Step-aware model settings of an spm-spo round where its ``training`` options say nothing: it
+starts from the shapes world's PickScore and learns on unguided x0s, which the toy UNet keeps far
+more of than guided ones (benchmarks/RESULTS.md, "The step-aware model on the shapes world"),
+evaluated on its held-out prompts once, after its last step."""
+
+SPM_SPO_DEFAULTS: dict[str, Any] = {
+    **SPO_DEFAULTS,
+    "score_scale": 1.0,
+    "judge_guidance_scale": 1.0,
+    "warmup_steps": 4,
+    "max_timestep": 750,
+    "learning_rate": 1e-3,
+    "ema_decay": 0.995,
+    "max_steps": 270,
+}
+"""SPO settings of an spm-spo round's second stage where its ``spo_training`` options say nothing:
+the SPM's logit-scale scores of unguided x0s (as it was trained), the official trained range, and
+the rate and weight average that reached 60 % within 15 CPU-minutes on the shapes world
+(benchmarks/RESULTS.md, "A weight average holds what the swings give back")."""
 
 
 def round_generation() -> GenerationConfig:

@@ -19,7 +19,7 @@ from training.config import ConfigError, DPOConfig, RecipeConfig
 from training.recipes import get_recipe, recipe_of
 from training.runs import Run
 from workbench.registry import register_run
-from workbench.rounds.config import DPO_DEFAULTS, SPO_DEFAULTS
+from workbench.rounds.config import DPO_DEFAULTS, SPM_DEFAULTS, SPM_SPO_DEFAULTS, SPO_DEFAULTS
 from workbench.rounds.context import RoundContext
 from workbench.rounds.errors import RoundError
 
@@ -27,7 +27,7 @@ RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     # A DPO round checkpoints once, at its last step (see `_train`).
     "dpo": {**DPO_DEFAULTS, "checkpoint_every": 10_000},
     "spo": SPO_DEFAULTS,
-    "spm": {},
+    "spm": SPM_DEFAULTS,
 }
 """Per training recipe, the round's settings under its ``training`` options."""
 
@@ -78,6 +78,8 @@ def training(ctx: RoundContext) -> dict:
         "resolution": native_resolution(parent_path) if Path(parent_path).is_dir() else 512,
         "seed": results["generation"]["seed"],
     }
+    # SPO samples its chains with the round's guidance, as the candidates and the evaluation are drawn.
+    spo_sampling = {"guidance_scale": config.generation.guidance_scale}
     record: dict[str, Any] = {"recipe": config.recipe, "run_dir": str(run_dir)}
     if config.recipe == "spm-spo":
         spm_cfg, spm_final = _train(
@@ -89,18 +91,13 @@ def training(ctx: RoundContext) -> dict:
         record.update(spm_config=spm_cfg.to_dict(), spm_final=str(spm_final))
         cfg, final = _train(
             "spo",
-            {
-                **common,
-                **RECIPE_DEFAULTS["spo"],
-                "score_scale": 1.0,
-            },  # the SPM scores on PickScore's logit scale
+            {**common, **spo_sampling, **SPM_SPO_DEFAULTS},
             config.spo_training,
             {**inputs, "output_dir": run_dir / "spo", "scorer": f"spm:{spm_final}"},
         )
     else:
-        cfg, final = _train(
-            config.recipe, {**common, **RECIPE_DEFAULTS[config.recipe]}, config.training, inputs
-        )
+        defaults = {**common, **(spo_sampling if config.recipe == "spo" else {}), **RECIPE_DEFAULTS[config.recipe]}
+        cfg, final = _train(config.recipe, defaults, config.training, inputs)
     record.update(config=cfg.to_dict(), lora=recipe_of(cfg).output_kind(cfg) == "lora", final=str(final))
     record["seconds"] = round(time.perf_counter() - started, 2)
     run = Run.open(cfg.output_dir)
