@@ -77,8 +77,8 @@ SPM_SPO_DEFAULTS: dict[str, Any] = {
 }
 """SPO settings of an spm-spo round's second stage where its ``spo_training`` options say nothing:
 the SPM's logit-scale scores of unguided x0s (as it was trained), the official trained range, and
-the rate and weight average that reached 60 % within 15 CPU-minutes on the shapes world
-(benchmarks/RESULTS.md, "A weight average holds what the swings give back")."""
+the rate and weight average with which five of seven runs reached 60 % within 15 CPU-minutes on
+the shapes world (benchmarks/RESULTS.md, "A weight average holds what the swings give back")."""
 
 
 def round_generation() -> GenerationConfig:
