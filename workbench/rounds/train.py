@@ -78,8 +78,8 @@ def training(ctx: RoundContext) -> dict:
         "resolution": native_resolution(parent_path) if Path(parent_path).is_dir() else 512,
         "seed": results["generation"]["seed"],
     }
-    # SPO samples its chains with the round's guidance, as the candidates and the evaluation are drawn.
-    spo_sampling = {"guidance_scale": config.generation.guidance_scale}
+    # SPO draws its chains with the round's guidance, as the candidates and the evaluation are drawn.
+    spo_common = {**common, "guidance_scale": config.generation.guidance_scale}
     record: dict[str, Any] = {"recipe": config.recipe, "run_dir": str(run_dir)}
     if config.recipe == "spm-spo":
         spm_cfg, spm_final = _train(
@@ -91,13 +91,13 @@ def training(ctx: RoundContext) -> dict:
         record.update(spm_config=spm_cfg.to_dict(), spm_final=str(spm_final))
         cfg, final = _train(
             "spo",
-            {**common, **spo_sampling, **SPM_SPO_DEFAULTS},
+            {**spo_common, **SPM_SPO_DEFAULTS},
             config.spo_training,
             {**inputs, "output_dir": run_dir / "spo", "scorer": f"spm:{spm_final}"},
         )
     else:
-        defaults = {**common, **(spo_sampling if config.recipe == "spo" else {}), **RECIPE_DEFAULTS[config.recipe]}
-        cfg, final = _train(config.recipe, defaults, config.training, inputs)
+        shared = spo_common if config.recipe == "spo" else common
+        cfg, final = _train(config.recipe, {**shared, **RECIPE_DEFAULTS[config.recipe]}, config.training, inputs)
     record.update(config=cfg.to_dict(), lora=recipe_of(cfg).output_kind(cfg) == "lora", final=str(final))
     record["seconds"] = round(time.perf_counter() - started, 2)
     run = Run.open(cfg.output_dir)
