@@ -167,16 +167,15 @@ def evaluate_models(folders: list[Path], n_captions: int, etas: tuple[float, ...
 
 
 def train_spm(store: Store, args, results: Path) -> None:
-    """The step-aware model for SPO: from the shipped shapes-world scorer, on the oracle-judged final pairs."""
+    """The step-aware model for SPO: from the shipped shapes-world scorer (or ``reward_model=PATH``), on the oracle-judged final pairs."""
     dataset = Path(prepare_data(store, args.per_prompt, args.seed)["dataset"])
     run_dir = args.home / "runs" / f"spm-{args.name}"
     cfg = SPMConfig(
         pretrained_model=str(TOY_MODEL_DIR),
-        reward_model=str(TOY_SCORER_DIR),
         dataset=args.home / dataset if not dataset.is_absolute() else dataset,
         output_dir=run_dir,
         resolution=TOY_IMAGE_SIZE,
-        **{"guidance_scale": DEFAULT_GUIDANCE, **overrides(args.set)},
+        **{"reward_model": str(TOY_SCORER_DIR), "guidance_scale": DEFAULT_GUIDANCE, **overrides(args.set)},
     )
     start = time.process_time()
     final = spm.main(cfg)
