@@ -44,11 +44,21 @@ from workbench.toy.scorer import spaced, toy_candidates  # noqa: E402
 def noisy(image: Image.Image, sigma: float, rng: np.random.Generator) -> Image.Image:
     """The image with Gaussian noise of ``sigma`` levels per channel, rounded back to 8 bits."""
     pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
-    return Image.fromarray(np.clip(np.rint(pixels + rng.normal(0, sigma, pixels.shape)), 0, 255).astype(np.uint8))
+    return Image.fromarray(
+        np.clip(np.rint(pixels + rng.normal(0, sigma, pixels.shape)), 0, 255).astype(np.uint8)
+    )
+
+
+def agreement(scores: np.ndarray, first: np.ndarray, second: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    """Per pair, 1 where `scores` order it like `clean` (the oracle's signs), 0.5 for a tie, 0 otherwise."""
+    same = np.sign(scores[first] - scores[second]) * clean
+    return (same > 0) + 0.5 * (same == 0)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     defaults = ToyScorerConfig()
     parser.add_argument("--captions", type=int, default=defaults.eval_captions)
     parser.add_argument("--seeds", type=int, default=defaults.eval_candidates)
@@ -64,26 +74,24 @@ def main() -> None:
     candidates = toy_candidates(pipe, spaced(held_out_captions(), args.captions), range(args.seeds))
     first, second, label = candidates.pairs()
     decided = label != 0.5
-    clean = np.sign(candidates.scores[first] - candidates.scores[second])[decided]
+    first, second = first[decided], second[decided]
+    clean = np.sign(candidates.scores[first] - candidates.scores[second])
     scores = scorer_from_spec(args.scorer).score(candidates.images, candidates.captions)
-    right = np.sign(scores[first] - scores[second])[decided] * clean
-    scorer_right = (right > 0) + 0.5 * (right == 0)
+    scorer_right = agreement(scores, first, second, clean)
 
     oracle = ShapesOracle()
     rows = []
     for sigma in args.sigmas:
         rng = np.random.default_rng(0)
-        agree = np.zeros((args.copies, int(decided.sum())))
+        agree = np.zeros((args.copies, len(clean)))
         for copy in range(args.copies):
             images = [noisy(image, sigma, rng) for image in candidates.images]
-            copied = oracle.score(images, candidates.captions)
-            same = np.sign(copied[first] - copied[second])[decided] * clean
-            agree[copy] = (same > 0) + 0.5 * (same == 0)
+            agree[copy] = agreement(oracle.score(images, candidates.captions), first, second, clean)
         stable = (agree == 1).all(0)
         rows.append(
             {
                 "sigma": sigma,
-                "decided": int(decided.sum()),
+                "decided": len(clean),
                 "flips": float(1 - (agree == 1).mean()),
                 "ceiling": float(agree.mean()),
                 "stable_pairs": int(stable.sum()),
@@ -91,8 +99,12 @@ def main() -> None:
                 "scorer_on_unstable": float(scorer_right[~stable].mean()) if (~stable).any() else None,
             }
         )
-    result = {"scorer": args.scorer, "scorer_accuracy": float(scorer_right.mean()), "rows": rows,
-              "cpu_seconds": round(time.process_time() - start, 1)}
+    result = {
+        "scorer": args.scorer,
+        "scorer_accuracy": float(scorer_right.mean()),
+        "rows": rows,
+        "cpu_seconds": round(time.process_time() - start, 1),
+    }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"scorer accuracy on all decided pairs: {result['scorer_accuracy']:.3f}")
     print("| sigma | flips | ceiling | stable pairs | scorer on stable | scorer on the rest |")
