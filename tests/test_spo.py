@@ -256,19 +256,32 @@ def test_weight_average_is_the_written_lora_and_resumes_with_the_run(models, tmp
 
 
 @pytest.mark.parametrize(
-    ("schedule", "factors"),
-    [("constant", [1, 1, 1, 1]), ("linear", [1, 0.75, 0.5, 0.25]), ("cosine", [1, 0.853553, 0.5, 0.146447])],
+    ("schedule", "warmup", "factors"),
+    [
+        ("constant", 0, [1, 1, 1, 1]),
+        ("linear", 0, [1, 0.75, 0.5, 0.25]),
+        ("cosine", 0, [1, 0.853553, 0.5, 0.146447]),
+        ("constant", 2, [0, 0.5, 1, 1]),
+        ("cosine", 2, [0, 0.5, 1, 0.5]),
+    ],
 )
-def test_learning_rate_schedule_decays_over_the_rounds_and_resumes(models, tmp_path, schedule, factors):
+def test_learning_rate_schedule_decays_over_the_rounds_and_resumes(models, tmp_path, schedule, warmup, factors):
     sd, _ = models
-    options = {"max_steps": 4, "checkpoint_every": 1, "keep_checkpoints": 4, "lr_schedule": schedule, "learning_rate": 1e-4}
-    run = tmp_path / schedule
+    options = {
+        "max_steps": 4,
+        "checkpoint_every": 1,
+        "keep_checkpoints": 4,
+        "lr_schedule": schedule,
+        "lr_warmup_rounds": warmup,
+        "learning_rate": 1e-4,
+    }
+    run = tmp_path / f"{schedule}-{warmup}"
     final = load_file(main(config(sd, run, **options), BrightnessScorer()) / "pytorch_lora_weights.safetensors")
 
     def rates() -> list[float]:
         return [json.loads(line)["learning_rate"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
-    # cosine at round r of 4: (1 + cos(pi r / 4)) / 2
+    # cosine at round r of 4: (1 + cos(pi r / 4)) / 2; after w warm-up rounds (1 + cos(pi (r - w) / (4 - w))) / 2
     assert rates() == pytest.approx([1e-4 * f for f in factors], rel=1e-5)
 
     # Killed after round 2: the rerun resumes the schedule where it stood and trains to the same LoRA.

@@ -327,6 +327,12 @@ class SPOConfig(LoRAOptions, RecipeConfig):
         help="Learning rate over the rounds: constant (the paper); linear or cosine: from learning_rate "
         "down to 0 at max_steps (diffusers' schedule of that name, one step per round).",
     )
+    lr_warmup_rounds: int = option(
+        0,
+        help="Rounds over which the learning rate first rises linearly from 0 (round r at r / lr_warmup_rounds) "
+        "before lr_schedule takes over; 0: none (the paper).",
+        ge=0,
+    )
     weight_decay: float = option(1e-4)
     prompts_per_step: int = option(
         4,
