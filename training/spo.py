@@ -134,14 +134,11 @@ def main(cfg: SPOConfig, scorer: Scorer | None = None) -> Path:
     average = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay else None
     if average is not None:
         accelerator.register_for_checkpointing(average)
-    warmed = cfg.lr_schedule == "constant" and cfg.lr_warmup_rounds
+    schedule_name = "constant_with_warmup" if cfg.lr_schedule == "constant" and cfg.lr_warmup_rounds else cfg.lr_schedule
     schedule = get_scheduler(
-        "constant_with_warmup" if warmed else cfg.lr_schedule,
-        optimizer,
-        num_warmup_steps=cfg.lr_warmup_rounds,
-        num_training_steps=cfg.max_steps,
+        schedule_name, optimizer, num_warmup_steps=cfg.lr_warmup_rounds, num_training_steps=cfg.max_steps
     )
-    if cfg.lr_schedule != "constant" or cfg.lr_warmup_rounds:  # a constant rate has nothing to resume
+    if schedule_name != "constant":  # a constant rate has nothing to resume
         accelerator.register_for_checkpointing(schedule)
     step = (run.resume() or {"step": 0})["step"]
 
